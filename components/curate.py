@@ -1,0 +1,172 @@
+"""Stage ``curate``: generate reasoning traces with the model, label them, complete the pairs.
+
+For every train/val prompt the model samples ``samples_per_prompt`` completions (batched); the
+judge scores each response (p_safe). Harmful prompts: p_safe ≥ threshold → ``safe``, else
+``unsafe``; then templates add a safe trace, a rethink trace (opening with the model's own unsafe
+words where it has them) and, only when the model never complied, an unsafe trace, so each
+harmful prompt carries a safe/unsafe pair. Benign prompts: the model's answer is ``safe``.
+Test-split prompts are never generated here: they are held out for evaluation.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import env, generation, modeling, model_source, tracking, traces
+from components.config import load_params, require, stage_config
+from components.io import read_table, write_json, write_table, write_text
+from components.judges import JUDGES, make_judge
+from components.records import TRACE_COLUMNS, Trace, stable_id
+
+log = logging.getLogger("craft.curate")
+STAGE = "curate"
+
+
+@dataclass(frozen=True)
+class CurateConfig:
+    """params.yaml:curate."""
+
+    splits: tuple[str, ...] = ("train", "val")
+    """Prompt splits to build traces for; ``test`` is reserved for evaluation."""
+    samples_per_prompt: int = 1
+    max_new_tokens: int = 96
+    batch_size: int = 16
+    temperature: float = 0.7
+    top_p: float = 0.95
+    seed: int = 0
+    system_prompt: str = ""
+    """System message for sampling; empty keeps the model's default."""
+    judge: str = "ensemble"
+    """Judge that labels model samples: keyword | embedding | ensemble."""
+    safe_threshold: float = 0.5
+    """A harmful-prompt sample with p_safe at or above this is labelled safe."""
+    templated_traces: bool = True
+    """Add templated safe / rethink (and missing unsafe) traces to each harmful prompt."""
+    rethink_prefix_words: int = 24
+    """Words of the model's own unsafe opening kept before the rethink turn."""
+
+    def __post_init__(self) -> None:
+        require(set(self.splits) <= {"train", "val"} and self.splits,
+                "curate.splits: choose from train, val (test is held out for evaluation).")
+        require(self.samples_per_prompt >= 1, "curate.samples_per_prompt must be >= 1.")
+        require(self.max_new_tokens >= 1 and self.batch_size >= 1, "curate: max_new_tokens and batch_size must be >= 1.")
+        require(self.temperature >= 0, "curate.temperature must be >= 0 (0 is greedy).")
+        require(self.judge in JUDGES, f"curate.judge={self.judge!r}: use one of {JUDGES}.")
+        require(0 < self.safe_threshold < 1, "curate.safe_threshold must be in (0, 1).")
+
+
+def _row(p: dict, k: str, trace: str, response: str, label: str, origin: str,
+         p_safe: float, judge: str, model_id: str) -> Trace:
+    return Trace(stable_id(p["prompt_id"], label, origin, k), p["prompt_id"], p["prompt"],
+                 p["prompt_kind"], trace, response, label, origin, p["source"], p["category"],
+                 p["split"], float(p_safe), judge, model_id)
+
+
+def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
+                  model_id: str, judge: str) -> list[Trace]:
+    """Model-origin rows: split reasoning, label harmful samples by the judge's p_safe.
+
+    Empty completions (the model stopped at once) carry no reasoning and are dropped.
+    """
+    rows = []
+    for n, (p, text, v) in enumerate(zip(prompts, completions, verdicts)):
+        trace, response = generation.split_reasoning(text)
+        if not (trace or text).strip():
+            continue
+        if p["prompt_kind"] == "harmful":
+            label = "safe" if v.p_safe >= cfg.safe_threshold else "unsafe"
+        else:
+            label = "safe"
+        rows.append(_row(p, f"s{n}", trace or text, response, label, "model", v.p_safe, judge, model_id))
+    return rows
+
+
+def template_rows(prompts: list[dict], sampled: list[Trace], cfg: CurateConfig, judge) -> list[Trace]:
+    """Templated rows completing each harmful prompt's safe/unsafe/rethink set."""
+    own_unsafe = {t.prompt_id: t.trace for t in sampled if t.label == "unsafe"}
+    specs = []
+    for k, p in enumerate(prompts):
+        if p["prompt_kind"] != "harmful":
+            continue
+        specs.append((p, "safe", *traces.safe(p["prompt"], k)))
+        specs.append((p, "rethink", *traces.rethink(p["prompt"], own_unsafe.get(p["prompt_id"]),
+                                                    cfg.rethink_prefix_words)))
+        if p["prompt_id"] not in own_unsafe:
+            specs.append((p, "unsafe", *traces.unsafe(p["prompt"])))
+    verdicts = judge.judge([s[0]["prompt"] for s in specs], [s[3] for s in specs])
+    return [_row(p, "t", tr, resp, label, "template", v.p_safe, judge.name, "template")
+            for (p, label, tr, resp), v in zip(specs, verdicts)]
+
+
+def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame,
+        workspace: str = ".") -> pd.DataFrame:
+    """Build the pair dataset for the selected splits."""
+    chosen = prompts[prompts["split"].isin(cfg.splits)].to_dict("records")
+    require(len(chosen) > 0, f"no prompts in splits {cfg.splits}: check the ingest output.")
+    resolved = model_source.resolve(model_cfg, workspace)
+    lm = modeling.load(resolved, model_cfg)
+    judge = make_judge(cfg.judge)
+    asked = [p for p in chosen for _ in range(cfg.samples_per_prompt)]
+    params = generation.SamplingParams(cfg.max_new_tokens, cfg.batch_size, cfg.temperature,
+                                       cfg.top_p, cfg.seed, cfg.system_prompt)
+    log.info("sampling %d completions from %s", len(asked), resolved.model_id)
+    completions = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate")
+    responses = [generation.split_reasoning(c)[1] or c for c in completions]
+    verdicts = judge.judge([p["prompt"] for p in asked], responses)
+    rows = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
+    if cfg.templated_traces:
+        rows += template_rows(chosen, rows, cfg, judge)
+    dropped = len(asked) - sum(r.origin == "model" for r in rows)
+    if dropped:
+        log.warning("dropped %d empty completions of %d", dropped, len(asked))
+    df = pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS))
+    return df.drop_duplicates(subset=["prompt_id", "trace"]).reset_index(drop=True)
+
+
+def stats(df: pd.DataFrame) -> dict:
+    out = {"rows": len(df), "prompts": int(df["prompt_id"].nunique())}
+    for (label, origin), n in df.groupby(["label", "origin"]).size().items():
+        out[f"{label}_{origin}"] = int(n)
+    model = df[(df.origin == "model") & (df.prompt_kind == "harmful")]
+    out["model_refusal_rate"] = float((model.label == "safe").mean()) if len(model) else 0.0
+    return out
+
+
+def summary_markdown(df: pd.DataFrame, s: dict) -> str:
+    table = df.groupby(["split", "label", "origin"]).size().unstack(fill_value=0)
+    sample = df[df.origin == "model"].head(4)[["prompt_kind", "label", "p_safe", "response"]].copy()
+    sample["response"] = sample["response"].str.slice(0, 120)
+    return (f"# curate\n\n{s['rows']} traces over {s['prompts']} prompts; the model refused "
+            f"{s['model_refusal_rate']:.0%} of harmful prompts on its own.\n\n{table.to_markdown()}\n\n"
+            f"## Sample model traces\n\n{sample.to_markdown(index=False)}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.curate", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
+    parser.add_argument("--out", required=True, help="output folder (data/curate)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(args.params)
+    cfg = stage_config(CurateConfig, STAGE, params)
+    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    with tracking.stage_run(STAGE, cfg, model_cfg):
+        df = run(cfg, model_cfg, read_table(args.prompts))
+        s = stats(df)
+        out = Path(args.out)
+        write_table(out / "traces.parquet", df)
+        write_json(out / "metrics.json", s)
+        write_text(out / "summary.md", summary_markdown(df, s))
+        tracking.log_stage_outputs(STAGE, s, [out / "summary.md"])
+    log.info("wrote %d traces to %s", len(df), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Stage ``ingest``: read harmful and benign prompt sets, de-duplicate, cap, split by prompt.
+
+Splits are assigned from the hash of the normalised prompt, not from a shuffle: a prompt keeps
+its split when sources grow, so a new dataset version never moves a test prompt into training.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import env, tracking
+from components.config import load_params, require, stage_config
+from components.io import write_json, write_table, write_text
+from components.prompt_sources import read_source
+from components.records import PROMPT_COLUMNS, Prompt, normalise, prompt_id, stable_id
+
+log = logging.getLogger("craft.ingest")
+STAGE = "ingest"
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """params.yaml:ingest."""
+
+    sources: tuple[str, ...] = ("harmbench", "donotanswer", "redharness", "aplomb", "forgelm")
+    """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
+    max_harmful: int = 160
+    """Cap on harmful prompts kept (round-robin over sources, deterministic by seed)."""
+    max_benign: int = 60
+    """Cap on benign prompts kept."""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.25
+    """Share of prompts held out for evaluation; never used by curation or RL."""
+    min_chars: int = 8
+    max_chars: int = 2000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(len(self.sources) > 0, "ingest.sources is empty: name at least one prompt source.")
+        require(self.max_harmful > 0 and self.max_benign >= 0, "ingest.max_harmful must be > 0, max_benign >= 0.")
+        require(0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1,
+                "ingest.val_fraction + test_fraction must be < 1 with test_fraction > 0.")
+        require(0 < self.min_chars < self.max_chars, "ingest: need 0 < min_chars < max_chars.")
+
+
+def split_of(pid: str, cfg: IngestConfig) -> str:
+    """Deterministic split from the prompt id: u = int(hash)/16^k ∈ [0, 1)."""
+    u = int(stable_id("split", pid, length=8), 16) / 16**8
+    if u < cfg.test_fraction:
+        return "test"
+    return "val" if u < cfg.test_fraction + cfg.val_fraction else "train"
+
+
+def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
+    """Keep ``limit`` prompts, round-robin over sources so small sources are not drowned."""
+    by_source: dict[str, list[Prompt]] = {}
+    for p in sorted(prompts, key=lambda p: stable_id(seed, p.prompt_id)):
+        by_source.setdefault(p.source, []).append(p)
+    kept: list[Prompt] = []
+    queues = [by_source[s] for s in sorted(by_source)]
+    while len(kept) < limit and any(queues):
+        for q in queues:
+            if q and len(kept) < limit:
+                kept.append(q.pop(0))
+    return kept
+
+
+def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
+    """Read, clean, de-duplicate, cap and split. Returns the prompt table and its stats."""
+    seen: dict[str, Prompt] = {}
+    stats: Counter = Counter()
+    for name in cfg.sources:
+        for raw in read_source(name):
+            stats["read"] += 1
+            if not cfg.min_chars <= len(raw.text) <= cfg.max_chars:
+                stats["dropped_length"] += 1
+                continue
+            pid = prompt_id(raw.text)
+            if pid in seen:
+                stats["dropped_duplicate"] += 1
+                continue
+            seen[pid] = Prompt(pid, raw.text, raw.prompt_kind, raw.source, raw.category,
+                               split_of(pid, cfg), raw.reference)
+    harmful = _cap([p for p in seen.values() if p.prompt_kind == "harmful"], cfg.max_harmful, cfg.seed)
+    benign = _cap([p for p in seen.values() if p.prompt_kind == "benign"], cfg.max_benign, cfg.seed)
+    rows = harmful + benign
+    df = pd.DataFrame([p.__dict__ for p in rows], columns=list(PROMPT_COLUMNS))
+    assert df["prompt"].map(normalise).is_unique
+    stats = dict(stats, kept=len(df), **{
+        f"{kind}_{split}": int(n) for (kind, split), n in df.groupby(["prompt_kind", "split"]).size().items()
+    })
+    return df, stats
+
+
+def summary_markdown(df: pd.DataFrame, stats: dict) -> str:
+    table = df.groupby(["prompt_kind", "source", "split"]).size().unstack(fill_value=0)
+    return (f"# ingest\n\nRead {stats['read']} prompts, kept {stats['kept']} "
+            f"({stats.get('dropped_duplicate', 0)} duplicates, {stats.get('dropped_length', 0)} "
+            f"out of length bounds dropped).\n\n{table.to_markdown()}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.ingest", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--out", required=True, help="output folder (data/ingest)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(args.params)
+    cfg = stage_config(IngestConfig, STAGE, params)
+    with tracking.stage_run(STAGE, cfg):
+        df, stats = run(cfg)
+        out = Path(args.out)
+        write_table(out / "prompts.parquet", df)
+        write_json(out / "metrics.json", stats)
+        write_text(out / "summary.md", summary_markdown(df, stats))
+        tracking.log_stage_outputs(STAGE, stats, [out / "summary.md"])
+    log.info("wrote %d prompts to %s", len(df), out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,85 @@
+"""MLflow tracking shared by every stage: one child run per stage under the pipeline's run.
+
+The pipeline flow opens the parent run and passes its id in ``CRAFT_PARENT_RUN_ID``; a stage run
+by hand (``dvc repro validate``) gets a standalone run. Tracking URI and artifact root live in
+the workspace (``sqlite:///mlruns/mlflow.db``, ``mlruns/artifacts``) unless the user points
+``MLFLOW_TRACKING_URI`` at a server.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+EXPERIMENT = "craft"
+PARENT_ENV = "CRAFT_PARENT_RUN_ID"
+
+
+def experiment_id() -> str:
+    """Create (once) and return the project's experiment, artifacts under ``mlruns/artifacts``."""
+    import mlflow
+
+    name = os.environ.get("CRAFT_EXPERIMENT", EXPERIMENT)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    location = None
+    if uri.startswith("sqlite:///"):
+        root = Path(uri[len("sqlite:///"):]).parent
+        location = (root / "artifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def ensure_store() -> None:
+    """Make the folder of a local sqlite tracking DB so MLflow can create it."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a dataclass or nested mapping into ``a.b.c -> str`` params."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    out: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): str(obj)[:500]}
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, *configs: Any, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage (child of the pipeline run when there is one)."""
+    import mlflow
+
+    ensure_store()
+    parent = os.environ.get(PARENT_ENV) or None
+    all_tags = {"craft.stage": stage, **(tags or {})}
+    with mlflow.start_run(experiment_id=experiment_id(), run_name=stage,
+                          parent_run_id=parent, tags=all_tags) as run:
+        params: dict[str, str] = {}
+        for cfg in configs:
+            params.update(flatten(cfg, f"{type(cfg).__name__}."))
+        if params:
+            mlflow.log_params(params)
+        yield run
+
+
+def log_stage_outputs(prefix: str, metrics: Mapping[str, Any], artifacts: Iterable[str | Path] = ()) -> None:
+    """Log numeric metrics as ``<prefix>/<name>`` and files to the active run."""
+    import mlflow
+
+    numeric = {f"{prefix}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric)
+    for path in artifacts:
+        if Path(path).exists():
+            mlflow.log_artifact(str(path))

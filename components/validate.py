@@ -1,0 +1,151 @@
+"""Stage ``validate``: the pair dataset must pass every GX check before any training runs.
+
+``craft validate PATH`` runs the same checks on any file in the pair-dataset schema (Parquet,
+JSONL, JSON array, CSV) and writes the same report. The full GX result JSON is kept as the record
+(Data Docs need CDNs, so we render our own markdown and HTML summary).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import html
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from components import env, tracking
+from components.config import load_params, require, stage_config
+from components.expectations import Finding, validate_frame
+from components.io import DataFileError, read_table, write_json, write_text
+from components.records import LABELS
+
+log = logging.getLogger("craft.validate")
+STAGE = "validate"
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """params.yaml:validate — the data contract of the pair dataset."""
+
+    min_rows: int = 20
+    min_trace_chars: int = 1
+    max_trace_chars: int = 20000
+    min_prompt_chars: int = 4
+    max_prompt_chars: int = 4000
+    min_class_fraction: float = 0.05
+    """Each present label must hold at least this share of rows."""
+    required_labels: tuple[str, ...] = ("safe", "unsafe")
+    """Labels that must appear at all (contrastive training needs both sides)."""
+
+    def __post_init__(self) -> None:
+        require(self.min_rows >= 1, "validate.min_rows must be >= 1.")
+        require(0 <= self.min_trace_chars < self.max_trace_chars, "validate: need min_trace_chars < max_trace_chars.")
+        require(0 <= self.min_prompt_chars < self.max_prompt_chars, "validate: need min_prompt_chars < max_prompt_chars.")
+        require(0 <= self.min_class_fraction < 0.5, "validate.min_class_fraction must be in [0, 0.5).")
+        require(set(self.required_labels) <= set(LABELS), f"validate.required_labels: choose from {LABELS}.")
+
+
+@dataclass
+class Report:
+    path: str
+    rows: int
+    findings: list[Finding]
+    raw: dict
+
+    @property
+    def success(self) -> bool:
+        return all(f.success for f in self.findings)
+
+    @property
+    def failed(self) -> list[Finding]:
+        return [f for f in self.findings if not f.success]
+
+    def metrics(self) -> dict:
+        return {"success": self.success, "rows": self.rows, "checks": len(self.findings),
+                "failed_checks": len(self.failed)}
+
+
+def run(path: str | Path, cfg: ValidateConfig) -> Report:
+    """Validate one file; an unreadable file is a failed report, not an exception."""
+    try:
+        df = read_table(path)
+    except DataFileError as exc:
+        finding = Finding("file", "file is a readable table", "(file)", False, 0, (str(exc),),
+                          "write the file as Parquet or UTF-8 JSONL/CSV")
+        return Report(str(path), 0, [finding], {})
+    outcome = validate_frame(df, dataclasses.asdict(cfg))
+    return Report(str(path), len(df), outcome.findings, outcome.raw)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(report: Report) -> str:
+    verdict = "PASSED" if report.success else f"FAILED ({len(report.failed)} of {len(report.findings)} checks)"
+    lines = [f"# Pair dataset validation: {verdict}", "", f"File: `{report.path}` · rows: {report.rows}", ""]
+    if report.failed:
+        lines += ["## Problems", "", "| check | column | rows | examples | how to fix |", "|---|---|---|---|---|"]
+        for f in report.failed:
+            ex = "; ".join(_cell(e) for e in f.examples) or "—"
+            lines.append(f"| {_cell(f.check)} | {f.column} | {f.unexpected} | {ex} | {f.hint} |")
+        lines.append("")
+    passed = [f for f in report.findings if f.success]
+    if passed:
+        lines += ["## Passed", ""] + [f"- {f.check}" for f in passed] + [""]
+    return "\n".join(lines)
+
+
+def to_html(report: Report) -> str:
+    """A self-contained page (no CDN assets) of the same content."""
+    rows = "".join(
+        f"<tr class='{'ok' if f.success else 'bad'}'><td>{'✔' if f.success else '✘'}</td><td>{html.escape(f.check)}</td>"
+        f"<td>{html.escape(f.column)}</td><td>{f.unexpected}</td><td>{html.escape('; '.join(f.examples))}</td>"
+        f"<td>{html.escape(f.hint if not f.success else '')}</td></tr>"
+        for f in report.findings)
+    verdict = "PASSED" if report.success else "FAILED"
+    return ("<!doctype html><meta charset='utf-8'><title>Pair dataset validation</title>"
+            "<style>body{font-family:sans-serif;margin:2em}td,th{border:1px solid #ccc;padding:4px 8px;"
+            "vertical-align:top}table{border-collapse:collapse}.bad{background:#fde8e8}.ok{background:#eefbee}</style>"
+            f"<h1>Pair dataset validation: {verdict}</h1><p>File: <code>{html.escape(report.path)}</code>, "
+            f"rows: {report.rows}</p><table><tr><th></th><th>check</th><th>column</th><th>rows</th>"
+            f"<th>examples</th><th>how to fix</th></tr>{rows}</table>")
+
+
+def write_report(report: Report, out: str | Path) -> dict[str, Path]:
+    """report.md, report.html, result.json (GX record) and metrics.json under ``out``."""
+    out = Path(out)
+    return {
+        "markdown": write_text(out / "report.md", to_markdown(report)),
+        "html": write_text(out / "report.html", to_html(report)),
+        "result": write_json(out / "result.json", {"path": report.path, "success": report.success,
+                                                    "findings": [dataclasses.asdict(f) for f in report.findings],
+                                                    "gx": report.raw}),
+        "metrics": write_json(out / "metrics.json", report.metrics()),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.validate", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
+    parser.add_argument("--out", required=True, help="report folder (data/validate)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = stage_config(ValidateConfig, STAGE, load_params(args.params))
+    with tracking.stage_run(STAGE, cfg):
+        report = run(args.data, cfg)
+        files = write_report(report, args.out)
+        tracking.log_stage_outputs(STAGE, report.metrics(), files.values())
+    if not report.success:
+        print(to_markdown(report), file=sys.stderr)
+        log.error("pair dataset failed validation: %d problem(s); see %s", len(report.failed), files["markdown"])
+        return 1
+    log.info("pair dataset passed %d checks", len(report.findings))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Orchestration: Prefect flows and the ``craft`` CLI. Wires and orders stages; no stage logic."""

@@ -1,0 +1,38 @@
+"""Lineage recorded on the pipeline's parent MLflow run: git sha, params, dvc.lock hashes."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from components.tracking import flatten
+
+
+def git_sha(root: Path) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
+
+
+def params(root: Path) -> dict[str, str]:
+    path = root / "params.yaml"
+    return flatten(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def lock_hashes(root: Path) -> dict[str, str]:
+    """``dvc.<stage>.<out path> -> md5`` for every output recorded in dvc.lock."""
+    path = root / "dvc.lock"
+    if not path.exists():
+        return {}
+    lock = yaml.safe_load(path.read_text()) or {}
+    out = {}
+    for stage, body in (lock.get("stages") or {}).items():
+        for o in body.get("outs") or []:
+            out[f"dvc.{stage}.{o['path']}"] = o.get("md5", "")
+    return out

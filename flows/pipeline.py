@@ -1,0 +1,93 @@
+"""The ``craft-pipeline`` Prefect flow: DVC stages in order, one MLflow parent run.
+
+Each stage runs as ``dvc repro --single-item <stage>`` (two ``dvc repro`` in one repo fail on a
+lock, so stages run one at a time); DVC decides what to skip, so Prefect task caching is off.
+The stage process opens its own MLflow child run under the parent whose id it receives in
+``CRAFT_PARENT_RUN_ID``. A failing stage stops the flow: no later stage runs.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from components import env, tracking
+from flows import lineage
+from flows.stages import Stage, select
+
+SKIPPED = "didn't change, skipping"
+
+
+class StageFailed(RuntimeError):
+    """A DVC stage exited non-zero; the message carries its report or output tail."""
+
+
+def _stage_env(parent_run_id: str | None) -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)  # so dvc's `python -m …` is this interpreter
+    out = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    if parent_run_id:
+        out[tracking.PARENT_ENV] = parent_run_id
+    return out
+
+
+def _publish(stage: Stage, root: Path, status: str) -> None:
+    report = root / "data" / stage.name / stage.report
+    if report.exists():
+        create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=report.read_text(),
+                                 description=f"{stage.name}: {status}")
+
+
+@task(name="dvc-stage", task_run_name="{stage.name}", cache_policy=NO_CACHE)
+def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bool = False) -> dict:
+    """Run one DVC stage, streaming its output to the Prefect log."""
+    logger = get_run_logger()
+    root = Path(workspace)
+    cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage.name] + (["--force"] if force else [])
+    started = time.monotonic()
+    tail: list[str] = []
+    with subprocess.Popen(cmd, cwd=root, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            line = line.rstrip().split("\r")[-1]
+            if line:
+                logger.info("[%s] %s", stage.name, line)
+                tail = (tail + [line])[-40:]
+    seconds = round(time.monotonic() - started, 1)
+    if proc.returncode != 0:
+        _publish(stage, root, "FAILED")
+        report = root / "data" / stage.name / stage.report
+        detail = report.read_text() if report.exists() else "\n".join(tail)
+        raise StageFailed(f"stage '{stage.name}' failed (exit {proc.returncode}); later stages were not run.\n{detail}")
+    skipped = any(SKIPPED in l for l in tail)
+    _publish(stage, root, "skipped (unchanged)" if skipped else f"ran in {seconds}s")
+    return {"stage": stage.name, "status": "skipped" if skipped else "ran", "seconds": seconds}
+
+
+@flow(name="craft-pipeline", log_prints=True)
+def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool = False) -> list[dict]:
+    """Run the CRAFT pipeline's DVC stages in order under one MLflow parent run."""
+    root = env.configure(workspace)
+    selected = select(stages)
+    tracking.ensure_store()
+    results: list[dict] = []
+    with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="pipeline",
+                          tags={"craft.stage": "pipeline", "git.sha": lineage.git_sha(root)}) as run:
+        mlflow.log_params(lineage.params(root))
+        try:
+            for stage in selected:
+                results.append(run_stage(stage, str(root), run.info.run_id, force))
+        finally:
+            mlflow.set_tags(lineage.lock_hashes(root))
+            if (root / "dvc.lock").exists():
+                mlflow.log_artifact(str(root / "dvc.lock"))
+            if results:
+                create_table_artifact(key="pipeline-stages", table=results,
+                                      description=f"MLflow run {run.info.run_id}")
+    return results

@@ -1,0 +1,32 @@
+"""The pipeline's stages, in order. Adding a stage = a dvc.yaml entry + one line here.
+
+``report`` names the markdown file a stage writes for humans (shown as a Prefect artifact).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    report: str = "summary.md"
+
+
+PIPELINE: tuple[Stage, ...] = (
+    Stage("ingest"),
+    Stage("curate"),
+    Stage("validate", report="report.md"),
+)
+
+NAMES = tuple(s.name for s in PIPELINE)
+
+
+def select(names: list[str] | None) -> list[Stage]:
+    """The stages to run, in pipeline order; unknown names are an error that lists valid ones."""
+    if not names:
+        return list(PIPELINE)
+    unknown = sorted(set(names) - set(NAMES))
+    if unknown:
+        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(NAMES)}.")
+    return [s for s in PIPELINE if s.name in names]

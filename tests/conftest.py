@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny random-weight model, an offline environment, small workspaces."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from components import env
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def offline_env(tmp_path_factory):
+    """Offline defaults, and a throwaway MLflow store so tests never touch ./mlruns."""
+    store = tmp_path_factory.mktemp("mlruns")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
+    os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
+    env.configure(ROOT)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from components import tiny_model
+
+    return tiny_model.build(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tiny_model_dir):
+    from components import modeling, model_source
+
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+    return modeling.load(model_source.resolve(cfg), cfg)
+
+
+def make_workspace(path: Path, params_text: str) -> Path:
+    """A git + DVC workspace with the project's dvc.yaml and the given params.yaml."""
+    path.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "dvc.yaml", path / "dvc.yaml")
+    shutil.copytree(ROOT / "components", path / "components",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # dvc deps are hashed here
+    (path / "params.yaml").write_text(params_text)
+    subprocess.run(["git", "init", "-q"], cwd=path, check=True)
+    dvc = [sys.executable, "-m", "dvc"]
+    subprocess.run(dvc + ["init", "-q"], cwd=path, check=True)
+    subprocess.run(dvc + ["config", "core.analytics", "false"], cwd=path, check=True)
+    return path

@@ -1,0 +1,56 @@
+"""Flow smoke test: the Prefect pipeline over real DVC stages and MLflow, on a tiny model."""
+from __future__ import annotations
+
+import os
+
+import mlflow
+import pytest
+import yaml
+
+from tests.conftest import make_workspace
+
+
+@pytest.fixture(scope="module")
+def harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _params(tiny_model_dir, **overrides) -> str:
+    params = {
+        "model": {"source": str(tiny_model_dir), "device": "cpu", "threads": 1},
+        "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8},
+        "curate": {"max_new_tokens": 6, "batch_size": 8, "temperature": 1.0, "judge": "keyword"},
+        "validate": {"min_rows": 10},
+    }
+    for section, values in overrides.items():
+        params[section].update(values)
+    return yaml.safe_dump(params)
+
+
+def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_path):
+    from flows.pipeline import StageFailed, pipeline
+
+    ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
+    first = pipeline(workspace=str(ws))
+    assert [r["stage"] for r in first] == ["ingest", "curate", "validate"]
+    assert all(r["status"] == "ran" for r in first)
+    assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
+
+    again = pipeline(workspace=str(ws))
+    assert all(r["status"] == "skipped" for r in again), again
+
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    exp = client.get_experiment_by_name("craft")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("craft.stage") == "pipeline"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
+    assert sorted(r.info.run_name for r in children) == ["curate", "ingest", "validate"]
+    assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
+
+    (ws / "params.yaml").write_text(_params(tiny_model_dir, validate={"min_rows": 100000}))
+    with pytest.raises(StageFailed, match="validate"):
+        pipeline(workspace=str(ws))
+    assert "at least 100000 rows" in (ws / "data" / "validate" / "report.md").read_text()

@@ -1,0 +1,38 @@
+import pandas as pd
+
+from components.ingest import IngestConfig, run, split_of
+from components.prompt_sources import read_source
+from components.records import PROMPT_COLUMNS, normalise
+
+
+def test_packaged_sources_read():
+    for name, kind in (("harmbench", "harmful"), ("aplomb", "benign")):
+        prompts = read_source(name)
+        assert len(prompts) >= 40 and all(p.prompt_kind == kind for p in prompts)
+
+
+def test_ingest_dedups_caps_and_splits():
+    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20)
+    df, stats = run(cfg)
+    assert list(df.columns) == list(PROMPT_COLUMNS)
+    assert df["prompt"].map(normalise).is_unique and df["prompt_id"].is_unique
+    assert (df.prompt_kind == "harmful").sum() == 40 and (df.prompt_kind == "benign").sum() == 20
+    assert set(df.split) == {"train", "val", "test"}
+    assert {"harmbench", "redharness"} <= set(df[df.prompt_kind == "harmful"].source)  # round-robin
+
+
+def test_split_is_a_function_of_the_prompt_only():
+    """Growing the sources never moves a prompt to another split (no leakage across versions)."""
+    small, _ = run(IngestConfig(sources=("aplomb",), max_harmful=1, max_benign=100))
+    big, _ = run(IngestConfig(sources=("aplomb", "redharness", "forgelm"), max_harmful=1, max_benign=100))
+    merged = small.merge(big, on="prompt_id", suffixes=("_a", "_b"))
+    assert len(merged) == len(small) and (merged.split_a == merged.split_b).all()
+
+
+def test_user_prompt_file(tmp_path):
+    path = tmp_path / "mine.jsonl"
+    pd.DataFrame({"prompt": ["How to pick a lock on my neighbour's door?", "Bake bread at home?", "Bake  bread at home"],
+                  "prompt_kind": ["harmful", "benign", "benign"]}).to_json(path, orient="records", lines=True)
+    df, stats = run(IngestConfig(sources=(f"file:{path}",), max_harmful=10, max_benign=10))
+    assert len(df) == 2 and stats["dropped_duplicate"] == 1
+    assert split_of(df.prompt_id[0], IngestConfig()) in ("train", "val", "test")
