@@ -97,7 +97,7 @@ def derived_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     norm_prompt = _text(df["prompt"]).map(normalise)
     splits = pd.DataFrame({"prompt": norm_prompt, "split": _text(df["split"])}).drop_duplicates()
     labels = pd.DataFrame({"prompt_id": _text(df["prompt_id"]),
-                           "trace": _text(df["trace"]).map(normalise).str.slice(0, 120),
+                           "trace": _text(df["trace"]).map(normalise),
                            "label": _text(df["label"])}).drop_duplicates()
     share = _text(df["label"]).value_counts(normalize=True)
     balance = pd.DataFrame({"label": share.index.astype(str), "share": share.values.astype(float)})

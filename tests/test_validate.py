@@ -111,3 +111,13 @@ def test_report_lists_every_problem(tmp_path):
     assert "FAILED" in md
     for needle in ("`trace` has no nulls", "`trace_id` is unique", "`label` in"):
         assert needle in md
+
+
+def test_traces_sharing_an_opening_are_not_a_conflict(tmp_path):
+    """A rethink trace starts with the unsafe trace's words; only identical traces conflict."""
+    df = good_frame()
+    unsafe = df[(df.prompt_id == df.prompt_id[0]) & (df.label == "unsafe")].index[0]
+    rethink = df[(df.prompt_id == df.prompt_id[0]) & (df.label == "rethink")].index[0]
+    df.loc[unsafe, "trace"] = "word " * 60
+    df.loc[rethink, "trace"] = "word " * 60 + "Wait, this is harmful; I decline."
+    assert _check(df, tmp_path).success
