@@ -17,6 +17,8 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("ingest"),
     Stage("curate"),
     Stage("validate", report="report.md"),
+    Stage("extract"),
+    Stage("train_head"),
 )
 
 NAMES = tuple(s.name for s in PIPELINE)

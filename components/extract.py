@@ -1,0 +1,167 @@
+"""Stage ``extract``: pooled hidden states of every trace, streamed to safetensors shards.
+
+For each pair-dataset row the frozen model encodes render(prompt) + trace (``components.latents``)
+and, for the InfoNCE positive, the same trace with ``word_dropout`` of its words removed. Shards
+of ``shard_rows`` rows keep memory bounded; ``rows.parquet`` maps shard rows to trace ids and
+labels; ``manifest.json`` records model, layers, pooling, dtype and hidden size.
+Files: shards/shard-NNNNN.safetensors with tensors ``h`` and ``h_aug`` of shape [n, n_layers, d].
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from components import env, modeling, model_source, tracking
+from components.config import load_params, require, stage_config
+from components.io import atomic_path, read_table, write_json, write_table, write_text
+from components.latents import POOL_OVER, POOLINGS, LatentSpec, encode
+
+log = logging.getLogger("craft.extract")
+STAGE = "extract"
+ROW_COLUMNS = ["trace_id", "prompt_id", "label", "split", "prompt_kind", "origin"]
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """params.yaml:extract."""
+
+    layers: tuple[int, ...] = (-1,)
+    """Hidden-state indices (0 = embeddings, -1 = last layer)."""
+    pooling: str = "mean"
+    """mean over the pooled span (paper), last token or max."""
+    pool_over: str = "completion"
+    """Pool the trace tokens only (``completion``) or the prompt too (``all``)."""
+    max_length: int = 512
+    batch_size: int = 16
+    shard_rows: int = 4096
+    """Rows per safetensors shard (bounds memory for large datasets)."""
+    word_dropout: float = 0.05
+    """Share of words dropped to make the InfoNCE positive view."""
+    storage_dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.pooling in POOLINGS, f"extract.pooling={self.pooling!r}: use one of {POOLINGS}.")
+        require(self.pool_over in POOL_OVER, f"extract.pool_over: use one of {POOL_OVER}.")
+        require(len(self.layers) > 0, "extract.layers is empty: use [-1] for the last layer.")
+        require(self.batch_size >= 1 and self.shard_rows >= self.batch_size, "extract: need 1 <= batch_size <= shard_rows.")
+        require(0 <= self.word_dropout < 0.5, "extract.word_dropout must be in [0, 0.5).")
+        require(self.storage_dtype in ("float32", "float16", "bfloat16"), "extract.storage_dtype: float32, float16 or bfloat16.")
+
+    @property
+    def spec(self) -> LatentSpec:
+        return LatentSpec(self.layers, self.pooling, self.pool_over, self.max_length)
+
+
+def drop_words(text: str, p: float, rng: random.Random) -> str:
+    """The positive view: each word dropped with probability p (at least one word kept)."""
+    words = text.split()
+    kept = [w for w in words if rng.random() >= p]
+    return " ".join(kept or words[:1])
+
+
+def run(cfg: ExtractConfig, model_cfg: model_source.ModelConfig, traces: pd.DataFrame,
+        out: Path, workspace: str = ".") -> dict:
+    """Encode every row, writing shards as they fill. Returns the manifest."""
+    resolved = model_source.resolve(model_cfg, workspace)
+    lm = modeling.load(resolved, model_cfg)
+    rng = random.Random(cfg.seed)
+    dtype = getattr(torch, cfg.storage_dtype)
+    shard_dir = out / "shards"
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    for old in shard_dir.glob("shard-*.safetensors"):
+        old.unlink()
+    rows = traces.reset_index(drop=True)
+    shards, buf_h, buf_a = [], [], []
+
+    def flush() -> None:
+        if not buf_h:
+            return
+        path = shard_dir / f"shard-{len(shards):05d}.safetensors"
+        with atomic_path(path) as tmp:
+            save_file({"h": torch.cat(buf_h).to(dtype).contiguous(), "h_aug": torch.cat(buf_a).to(dtype).contiguous()}, str(tmp))
+        shards.append(f"shards/{path.name}")
+        buf_h.clear(), buf_a.clear()
+
+    bar = tqdm(total=len(rows), desc="extract", unit="trace", leave=False)
+    for start in range(0, len(rows), cfg.batch_size):
+        chunk = rows.iloc[start : start + cfg.batch_size]
+        prompts, texts = list(chunk.prompt), list(chunk.trace)
+        buf_h.append(encode(lm.model, lm.tokenizer, prompts, texts, cfg.spec, lm.device).cpu())
+        aug = [drop_words(t, cfg.word_dropout, rng) for t in texts]
+        buf_a.append(encode(lm.model, lm.tokenizer, prompts, aug, cfg.spec, lm.device).cpu())
+        if sum(len(b) for b in buf_h) >= cfg.shard_rows:
+            flush()
+        bar.update(len(chunk))
+    flush()
+    bar.close()
+    write_table(out / "rows.parquet", rows[ROW_COLUMNS])
+    manifest = {"model_id": resolved.model_id, "model_fingerprint": resolved.fingerprint,
+                "spec": asdict(cfg.spec), "storage_dtype": cfg.storage_dtype, "rows": len(rows),
+                "hidden_size": int(lm.model.config.hidden_size), "shards": shards}
+    write_json(out / "manifest.json", manifest)
+    return manifest
+
+
+@dataclass
+class Features:
+    """Extracted features loaded back: h, h_aug [N, n_layers, d] float32, rows, manifest."""
+
+    h: torch.Tensor
+    h_aug: torch.Tensor
+    rows: pd.DataFrame
+    manifest: dict
+
+    @property
+    def spec(self) -> LatentSpec:
+        s = dict(self.manifest["spec"])
+        return LatentSpec(tuple(s["layers"]), s["pooling"], s["pool_over"], s["max_length"])
+
+
+def load(folder: str | Path) -> Features:
+    """Read an extract folder (safetensors only; no pickle)."""
+    folder = Path(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    parts = [load_file(str(folder / s)) for s in manifest["shards"]]
+    h = torch.cat([p["h"] for p in parts]).float()
+    h_aug = torch.cat([p["h_aug"] for p in parts]).float()
+    rows = read_table(folder / "rows.parquet")
+    if len(rows) != len(h):
+        raise ValueError(f"{folder}: {len(rows)} rows but {len(h)} feature vectors; re-run extract.")
+    return Features(h, h_aug, rows, manifest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.extract", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
+    parser.add_argument("--out", required=True, help="output folder (data/extract)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(args.params)
+    cfg = stage_config(ExtractConfig, STAGE, params)
+    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    with tracking.stage_run(STAGE, cfg, model_cfg):
+        manifest = run(cfg, model_cfg, read_table(args.data), Path(args.out))
+        metrics = {"rows": manifest["rows"], "hidden_size": manifest["hidden_size"], "shards": len(manifest["shards"])}
+        write_json(Path(args.out) / "metrics.json", metrics)
+        write_text(Path(args.out) / "summary.md",
+                   f"# extract\n\n{manifest['rows']} traces encoded by {manifest['model_id']} "
+                   f"(layers {list(cfg.layers)}, {cfg.pooling} pooling over the {cfg.pool_over}, "
+                   f"d={manifest['hidden_size']}) into {len(manifest['shards'])} shard(s).\n")
+        tracking.log_stage_outputs(STAGE, metrics, [Path(args.out) / "manifest.json"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

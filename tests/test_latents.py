@@ -1,0 +1,43 @@
+import pytest
+import torch
+
+from components.latents import LatentSpec, encode, pool
+
+PROMPTS = ["How do I bake bread?", "Tell me a very long story about a dragon and a knight please", "Hi"]
+TRACES = ["Mix flour and water.", "Once upon a time there was a dragon.", "Hello! How can I help you today?"]
+
+
+@pytest.mark.parametrize("pooling", ["mean", "last", "max"])
+@pytest.mark.parametrize("pool_over", ["completion", "all"])
+def test_batched_equals_one_by_one(tiny_lm, pooling, pool_over):
+    """Padding never leaks into the pooled vector."""
+    spec = LatentSpec(layers=(-1, 1), pooling=pooling, pool_over=pool_over)
+    batched = encode(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, TRACES, spec, tiny_lm.device)
+    single = torch.cat([encode(tiny_lm.model, tiny_lm.tokenizer, [p], [t], spec, tiny_lm.device)
+                        for p, t in zip(PROMPTS, TRACES)])
+    assert batched.shape == (3, 2, tiny_lm.model.config.hidden_size)
+    torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+def test_completion_pooling_ignores_the_prompt(tiny_lm):
+    spec = LatentSpec(pool_over="completion", pooling="mean")
+    a = encode(tiny_lm.model, tiny_lm.tokenizer, ["short"], ["same trace"], spec, tiny_lm.device)
+    b = encode(tiny_lm.model, tiny_lm.tokenizer, ["short"], ["other words entirely"], spec, tiny_lm.device)
+    assert not torch.allclose(a, b)
+
+
+def test_last_layer_convention(tiny_lm):
+    """layers=(-1,) (backbone output) equals hidden_states[-1] of a full forward."""
+    spec_last, spec_both = LatentSpec(layers=(-1,)), LatentSpec(layers=(0, -1))
+    last = encode(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, TRACES, spec_last, tiny_lm.device)
+    both = encode(tiny_lm.model, tiny_lm.tokenizer, PROMPTS, TRACES, spec_both, tiny_lm.device)
+    torch.testing.assert_close(last[:, 0], both[:, 1])
+    assert not torch.allclose(both[:, 0], both[:, 1])  # index 0 is the embedding output
+
+
+def test_pool_by_hand():
+    h = torch.tensor([[[1.0], [2.0], [9.0]], [[4.0], [6.0], [8.0]]])  # [2, 3, 1]
+    mask = torch.tensor([[1, 1, 0], [0, 1, 1]])
+    assert pool(h, mask, "mean").squeeze(-1).tolist() == [1.5, 7.0]
+    assert pool(h, mask, "max").squeeze(-1).tolist() == [2.0, 8.0]
+    assert pool(h, mask, "last").squeeze(-1).tolist() == [2.0, 8.0]
