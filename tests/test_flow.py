@@ -24,6 +24,8 @@ def _params(tiny_model_dir, **overrides) -> str:
         "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8},
         "curate": {"max_new_tokens": 6, "batch_size": 8, "temperature": 1.0, "judge": "keyword"},
         "validate": {"min_rows": 10},
+        "extract": {"batch_size": 8},
+        "train_head": {"hidden_dim": 32, "out_dim": 16, "epochs": 3, "batch_size": 8},
     }
     for section, values in overrides.items():
         params[section].update(values)
@@ -35,7 +37,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
 
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
-    assert [r["stage"] for r in first] == ["ingest", "curate", "validate"]
+    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head"]
     assert all(r["status"] == "ran" for r in first)
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 
@@ -47,10 +49,15 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("craft.stage") == "pipeline"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["curate", "ingest", "validate"]
+    assert sorted(r.info.run_name for r in children) == ["curate", "extract", "ingest", "train_head", "validate"]
     assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
 
+    def stage_runs(name):
+        return [r for r in client.search_runs([exp.experiment_id]) if r.info.run_name == name]
+
+    n_extract = len(stage_runs("extract"))
     (ws / "params.yaml").write_text(_params(tiny_model_dir, validate={"min_rows": 100000}))
     with pytest.raises(StageFailed, match="validate"):
         pipeline(workspace=str(ws))
     assert "at least 100000 rows" in (ws / "data" / "validate" / "report.md").read_text()
+    assert len(stage_runs("extract")) == n_extract  # no stage after validate ran

@@ -1,0 +1,73 @@
+"""Crash-safe training checkpoints: LoRA adapter, optimizer, RNG, step; resumable bit-for-bit on CPU.
+
+Layout: ``<dir>/step-000010/{adapter.safetensors, state.pt, done}``. A checkpoint is written to a
+``.partial`` folder and renamed only when complete (``done`` marker inside), so a kill mid-write
+leaves the previous checkpoint intact. ``state.pt`` holds only tensors and plain Python values and
+is read with ``torch.load(weights_only=True)``; adapter weights are safetensors.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _trainable_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+
+
+def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None = None, keep: int = 2) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"step-{step:06d}"
+    tmp = folder / f"step-{step:06d}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_trainable_state(model), str(tmp / "adapter.safetensors"))
+    state = {
+        "step": step,
+        "optimizer": optimizer.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "python_rng": random.getstate(),
+        "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()},
+    }
+    torch.save(state, tmp / "state.pt")
+    (tmp / "done").write_text(str(step))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(folder.glob("step-??????"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest(folder: Path) -> Path | None:
+    """The newest complete checkpoint, or None."""
+    done = [p for p in sorted(folder.glob("step-??????")) if (p / "done").exists()] if folder.exists() else []
+    return done[-1] if done else None
+
+
+def restore(path: Path, model, optimizer, extra_modules: dict | None = None) -> int:
+    """Load a checkpoint into model/optimizer/modules and the RNGs; returns the next step."""
+    weights = load_file(str(path / "adapter.safetensors"))
+    params = dict(model.named_parameters())
+    missing = set(weights) - set(params)
+    if missing:
+        raise ValueError(f"{path}: checkpoint has parameters the model lacks: {sorted(missing)[:3]}…")
+    with torch.no_grad():
+        for k, v in weights.items():
+            params[k].copy_(v)
+    state = torch.load(path / "state.pt", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    for k, m in (extra_modules or {}).items():
+        m.load_state_dict(state["modules"][k])
+    torch.set_rng_state(state["torch_rng"])
+    random.setstate(_as_rng_state(state["python_rng"]))
+    return int(state["step"]) + 1
+
+
+def _as_rng_state(s):
+    """random.setstate needs tuples; weights_only loading may hand back lists."""
+    return (s[0], tuple(s[1]), s[2])

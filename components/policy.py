@@ -1,0 +1,92 @@
+"""The RL policy: base model + LoRA adapter (peft), rollouts, and per-token log-probs.
+
+The reference policy is the same model with the adapter disabled, so no second copy of the weights
+is held. Sequences are left-padded prompts followed by completions; ``Rollout`` keeps them
+together with the completion mask (generated tokens up to and including the first EOS).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from components.generation import render
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def wrap_lora(model, spec: LoraSpec, seed: int):
+    """Attach a fresh LoRA adapter (B = 0 at init, so the policy starts equal to the reference)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
+                        target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+@dataclass
+class Rollout:
+    input_ids: torch.Tensor        # [B, Tp + Tn]
+    attention_mask: torch.Tensor   # [B, Tp + Tn]
+    completion_mask: torch.Tensor  # [B, Tn]
+    prompt_len: int                # Tp (left-padded prompt width)
+    prompts: list[str]             # [B], each prompt repeated group_size times
+    completions: list[str]         # [B] decoded
+
+
+def _eos_ids(tokenizer, model) -> list[int]:
+    ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
+    """1 on generated tokens up to and including the first EOS, 0 after it [B, Tn]."""
+    is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device)).int()
+    after_first = (is_eos.cumsum(1) - is_eos) > 0
+    return (~after_first).long()
+
+
+@torch.no_grad()
+def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
+            temperature: float, top_p: float, device) -> Rollout:
+    """Sample ``group_size`` completions per prompt from the current policy (one batch)."""
+    asked = [p for p in prompts for _ in range(group_size)]  # grouped: p0 × G, p1 × G, …
+    enc = tokenizer([render(tokenizer, p) for p in asked], return_tensors="pt", padding=True,
+                    add_special_tokens=False).to(device)
+    was_training = model.training
+    model.eval()
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                         top_p=top_p, pad_token_id=tokenizer.pad_token_id)
+    model.train(was_training)
+    tp = enc["input_ids"].shape[1]
+    new = out[:, tp:]
+    cmask = completion_mask(new, _eos_ids(tokenizer, model))
+    attn = torch.cat([enc["attention_mask"], cmask], dim=1)
+    texts = [t.strip() for t in tokenizer.batch_decode(new * cmask + tokenizer.pad_token_id * (1 - cmask),
+                                                       skip_special_tokens=True)]
+    return Rollout(out, attn, cmask, tp, asked, texts)
+
+
+def forward_logprobs(model, ro: Rollout, idx: torch.Tensor | None = None, want_hidden: bool = False):
+    """Per-token log-probs of the completion tokens [b, Tn] (+ logits, + last hidden states)."""
+    from components.rl_math import token_logprobs
+
+    ids, attn = ro.input_ids, ro.attention_mask
+    if idx is not None:
+        ids, attn = ids[idx], attn[idx]
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at 0
+    out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                output_hidden_states=want_hidden, use_cache=False)
+    tp = ro.prompt_len
+    logits = out.logits[:, tp - 1 : -1]  # [b, Tn, V]: position t predicts completion token t
+    logp = token_logprobs(logits, ids[:, tp:])
+    hidden = out.hidden_states[-1][:, tp - 1 : -1] if want_hidden else None  # [b, Tn, d]
+    return logp, logits, hidden

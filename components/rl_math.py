@@ -1,0 +1,72 @@
+"""The RL arithmetic, kept free of models so each formula can be checked by hand.
+
+Shapes: B sequences, T completion positions; ``mask`` [B, T] is 1 on generated tokens (up to and
+including EOS) and 0 on padding.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+    m = mask.to(x.dtype)
+    if dim is None:
+        return (x * m).sum() / m.sum().clamp(min=1.0)
+    return (x * m).sum(dim) / m.sum(dim).clamp(min=1.0)
+
+
+def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Group-relative advantage (paper §4.2): A_i = (r_i − mean_group) / (std_group + eps).
+
+    ``rewards`` [B] are ordered group by group (B = n_prompts · group_size). std is the unbiased
+    sample std as in DeepSeekMath's GRPO.
+    """
+    r = rewards.view(-1, group_size)  # [P, G]
+    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
+    return adv.view(-1)
+
+
+def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016) over per-token rewards [B, T].
+
+    δ_t = r_t + γ·V_{t+1}·m_{t+1} − V_t ;  A_t = δ_t + γλ·m_{t+1}·A_{t+1} ;  returns = A + V.
+    Positions past the end (mask 0) have V = 0 and A = 0.
+    """
+    B, T = rewards.shape
+    values = values * mask
+    adv = torch.zeros_like(rewards)
+    last = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
+    for t in reversed(range(T)):
+        next_v = values[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        next_m = mask[:, t + 1].to(rewards.dtype) if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_v * next_m - values[:, t]
+        last = delta + gamma * lam * next_m * last
+        adv[:, t] = last * mask[:, t]
+    return adv, adv + values
+
+
+def k3_kl(logp: torch.Tensor, ref_logp: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(π‖π_ref) estimate k3 = exp(ref − logp) − (ref − logp) − 1 ≥ 0 (Schulman 2020)."""
+    d = ref_logp - logp
+    return torch.exp(d) - d - 1
+
+
+def clipped_surrogate(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, clip: float
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """PPO's per-token loss −min(ρ·A, clip(ρ, 1−ε, 1+ε)·A) with ρ = exp(logp − old); and clipped flags."""
+    ratio = torch.exp(logp - old_logp)
+    unclipped, clipped = ratio * adv, ratio.clamp(1 - clip, 1 + clip) * adv
+    return -torch.minimum(unclipped, clipped), (clipped < unclipped).float()
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """log π(token_t | ·) from logits [B, T, V] aligned with tokens [B, T] → [B, T]."""
+    return torch.gather(F.log_softmax(logits.float(), dim=-1), 2, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Per-token entropy of the policy [B, T]."""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
