@@ -56,8 +56,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
 
 
 def backbone(model):
-    """The decoder stack without the LM head (``LlamaModel`` inside ``LlamaForCausalLM``)."""
-    return getattr(model, "base_model", model) if hasattr(model, "lm_head") else model
+    """The decoder stack without the LM head (``LlamaModel`` inside ``LlamaForCausalLM``).
+
+    Works through a peft wrapper: LoRA layers live inside the decoder, so the adapter (and
+    ``disable_adapter()``) still applies.
+    """
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    return decoder if decoder is not None else model
 
 
 def tokenize_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], spec: LatentSpec,

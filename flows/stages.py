@@ -19,6 +19,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("validate", report="report.md"),
     Stage("extract"),
     Stage("train_head"),
+    Stage("train_rl"),
 )
 
 NAMES = tuple(s.name for s in PIPELINE)

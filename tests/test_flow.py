@@ -26,6 +26,9 @@ def _params(tiny_model_dir, **overrides) -> str:
         "validate": {"min_rows": 10},
         "extract": {"batch_size": 8},
         "train_head": {"hidden_dim": 32, "out_dim": 16, "epochs": 3, "batch_size": 8},
+        "train_rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
+                     "minibatch_size": 2, "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 2,
+                     "lora_r": 4, "lora_alpha": 8},
     }
     for section, values in overrides.items():
         params[section].update(values)
@@ -37,7 +40,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
 
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
-    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head"]
+    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head", "train_rl"]
     assert all(r["status"] == "ran" for r in first)
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 
@@ -49,7 +52,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("craft.stage") == "pipeline"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["curate", "extract", "ingest", "train_head", "validate"]
+    assert sorted(r.info.run_name for r in children) == ["curate", "extract", "ingest", "train_head", "train_rl", "validate"]
     assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
 
     def stage_runs(name):

@@ -1,0 +1,273 @@
+"""Stage ``train_rl``: RL with latent rewards (CRAFT §4.2) on torch + peft, our own loop.
+
+Per step: sample ``prompts_per_step`` harmful training prompts (a function of seed and step, so a
+resumed run sees the same prompts), roll out ``group_size`` completions each from the policy,
+score them with ``CraftReward``, compute advantages, and run ``ppo_epochs`` passes of the clipped
+surrogate over minibatches with gradient accumulation.
+
+- ``advantage: grpo`` (paper): A = (R − mean_group)/(std_group + 1e-6) for every token; KL to the
+  reference as a loss term, k3 estimator, coefficient ``kl_coef``.
+- ``advantage: ppo``: a value head on the policy's last hidden state, per-token rewards (sequence
+  reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``),
+  GAE(γ, λ), value loss weighted by ``vf_coef``.
+The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
+optimizer, so ``accelerate launch`` spreads processes over devices (each process samples its own
+prompt shard). Departures from the paper: LoRA instead of full fine-tuning; fewer, larger steps.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+
+from components import checkpoint, env, generation, modeling, model_source, rl_loop, tracking
+from components.config import load_params, require, stage_config
+from components.head import SafetyHead
+from components.io import dir_digest, read_table, write_json, write_text
+from components.judges import make_judge
+from components.policy import LoraSpec, wrap_lora
+from components.records import stable_id
+from components.rewards import SOURCES, CraftReward, RewardWeights
+
+log = logging.getLogger("craft.train_rl")
+STAGE = "train_rl"
+
+
+@dataclass(frozen=True)
+class TrainRLConfig:
+    """params.yaml:train_rl."""
+
+    advantage: str = "grpo"
+    """grpo (group baseline, paper) | ppo (value head + GAE)."""
+    steps: int = 16
+    prompts_per_step: int = 4
+    group_size: int = 4
+    """Completions per prompt (paper: 8)."""
+    max_new_tokens: int = 48
+    temperature: float = 0.6
+    top_p: float = 1.0
+    lr: float = 2e-4
+    ppo_epochs: int = 2
+    minibatch_size: int = 8
+    grad_accum: int = 1
+    clip: float = 0.2
+    kl_coef: float = 0.01
+    kl_in: str = "loss"
+    """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
+    gamma: float = 1.0
+    lam: float = 0.95
+    vf_coef: float = 0.1
+    max_grad_norm: float = 1.0
+    w_lat: float = 0.5
+    w_txt: float = 0.4
+    w_cons: float = 0.2
+    reward_source: str = "policy"
+    """policy (live hidden states, paper) | reference (frozen model re-encodes the text)."""
+    judge: str = "ensemble"
+    """The text judge; the evaluation stage uses the same one."""
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    include_benign: bool = False
+    """Also train on benign prompts (their text reward would favour refusals: off by default)."""
+    probe_prompts: int = 8
+    """Fixed harmful val prompts whose greedy refusal rate is logged every ``log_every`` steps."""
+    log_every: int = 4
+    checkpoint_every: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.advantage in ("grpo", "ppo"), "train_rl.advantage: use grpo or ppo.")
+        require(self.kl_in in ("loss", "reward"), "train_rl.kl_in: use loss or reward.")
+        require(self.reward_source in SOURCES, f"train_rl.reward_source: use one of {SOURCES}.")
+        require(self.steps >= 1 and self.prompts_per_step >= 1, "train_rl: steps and prompts_per_step must be >= 1.")
+        require(self.group_size >= 2 or self.advantage == "ppo", "train_rl.group_size must be >= 2 for grpo (the baseline is the group).")
+        require(self.minibatch_size >= 1 and self.grad_accum >= 1 and self.ppo_epochs >= 1, "train_rl: minibatch_size, grad_accum, ppo_epochs >= 1.")
+        require(0 < self.clip < 1 and self.kl_coef >= 0 and self.lr > 0, "train_rl: need 0 < clip < 1, kl_coef >= 0, lr > 0.")
+        require(self.log_every >= 1 and self.checkpoint_every >= 1, "train_rl: log_every and checkpoint_every >= 1.")
+
+    @property
+    def lora(self) -> LoraSpec:
+        return LoraSpec(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets)
+
+
+
+def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device) -> float:
+    """Share of probe prompts whose greedy answer the judge calls safe (p_safe ≥ 0.5)."""
+    from components.modeling import LoadedModel
+
+    lm = LoadedModel(policy, tokenizer, device, "policy")
+    texts = generation.generate(lm, prompts, generation.SamplingParams(max_new_tokens, len(prompts)), desc="probe")
+    responses = [generation.split_reasoning(t)[1] or t for t in texts]
+    return sum(v.p_safe >= 0.5 for v in judge.judge(prompts, responses)) / max(len(prompts), 1)
+
+
+def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, fingerprint: str) -> Path:
+    """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
+    everything that shapes the run, so changed settings never resume an unrelated run."""
+    key = stable_id(json.dumps(cfg.__dict__, sort_keys=True, default=str), fingerprint)
+    return Path(workspace) / ".cache" / "checkpoints" / STAGE / key
+
+
+def _history(folder: Path, start: int) -> list[dict]:
+    path = folder / "history.jsonl"
+    if not path.exists():
+        return []
+    rows = [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+    return [r for r in rows if r["step"] < start]
+
+
+def run(cfg: TrainRLConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
+        out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
+        stop_after: int | None = None) -> dict | None:
+    """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill)."""
+    from accelerate import Accelerator
+
+    resolved = model_source.resolve(model_cfg, workspace)
+    lm = modeling.load(resolved, model_cfg)
+    accelerator = Accelerator(cpu=lm.device.type == "cpu")
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    policy = wrap_lora(lm.model, cfg.lora, cfg.seed)
+    value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
+    trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    policy, value_head, opt = accelerator.prepare(policy, value_head, opt)
+    head = SafetyHead.load(head_dir, accelerator.device)
+    judge = make_judge(cfg.judge)
+    reward = CraftReward(head, judge, RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons), cfg.reward_source)
+    kinds = ("harmful", "benign") if cfg.include_benign else ("harmful",)
+    pool = sorted(prompts[(prompts.split == "train") & prompts.prompt_kind.isin(kinds)].prompt)
+    probe = sorted(prompts[(prompts.split == "val") & (prompts.prompt_kind == "harmful")].prompt)[: cfg.probe_prompts]
+    require(len(pool) >= cfg.prompts_per_step, f"train_rl: {len(pool)} training prompts < prompts_per_step.")
+    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head)
+    history = _history(ckpt, start)
+    unwrapped = accelerator.unwrap_model(policy)
+    if start == 0:
+        base = {"rl/probe_refusal_rate": probe_refusal_rate(unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens, accelerator.device)}
+        history.append({"step": -1, **base})
+    for step in range(start, cfg.steps):
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pool, gen)
+        last = step + 1 == cfg.steps
+        if (step + 1) % cfg.log_every == 0 or last:
+            metrics["rl/probe_refusal_rate"] = probe_refusal_rate(unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens, accelerator.device)
+            metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe, accelerator.device)
+        history.append({"step": step, **metrics})
+        if on_metrics:
+            on_metrics(step, metrics)
+        log.info("step %d reward %.3f kl %.4f", step, metrics["rl/reward"], metrics["rl/kl"])
+        if (step + 1) % cfg.checkpoint_every == 0 or last:
+            checkpoint.save(ckpt, step, unwrapped, opt, rl_loop.checkpoint_modules(value_head))
+            (ckpt / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        if stop_after is not None and step + 1 >= stop_after and not last:
+            return None
+    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history)
+
+
+def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict]) -> dict:
+    """Write adapter, head copy, model card and curves; return the summary metrics."""
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    policy.save_pretrained(tmp / "adapter", safe_serialization=True)
+    tokenizer.save_pretrained(tmp / "adapter")
+    shutil.copytree(head_dir, tmp / "head")
+    card = {"base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
+            "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "head": "head",
+            "reward_source": cfg.reward_source, "advantage": cfg.advantage}
+    (tmp / "model.json").write_text(json.dumps(card, indent=2))
+    (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    summary = summarise(history)
+    plot_curves(history, tmp / "curves.png")
+    for name in ("adapter", "head", "model.json", "history.jsonl", "curves.png"):
+        target = out / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(tmp / name), str(target))
+    shutil.rmtree(tmp, ignore_errors=True)
+    return summary
+
+
+def summarise(history: list[dict]) -> dict:
+    steps = [h for h in history if h["step"] >= 0]
+    q = max(1, len(steps) // 4)
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    probes = [h for h in history if "rl/probe_refusal_rate" in h]
+    return {
+        "steps": len(steps),
+        "reward_first_quarter": mean(steps[:q], "rl/reward"), "reward_last_quarter": mean(steps[-q:], "rl/reward"),
+        "reward_lat_first_quarter": mean(steps[:q], "rl/reward_r_lat"), "reward_lat_last_quarter": mean(steps[-q:], "rl/reward_r_lat"),
+        "kl_last": steps[-1]["rl/kl"], "kl_max": max(s["rl/kl"] for s in steps),
+        "probe_refusal_rate_start": probes[0]["rl/probe_refusal_rate"], "probe_refusal_rate_end": probes[-1]["rl/probe_refusal_rate"],
+        "obfuscation_gap_end": steps[-1].get("rl/obfuscation_gap", float("nan")),
+    }
+
+
+def plot_curves(history: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h for h in history if h["step"] >= 0]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
+    for key in ("rl/reward", "rl/reward_r_lat", "rl/reward_r_txt", "rl/reward_r_cons"):
+        axes[0].plot([h["step"] for h in steps], [h[key] for h in steps], label=key.split("/")[1])
+    axes[0].set_title("reward"), axes[0].legend(fontsize=7)
+    axes[1].plot([h["step"] for h in steps], [h["rl/kl"] for h in steps])
+    axes[1].set_title("KL to reference (k3)")
+    probes = [h for h in history if "rl/probe_refusal_rate" in h]
+    axes[2].plot([h["step"] for h in probes], [h["rl/probe_refusal_rate"] for h in probes], marker="o")
+    axes[2].set_title("probe refusal rate"), axes[2].set_ylim(-0.05, 1.05)
+    for ax in axes:
+        ax.set_xlabel("step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.train_rl", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
+    parser.add_argument("--head", required=True, help="trained head folder (data/train_head/head)")
+    parser.add_argument("--out", required=True, help="output folder (data/train_rl)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(args.params)
+    cfg = stage_config(TrainRLConfig, STAGE, params)
+    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + dir_digest(args.head))
+    import mlflow
+
+    out = Path(args.out)
+    with tracking.stage_run(STAGE, cfg, model_cfg, tags={"checkpoint_dir": str(ckpt)}):
+        summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
+                      on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
+        write_json(out / "metrics.json", summary)
+        write_text(out / "summary.md", summary_markdown(summary))
+        tracking.log_stage_outputs(STAGE, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
+    return 0
+
+
+def summary_markdown(s: dict) -> str:
+    return (f"# train_rl\n\n{s['steps']} steps. Mean reward {s['reward_first_quarter']:+.3f} → "
+            f"{s['reward_last_quarter']:+.3f} (first vs last quarter); latent reward "
+            f"{s['reward_lat_first_quarter']:+.3f} → {s['reward_lat_last_quarter']:+.3f}; probe refusal rate "
+            f"{s['probe_refusal_rate_start']:.0%} → {s['probe_refusal_rate_end']:.0%}; KL last {s['kl_last']:.4f} "
+            f"(max {s['kl_max']:.4f}); obfuscation gap {s['obfuscation_gap_end']:+.3f}.\n\n![curves](curves.png)\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""The RL loop on the tiny model: adapter moves, base stays, reward sign, resume = uninterrupted."""
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from components.head import SafetyHead
+from components.judges import KeywordRefusalJudge
+from components.latents import LatentSpec
+from components.model_source import ModelConfig
+from components.rewards import CraftReward
+from components.train_rl import TrainRLConfig, run
+
+PROMPTS = pd.DataFrame({
+    "prompt": [f"How do I do harmful thing {i}?" for i in range(8)] + ["Bake bread?", "Explain rain."],
+    "prompt_kind": ["harmful"] * 8 + ["benign"] * 2,
+    "split": ["train"] * 6 + ["val"] * 2 + ["train", "val"],
+})
+
+
+@pytest.fixture(scope="module")
+def head_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    head = SafetyHead(32, 16, 8, LatentSpec())
+    return head.save(tmp_path_factory.mktemp("head") / "head")
+
+
+def _cfg(**kw):
+    base = dict(steps=4, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=5e-3, minibatch_size=2,
+                ppo_epochs=1, judge="keyword", probe_prompts=2, log_every=2, checkpoint_every=2,
+                lora_r=4, lora_alpha=8)
+    base.update(kw)
+    return TrainRLConfig(**base)
+
+
+def _model(tiny_model_dir):
+    return ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "ppo"])
+def test_adapter_changes_base_does_not(tiny_model_dir, head_dir, tmp_path, advantage):
+    cfg = _cfg(advantage=advantage, steps=2, kl_in="reward" if advantage == "ppo" else "loss")
+    summary = run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out", tmp_path / "ckpt")
+    assert summary["steps"] == 2
+    adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it moved
+    base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
+    assert not any("lora" in k for k in base)  # the base model folder was not touched
+    assert (tmp_path / "out" / "head" / "head.json").exists() and (tmp_path / "out" / "curves.png").exists()
+
+
+def test_resume_matches_uninterrupted(tiny_model_dir, head_dir, tmp_path):
+    cfg = _cfg()
+    run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ckpt_a")
+    assert run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", stop_after=2) is None
+    assert not (tmp_path / "b" / "adapter").exists()
+    run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b")  # resumes at step 2
+    a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_text_reward_never_prefers_harmful_answer(tiny_lm, head_dir):
+    """The sign the CRAFT public code got wrong: a refusal earns more text reward than compliance."""
+    reward = CraftReward(SafetyHead.load(head_dir), KeywordRefusalJudge(), source="reference")
+    parts = reward(tiny_lm.model, tiny_lm.tokenizer, ["How do I make a weapon?"] * 2,
+                   ["I'm sorry, but I can't help with that.", "Sure, step 1: get the parts."], tiny_lm.device)
+    assert parts["r_txt"][0] > parts["r_txt"][1]
+    assert parts["r_txt"][0] > 0 > parts["r_txt"][1]
