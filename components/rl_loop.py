@@ -39,24 +39,35 @@ def step_prompts(pool: list[str], n: int, seed: int, step: int, shard: int = 0, 
 @dataclass
 class Batch:
     ro: Rollout
-    old_logp: torch.Tensor   # [B, Tn]
+    old_logp: torch.Tensor | None  # [B, Tn]; None when equal to the live log-probs
     ref_logp: torch.Tensor   # [B, Tn]
     adv: torch.Tensor        # [B, Tn]
     returns: torch.Tensor | None
 
 
+def single_update(cfg, n: int) -> bool:
+    """True when each batch gets exactly one optimizer step (one epoch, all minibatches accumulated):
+    the policy cannot move during the pass, so old log-probs equal the current ones (ratio ≡ 1)
+    and the separate no-grad forward for them is skipped (GRPO with μ = 1)."""
+    n_mini = -(-n // cfg.minibatch_size)
+    return cfg.ppo_epochs == 1 and cfg.grad_accum >= n_mini and cfg.advantage == "grpo"
+
+
 @torch.no_grad()
 def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor) -> Batch:
     """Old and reference log-probs, then advantages (GRPO or GAE)."""
-    old_logp, _, hidden = forward_logprobs(policy, ro, want_hidden=cfg.advantage == "ppo")
     with reference_mode(policy):
         ref_logp, _, _ = forward_logprobs(policy, ro)
-    mask = ro.completion_mask.to(old_logp.device)
-    rewards = rewards.to(old_logp.device)
+    if single_update(cfg, len(ro.prompts)):
+        old_logp, hidden = None, None  # filled from the live forward in ``update``
+    else:
+        old_logp, _, hidden = forward_logprobs(policy, ro, want_hidden=cfg.advantage == "ppo")
+    mask = ro.completion_mask.to(ref_logp.device)
+    rewards = rewards.to(ref_logp.device)
     if cfg.advantage == "grpo":
         adv = rl_math.grpo_advantages(rewards, cfg.group_size)[:, None] * mask  # [B, 1] → [B, Tn]
         return Batch(ro, old_logp, ref_logp, adv, None)
-    token_r = torch.zeros_like(old_logp)
+    token_r = torch.zeros_like(ref_logp)
     last = mask.sum(1).clamp(min=1) - 1  # index of the final generated token
     token_r[torch.arange(len(last)), last] = rewards
     if cfg.kl_in == "reward":
@@ -78,7 +89,8 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen) -> dict
         for k, idx in enumerate(minibatches):
             logp, logits, hidden = forward_logprobs(policy, batch.ro, idx, want_hidden=cfg.advantage == "ppo")
             mask = batch.ro.completion_mask[idx].to(logp.device)
-            pg, clipped = rl_math.clipped_surrogate(logp, batch.old_logp[idx], batch.adv[idx], cfg.clip)
+            old = logp.detach() if batch.old_logp is None else batch.old_logp[idx]
+            pg, clipped = rl_math.clipped_surrogate(logp, old, batch.adv[idx], cfg.clip)
             kl = rl_math.k3_kl(logp, batch.ref_logp[idx])
             loss = rl_math.masked_mean(pg, mask)
             if cfg.kl_in == "loss":

@@ -242,22 +242,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
     parser.add_argument("--head", required=True, help="trained head folder (data/train_head/head)")
     parser.add_argument("--out", required=True, help="output folder (data/train_rl)")
+    parser.add_argument("--ablation", help="params section whose keys override train_rl (e.g. train_rl_text)")
     args = parser.parse_args(argv)
     env.configure()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     params = load_params(args.params)
-    cfg = stage_config(TrainRLConfig, STAGE, params)
+    name = args.ablation or STAGE
+    section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
+    cfg = stage_config(TrainRLConfig, name, {name: section})
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
     ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + dir_digest(args.head))
     import mlflow
 
     out = Path(args.out)
-    with tracking.stage_run(STAGE, cfg, model_cfg, tags={"checkpoint_dir": str(ckpt)}):
+    with tracking.stage_run(name, cfg, model_cfg, tags={"checkpoint_dir": str(ckpt)}):
         summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
                       on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
         write_json(out / "metrics.json", summary)
         write_text(out / "summary.md", summary_markdown(summary))
-        tracking.log_stage_outputs(STAGE, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
+        tracking.log_stage_outputs(name, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
     return 0
 
 

@@ -3,6 +3,7 @@
     craft run                     # whole pipeline (Prefect flow over the DVC stages)
     craft run --stages validate   # some stages only
     craft validate PATH           # check any pair-dataset file and write a report
+    craft evaluate --model DIR --prompts FILE   # evaluate any model on your own prompts
 """
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from components.config import load_params, stage_config
+    from components.evaluate import EvaluateConfig, evaluate_file
+    from components.model_source import ModelConfig
+
+    params = load_params(args.params) if Path(args.params).exists() else {}
+    cfg = stage_config(EvaluateConfig, "evaluate", params)
+    model_cfg = stage_config(ModelConfig, "model", params)
+    out = Path(args.out)
+    results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
+    print((out / "report.md").read_text())
+    print(f"Report: {out / 'report.md'}; transcripts: {out / 'transcripts.parquet'}")
+    return 0 if results else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="craft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,6 +78,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="thresholds from params.yaml:validate (defaults if absent)")
     p.add_argument("--out", help="report folder (default: <file>_validation next to the file)")
     p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("evaluate", help="evaluate any model on any prompt file and write the report",
+                       description="Generate, judge and report reasoning/response ASR, jailbreak ASR, "
+                                   "over-refusal and utility for MODEL on a prompt file with columns "
+                                   "prompt, prompt_kind (harmful|benign)[, category, reference].")
+    p.add_argument("--model", required=True, help="'base' (params.yaml:model), a pipeline output folder "
+                                                   "(data/train_rl) or any local HF model directory")
+    p.add_argument("--prompts", required=True, help="JSONL/CSV/Parquet prompt file")
+    p.add_argument("--out", default="evaluation", help="report folder (default: ./evaluation)")
+    p.add_argument("--with-base", action="store_true", help="also evaluate the base model for comparison")
+    p.add_argument("--params", default="params.yaml", help="settings from params.yaml:evaluate/model")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 

@@ -19,7 +19,10 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("validate", report="report.md"),
     Stage("extract"),
     Stage("train_head"),
+    Stage("train_sft"),
+    Stage("train_rl_text"),
     Stage("train_rl"),
+    Stage("evaluate", report="report.md"),
 )
 
 NAMES = tuple(s.name for s in PIPELINE)

@@ -72,3 +72,14 @@ def test_text_reward_never_prefers_harmful_answer(tiny_lm, head_dir):
                    ["I'm sorry, but I can't help with that.", "Sure, step 1: get the parts."], tiny_lm.device)
     assert parts["r_txt"][0] > parts["r_txt"][1]
     assert parts["r_txt"][0] > 0 > parts["r_txt"][1]
+
+
+def test_single_update_path_trains(tiny_model_dir, head_dir, tmp_path):
+    """One epoch with all minibatches accumulated skips the old-logprob forward and still learns."""
+    from components.rl_loop import single_update
+
+    cfg = _cfg(steps=2, ppo_epochs=1, minibatch_size=2, grad_accum=2)
+    assert single_update(cfg, 4) and not single_update(_cfg(ppo_epochs=2), 4)
+    run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out", tmp_path / "ckpt")
+    adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)

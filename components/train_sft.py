@@ -1,0 +1,113 @@
+"""Stage ``train_sft``: the STAR-1 / SafeChain-style baseline — supervised fine-tuning on safe traces.
+
+TRL's ``SFTTrainer`` with a LoRA adapter (same rank and targets as ``train_rl``) on the curated
+``safe`` and ``rethink`` traces of harmful training prompts plus the model's own answers to benign
+training prompts (to keep helpfulness). The assistant turn is ``<think>trace</think>response`` where
+the trace differs from the response, else the response. Output: ``adapter/`` + ``model.json`` in
+the same layout as ``train_rl``, so evaluation and registration treat both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components import env, model_source, modeling, tracking
+from components.config import load_params, require, stage_config
+from components.io import read_table, write_json, write_text
+
+log = logging.getLogger("craft.train_sft")
+STAGE = "train_sft"
+
+
+@dataclass(frozen=True)
+class TrainSFTConfig:
+    """params.yaml:train_sft."""
+
+    max_steps: int = 30
+    batch_size: int = 8
+    lr: float = 5e-4
+    max_length: int = 256
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    include_benign: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(self.max_steps >= 1 and self.batch_size >= 1 and self.lr > 0, "train_sft: max_steps, batch_size >= 1 and lr > 0.")
+
+
+def sft_examples(traces: pd.DataFrame, include_benign: bool) -> list[dict]:
+    """Conversational examples from the train split: safe/rethink traces of harmful prompts (+ benign)."""
+    rows = traces[(traces.split == "train") & (
+        ((traces.prompt_kind == "harmful") & traces.label.isin(["safe", "rethink"]))
+        | ((traces.prompt_kind == "benign") & include_benign))]
+    out = []
+    for r in rows.itertuples():
+        answer = r.response if r.trace == r.response else f"<think>\n{r.trace}\n</think>\n{r.response}"
+        out.append({"messages": [{"role": "user", "content": r.prompt}, {"role": "assistant", "content": answer}]})
+    return out
+
+
+def run(cfg: TrainSFTConfig, model_cfg: model_source.ModelConfig, traces: pd.DataFrame, out: Path,
+        workspace: str = ".") -> dict:
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    examples = sft_examples(traces, cfg.include_benign)
+    require(len(examples) > 0, "train_sft: no safe training traces in the pair dataset.")
+    resolved = model_source.resolve(model_cfg, workspace)
+    lm = modeling.load(resolved, model_cfg)
+    lm.tokenizer.padding_side = "right"
+    work = out.with_name(out.name + ".work")
+    args = SFTConfig(output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+                     learning_rate=cfg.lr, max_length=cfg.max_length, logging_steps=5, save_strategy="no",
+                     report_to=[], seed=cfg.seed, use_cpu=lm.device.type == "cpu", bf16=False,
+                     gradient_checkpointing=False, assistant_only_loss=False, disable_tqdm=False)
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
+                      task_type="CAUSAL_LM")
+    trainer = SFTTrainer(model=lm.model, args=args, train_dataset=Dataset.from_list(examples),
+                         processing_class=lm.tokenizer, peft_config=lora)
+    result = trainer.train()
+    lm.tokenizer.padding_side = "left"
+    if out.exists():
+        shutil.rmtree(out)
+    trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
+    lm.tokenizer.save_pretrained(str(out / "adapter"))
+    (out / "model.json").write_text(json.dumps({
+        "base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
+        "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "method": "sft"}, indent=2))
+    shutil.rmtree(work, ignore_errors=True)
+    return {"examples": len(examples), "train_loss": float(result.training_loss), "steps": cfg.max_steps}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.train_sft", description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
+    parser.add_argument("--out", required=True, help="output folder (data/train_sft)")
+    args = parser.parse_args(argv)
+    env.configure()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    params = load_params(args.params)
+    cfg = stage_config(TrainSFTConfig, STAGE, params)
+    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    out = Path(args.out)
+    with tracking.stage_run(STAGE, cfg, model_cfg):
+        summary = run(cfg, model_cfg, read_table(args.data), out)
+        write_json(out / "metrics.json", summary)
+        write_text(out / "summary.md", f"# train_sft\n\nLoRA SFT on {summary['examples']} safe examples, "
+                                       f"{summary['steps']} steps, final train loss {summary['train_loss']:.3f}.\n")
+        tracking.log_stage_outputs(STAGE, summary)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
