@@ -4,6 +4,8 @@
     craft run --stages validate   # some stages only
     craft validate PATH           # check any pair-dataset file and write a report
     craft evaluate --model DIR --prompts FILE   # evaluate any model on your own prompts
+    craft register | promote | rollback | models # the MLflow registry
+    craft schedule --cron "0 3 * * 0"           # scheduled retraining
 """
 from __future__ import annotations
 
@@ -59,6 +61,72 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0 if results else 1
 
 
+def _promote_cfg(args):
+    from components.config import load_params, stage_config
+    from components.registry import PromoteConfig
+
+    params = load_params(Path(args.workspace) / "params.yaml") if (Path(args.workspace) / "params.yaml").exists() else {}
+    cfg = stage_config(PromoteConfig, "promote", params)
+    return cfg if not getattr(args, "name", None) else PromoteConfig(**{**cfg.__dict__, "model_name": args.name})
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from flows.registration import register_flow
+
+    version = register_flow(workspace=args.workspace, model_key=args.model_key)
+    print(f"registered version {version} as challenger")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from components.registry import PromotionRefused, gate_table, promote
+
+    try:
+        result = promote(_promote_cfg(args), force=args.force, reason=args.reason or "")
+    except PromotionRefused as exc:
+        print(f"craft promote: REFUSED. {exc}", file=sys.stderr)
+        print("Nothing changed in the registry. Use --force --reason '…' to override.", file=sys.stderr)
+        return 1
+    if result["checks"]:
+        print(gate_table(result["checks"]))
+    print(result.get("note") or f"version {result['version']} is now champion (previous: {result['previous'] or 'none'})")
+    return 0
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from components.registry import rollback
+
+    result = rollback(_promote_cfg(args), reason=args.reason or "")
+    print(f"champion is version {result['champion']} again (version {result['demoted']} demoted)")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from components.registry import list_versions
+
+    cfg = _promote_cfg(args)
+    rows = list_versions(cfg.model_name)
+    if not rows:
+        print(f"no versions of {cfg.model_name} registered yet (run `craft run` or `craft register`).")
+        return 0
+    table = Table(title=f"{cfg.model_name} versions")
+    for col in rows[0]:
+        table.add_column(col)
+    for r in rows:
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
+    Console(width=160).print(table)
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from flows.schedule import serve
+
+    return serve(args.workspace, args.cron, args.stages.split(",") if args.stages else None, args.name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="craft", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -90,6 +158,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--with-base", action="store_true", help="also evaluate the base model for comparison")
     p.add_argument("--params", default="params.yaml", help="settings from params.yaml:evaluate/model")
     p.set_defaults(func=_cmd_evaluate)
+
+    def registry_args(p):
+        p.add_argument("--workspace", default=".", help="project folder (params.yaml:promote, mlruns/)")
+        p.add_argument("--name", help="registered model name (default: params.yaml:promote.model_name)")
+
+    p = sub.add_parser("register", help="register data/train_rl as the new challenger",
+                       description="Log the trained model (adapter, base reference, heads, tokenizer) as an MLflow "
+                                   "pyfunc with evaluation metrics and lineage tags; alias it 'challenger'.")
+    registry_args(p)
+    p.add_argument("--model-key", default="train_rl", help="pipeline output under data/ to register")
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("promote", help="gated promotion of the challenger to champion",
+                       description="Compare challenger with champion against params.yaml:promote; move the "
+                                   "'champion' alias only if every rule passes (or --force with --reason).")
+    registry_args(p)
+    p.add_argument("--force", action="store_true", help="promote despite a failed gate (needs --reason)")
+    p.add_argument("--reason", help="why (recorded on the version)")
+    p.set_defaults(func=_cmd_promote)
+
+    p = sub.add_parser("rollback", help="give champion back to the previous version",
+                       description="Move 'champion' back to the version the current champion replaced.")
+    registry_args(p)
+    p.add_argument("--reason", help="why (recorded on the demoted version)")
+    p.set_defaults(func=_cmd_rollback)
+
+    p = sub.add_parser("models", help="list registered versions with aliases, metrics and lineage",
+                       description="Table of every version: aliases, response/reasoning ASR, over-refusal, "
+                                   "utility NLL, git sha, run id, creation time.")
+    registry_args(p)
+    p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)",
+                       description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule. "
+                                   "Uses PREFECT_API_URL when set; otherwise starts a local Prefect server on "
+                                   "127.0.0.1. Runs until interrupted.")
+    p.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * 0" (Sundays 03:00)')
+    p.add_argument("--workspace", default=".", help="project folder the scheduled runs use")
+    p.add_argument("--stages", help="comma-separated stages (default: all)")
+    p.add_argument("--name", default="craft-retrain", help="deployment name")
+    p.set_defaults(func=_cmd_schedule)
     return parser
 
 

@@ -36,3 +36,10 @@ def lock_hashes(root: Path) -> dict[str, str]:
         for o in body.get("outs") or []:
             out[f"dvc.{stage}.{o['path']}"] = o.get("md5", "")
     return out
+
+
+def params_hash(root: Path) -> str:
+    from components.records import stable_id
+
+    path = root / "params.yaml"
+    return stable_id(path.read_text()) if path.exists() else ""

@@ -71,8 +71,13 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
 
 
 @flow(name="craft-pipeline", log_prints=True)
-def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool = False) -> list[dict]:
-    """Run the CRAFT pipeline's DVC stages in order under one MLflow parent run."""
+def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool = False,
+             register: bool = True) -> list[dict]:
+    """Run the CRAFT pipeline's DVC stages in order under one MLflow parent run.
+
+    When the run includes ``evaluate`` and ``register`` is true, the trained model is then
+    registered as the ``challenger`` (outside DVC); promotion stays a separate, gated step.
+    """
     root = env.configure(workspace)
     selected = select(stages)
     tracking.ensure_store()
@@ -83,6 +88,11 @@ def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool 
         try:
             for stage in selected:
                 results.append(run_stage(stage, str(root), run.info.run_id, force))
+            if register and "evaluate" in [s.name for s in selected]:
+                from flows.registration import register_flow
+
+                version = register_flow(workspace=str(root), parent_run_id=run.info.run_id)
+                results.append({"stage": "register", "status": f"version {version}", "seconds": 0.0})
         finally:
             mlflow.set_tags(lineage.lock_hashes(root))
             if (root / "dvc.lock").exists():
