@@ -83,6 +83,8 @@ class TrainRLConfig:
     """Fixed harmful val prompts whose greedy refusal rate is logged every ``log_every`` steps."""
     log_every: int = 4
     checkpoint_every: int = 4
+    kl_stop: float = 1.0
+    """Guard: end training early (and keep the last good state) when mean KL exceeds this."""
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -171,6 +173,10 @@ def run(cfg: TrainRLConfig, model_cfg: model_source.ModelConfig, prompts: pd.Dat
             (ckpt / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         if stop_after is not None and step + 1 >= stop_after and not last:
             return None
+        if metrics["rl/kl"] > cfg.kl_stop and not last:
+            log.warning("KL %.3f > kl_stop %.3f at step %d: stopping early", metrics["rl/kl"], cfg.kl_stop, step)
+            checkpoint.save(ckpt, step, unwrapped, opt, rl_loop.checkpoint_modules(value_head))
+            break
     return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history)
 
 

@@ -29,6 +29,11 @@ def _params(tiny_model_dir, **overrides) -> str:
         "train_rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
                      "minibatch_size": 2, "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 2,
                      "lora_r": 4, "lora_alpha": 8},
+        "train_sft": {"max_steps": 2, "batch_size": 4, "max_length": 64, "lora_r": 4, "lora_alpha": 8},
+        "train_rl_text": {"w_lat": 0.0, "w_cons": 0.0, "w_txt": 1.0},
+        "evaluate": {"max_harmful": 4, "max_benign": 2, "max_new_tokens": 4, "attacks": ["past_tense"],
+                     "judge": "keyword"},
+        "promote": {"model_name": "flow-test"},
     }
     for section, values in overrides.items():
         params[section].update(values)
@@ -40,19 +45,24 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
 
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
-    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head", "train_rl"]
-    assert all(r["status"] == "ran" for r in first)
+    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head", "train_sft",
+                                           "train_rl_text", "train_rl", "evaluate", "register"]
+    assert all(r["status"] == "ran" for r in first[:-1]) and first[-1]["status"] == "version 1"
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 
+    assert "| CRAFT |" in (ws / "data" / "evaluate" / "report.md").read_text()
+
     again = pipeline(workspace=str(ws))
-    assert all(r["status"] == "skipped" for r in again), again
+    assert all(r["status"] == "skipped" for r in again[:-1]), again
+    assert again[-1]["status"] == "version 1"  # same model and metrics: no duplicate version
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     exp = client.get_experiment_by_name("craft")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("craft.stage") == "pipeline"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
-    assert sorted(r.info.run_name for r in children) == ["curate", "extract", "ingest", "train_head", "train_rl", "validate"]
+    assert sorted(r.info.run_name for r in children) == ["curate", "evaluate", "extract", "ingest", "register",
+                                                         "train_head", "train_rl", "train_rl_text", "train_sft", "validate"]
     assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
 
     def stage_runs(name):
