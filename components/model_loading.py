@@ -36,3 +36,16 @@ def load_under_test(spec: str, model_cfg: model_source.ModelConfig, workspace: s
         cfg = dataclasses.replace(model_cfg, source=str(folder))
         return modeling.load(model_source.resolve(cfg, workspace), cfg)
     raise FileNotFoundError(f"{spec}: not 'base', a pipeline output folder (model.json) or an HF model directory.")
+
+
+def resolve_spec(spec: str) -> str:
+    """``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) → the registered pipeline folder, downloaded."""
+    if not spec.startswith("models:/"):
+        return spec
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+    folder = local / "artifacts" / "model"
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{spec} is not a CRAFT registered model (no artifacts/model/model.json).")
+    return str(folder)

@@ -5,6 +5,7 @@
     craft validate PATH           # check any pair-dataset file and write a report
     craft evaluate --model DIR --prompts FILE   # evaluate any model on your own prompts
     craft register | promote | rollback | models # the MLflow registry
+    craft audit "PROMPT" [--guard]              # per-token latent safety trace
     craft schedule --cron "0 3 * * 0"           # scheduled retraining
 """
 from __future__ import annotations
@@ -121,6 +122,55 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from components import audit
+    from components.config import load_params, stage_config
+    from components.head import SafetyHead
+    from components.io import dir_digest, write_json
+    from components.model_loading import load_under_test, resolve_spec
+    from components.model_source import ModelConfig
+    from components.records import stable_id
+
+    params = load_params(args.params) if Path(args.params).exists() else {}
+    model_cfg = stage_config(ModelConfig, "model", params)
+    model_dir = resolve_spec(args.model)
+    head_dir = Path(args.head) if args.head else (Path(model_dir) / "head" if (Path(model_dir) / "head").exists()
+                                                  else Path("data/train_head/head"))
+    if not (head_dir / "head.json").exists():
+        print(f"craft audit: no head at {head_dir}; pass --head DIR (a trained data/train_head/head).", file=sys.stderr)
+        return 2
+    lm = load_under_test(model_dir, model_cfg)
+    head = SafetyHead.load(head_dir, lm.device)
+    guard = audit.GuardConfig(args.threshold, args.patience) if args.guard else None
+    record = audit.generate_with_audit(lm, head, args.prompt, args.max_new_tokens, guard, args.threshold,
+                                       head_id=dir_digest(head_dir)[:12])
+    out = Path(args.out) / stable_id(args.prompt, args.model, record.completion, length=10)
+    write_json(out / "record.json", record.to_json())
+    audit.plot(record, out / "trajectory.png")
+    console = Console()
+    console.print(audit.render_terminal(record))
+    first = record.first_unsafe_token
+    console.print(f"\nfirst unsafe token: {first if first is not None else 'none'} "
+                  f"(threshold {record.threshold}); min latent p_safe "
+                  f"{min(record.scores['p_safe'], default=float('nan')):.2f}"
+                  + (f"; GUARD stopped at token {record.guard['stopped_at_token']}" if record.guard else ""))
+    console.print(f"record: {out / 'record.json'}  plot: {out / 'trajectory.png'}")
+    if args.log_mlflow:
+        import mlflow
+
+        from components import tracking
+
+        tracking.ensure_store()
+        with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="audit", tags={"craft.stage": "audit"}):
+            mlflow.log_dict(json.loads((out / "record.json").read_text()), "audit/record.json")
+            mlflow.log_artifact(str(out / "trajectory.png"), "audit")
+    return 0
+
+
 def _cmd_schedule(args: argparse.Namespace) -> int:
     from flows.schedule import serve
 
@@ -189,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
                                    "utility NLL, git sha, run id, creation time.")
     registry_args(p)
     p.set_defaults(func=_cmd_models)
+
+    p = sub.add_parser("audit", help="generate with a per-token latent safety trace (audit record + plot)",
+                       description="Generate greedily with MODEL and score every token with the CRAFT head: "
+                                   "writes record.json and trajectory.png, prints tokens coloured by latent safety.")
+    p.add_argument("prompt", help="the prompt to audit")
+    p.add_argument("--model", default="data/train_rl", help="'base', a pipeline output folder, an HF directory "
+                                                             "or models:/NAME@ALIAS (default: data/train_rl)")
+    p.add_argument("--head", help="head folder (default: the model's head/, else data/train_head/head)")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--threshold", type=float, default=0.35, help="latent p_safe below this is 'unsafe'")
+    p.add_argument("--guard", action="store_true", help="stop generation after --patience unsafe tokens in a row")
+    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--out", default="audits", help="folder for audit records")
+    p.add_argument("--log-mlflow", action="store_true", help="also log the record and plot to MLflow")
+    p.add_argument("--params", default="params.yaml")
+    p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)",
                        description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule. "
