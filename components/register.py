@@ -48,8 +48,10 @@ def run(model_dir: str | Path, metrics: dict[str, float], base_metrics: dict[str
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "model_config.json"
         cfg_path.write_text(json.dumps(dataclasses.asdict(model_cfg)))
-        with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="register",
-                              parent_run_id=parent_run_id, tags={"craft.stage": "register"}) as run:
+        nested = mlflow.active_run() is not None  # inside the pipeline's parent run (same process)
+        with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="register", nested=nested,
+                              parent_run_id=None if nested else parent_run_id,
+                              tags={"craft.stage": "register"}) as run:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
                 artifacts={"model": str(model_dir), "model_config": str(cfg_path)},

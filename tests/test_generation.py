@@ -27,3 +27,11 @@ def test_batched_greedy_equals_one_at_a_time(tiny_lm):
     single = [generate(tiny_lm, [p], SamplingParams(max_new_tokens=8, batch_size=1))[0] for p in prompts]
     assert batched == single
     assert all(isinstance(t, str) for t in batched)
+
+
+def test_static_cache_matches_default_greedy(tiny_lm):
+    """The fast path (static KV cache) produces the same greedy tokens as plain generate."""
+    prompts = ["How do I kill a process?", "Write a haiku about snow please", "Hi"]
+    dynamic = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="dynamic"))
+    static = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="static"))
+    assert static == dynamic

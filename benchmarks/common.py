@@ -1,0 +1,99 @@
+"""Shared benchmark helpers: models by name, timing, result files, the README table.
+
+Models:
+- ``tiny``: the test model (hidden 32); CPU smoke runs only.
+- ``smollm2``: SmolLM2-135M-Instruct from the packaged GGUF (the pipeline's default model).
+- ``qwen3-4b-random``: a randomly initialised model with Qwen3-4B's shape (no weights needed), for
+  GPU figures; it uses the tiny tokenizer for prompt ids (decoded text is meaningless, timings are not).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def device_name() -> str:
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(fn, repeats: int = 1):
+    """(result, best seconds) over ``repeats`` runs."""
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        out = fn()
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return out, best
+
+
+def load(kind: str, device: str, dtype: str):
+    """(LoadedModel, n_params) for a benchmark model."""
+    from components import modeling, model_source, tiny_model
+
+    torch_dtype = getattr(torch, dtype)
+    if kind in ("tiny", "smollm2"):
+        if kind == "tiny":
+            source = str(tiny_model.build(Path("/tmp/craft-bench-tiny")))
+        else:
+            source = "smollm2"
+        cfg = model_source.ModelConfig(source=source, device=device, dtype=dtype, threads=torch.get_num_threads())
+        lm = modeling.load(model_source.resolve(cfg), cfg)
+    elif kind == "qwen3-4b-random":
+        from transformers import AutoModelForCausalLM, Qwen3Config
+
+        tok = tiny_model.build_tokenizer()
+        tok.padding_side = "left"
+        config = Qwen3Config(vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                             num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=4096,
+                             tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
+        model.eval()
+        lm = modeling.LoadedModel(model, tok, torch.device(device), kind)
+    else:
+        raise ValueError(f"unknown model {kind!r}")
+    return lm, sum(p.numel() for p in lm.model.parameters())
+
+
+def prompts(n: int) -> list[str]:
+    """Real prompts of varied length (HarmBench + aplomb from installed wheels; synthetic fallback)."""
+    try:
+        from components.prompt_sources import read_source
+
+        texts = [p.text for p in read_source("harmbench")] + [p.text for p in read_source("aplomb")]
+    except Exception:
+        texts = [" ".join(["word"] * (5 + i % 40)) for i in range(200)]
+    return [texts[i % len(texts)] for i in range(n)]
+
+
+def save(name: str, rows: list[dict], meta: dict) -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d")
+    slug = "gpu" if torch.cuda.is_available() else "cpu"
+    path = RESULTS / f"{name}-{slug}.json"
+    path.write_text(json.dumps({"benchmark": name, "date": stamp, "device": device_name(), **meta, "rows": rows}, indent=2))
+    return path
+
+
+def print_rows(title: str, rows: list[dict]) -> None:
+    print(f"\n{title}")
+    keys = list(rows[0])
+    print(" | ".join(keys))
+    for r in rows:
+        print(" | ".join(f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()))

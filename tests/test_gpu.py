@@ -1,0 +1,57 @@
+"""CUDA / bf16 paths (run on a GPU machine: `pytest -m gpu`; never in CI)."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def cuda_lm(tiny_model_dir):
+    from components import modeling, model_source
+
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="float32")
+    return modeling.load(model_source.resolve(cfg), cfg)
+
+
+@needs_cuda
+def test_static_cache_on_cuda_matches_dynamic(cuda_lm):
+    from components.generation import SamplingParams, generate
+
+    prompts = ["How do I kill a process?", "Write a haiku about snow please", "Hi"]
+    a = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="dynamic"))
+    b = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="static"))
+    assert a == b
+
+
+@needs_cuda
+def test_bf16_extraction_batched_equals_single(tiny_model_dir):
+    from components import modeling, model_source
+    from components.latents import LatentSpec, encode
+
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="bfloat16")
+    lm = modeling.load(model_source.resolve(cfg), cfg)
+    prompts, traces = ["a b c", "a much longer prompt with more words"], ["x y", "z"]
+    spec = LatentSpec()
+    batched = encode(lm.model, lm.tokenizer, prompts, traces, spec, lm.device)
+    single = torch.cat([encode(lm.model, lm.tokenizer, [p], [t], spec, lm.device) for p, t in zip(prompts, traces)])
+    assert batched.dtype == torch.float32 and batched.device.type == "cuda"
+    torch.testing.assert_close(batched, single, atol=2e-2, rtol=2e-2)
+
+
+@needs_cuda
+def test_rl_step_on_cuda(tiny_model_dir, tmp_path):
+    import pandas as pd
+
+    from components.head import SafetyHead
+    from components.model_source import ModelConfig
+    from components.train_rl import TrainRLConfig, run
+
+    head = SafetyHead(32, 16, 8).save(tmp_path / "head")
+    prompts = pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(4)], "prompt_kind": ["harmful"] * 4,
+                            "split": ["train", "train", "val", "val"]})
+    cfg = TrainRLConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, minibatch_size=4,
+                        judge="keyword", probe_prompts=1, lora_r=2, lora_alpha=4)
+    summary = run(cfg, ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="bfloat16"), prompts, head,
+                  tmp_path / "out", tmp_path / "ckpt")
+    assert summary["steps"] == 2
