@@ -222,4 +222,6 @@ def write_outputs(out: Path, t: pd.DataFrame, results: dict, agreement: dict, cf
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from components.errors import guarded
+
+    raise SystemExit(guarded(STAGE, main))

@@ -37,14 +37,35 @@ def experiment_id() -> str:
 
 
 def ensure_store() -> None:
-    """Make the folder of a local sqlite tracking DB so MLflow can create it."""
+    """Make the folder of a local sqlite DB; for a tracking server, fail fast with one clear line."""
     uri = os.environ.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        require_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", "MLFLOW_TRACKING_URI")
+
+
+def require_reachable(url: str, what: str, variable: str, timeout: float = 5.0) -> None:
+    """Raise ServiceUnavailable unless ``url`` answers (any HTTP status counts as up)."""
+    import urllib.error
+    import urllib.request
+
+    from components.errors import ServiceUnavailable
+
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        raise ServiceUnavailable(f"{what} at {url} is unreachable ({getattr(exc, 'reason', exc)}); "
+                                 f"start it or point {variable} elsewhere (unset it to use the local store).") from None
+
+
+SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential", "auth")
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
-    """Flatten a dataclass or nested mapping into ``a.b.c -> str`` params."""
+    """Flatten a dataclass or nested mapping into ``a.b.c -> str`` params; secrets are redacted."""
     if dataclasses.is_dataclass(obj):
         obj = dataclasses.asdict(obj)
     out: dict[str, str] = {}
@@ -52,7 +73,10 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
         for k, v in obj.items():
             out.update(flatten(v, f"{prefix}{k}."))
         return out
-    return {prefix.rstrip("."): str(obj)[:500]}
+    key = prefix.rstrip(".")
+    if any(w in key.lower() for w in SECRET_WORDS):
+        return {key: "***"}
+    return {key: str(obj)[:500]}
 
 
 @contextlib.contextmanager

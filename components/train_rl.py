@@ -279,4 +279,6 @@ def summary_markdown(s: dict) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from components.errors import guarded
+
+    raise SystemExit(guarded(STAGE, main))

@@ -21,10 +21,18 @@ from components import env
 def _cmd_run(args: argparse.Namespace) -> int:
     from flows.pipeline import StageFailed, pipeline
 
+    import os
+
+    from components.tracking import ensure_store, require_reachable
+    from flows.pipeline import WorkspaceBusy
+
     stages = args.stages.split(",") if args.stages else None
+    ensure_store()  # a configured MLflow server that is down: one clear line, before any work
+    if os.environ.get("PREFECT_API_URL"):
+        require_reachable(os.environ["PREFECT_API_URL"].rstrip("/") + "/health", "Prefect API", "PREFECT_API_URL")
     try:
-        results = pipeline(workspace=args.workspace, stages=stages, force=args.force)
-    except StageFailed as exc:
+        results = pipeline(workspace=args.workspace, stages=stages, force=args.force, register_model=not args.no_register)
+    except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft run: {exc}", file=sys.stderr)
         return 1
     for r in results:
@@ -187,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.add_argument("--stages", help="comma-separated stage names (default: all, in order)")
     p.add_argument("--force", action="store_true", help="re-run stages even if DVC sees no change")
+    p.add_argument("--no-register", action="store_true", help="do not register the trained model as challenger")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="validate a pair-dataset file and write a report",
@@ -272,13 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env.configure(getattr(args, "workspace", "."))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from components.config import ConfigError
+    from components.errors import guarded
 
-    try:
-        return args.func(args)
-    except ConfigError as exc:
-        print(f"craft {args.command}: configuration error: {exc}", file=sys.stderr)
-        return 2
+    return guarded(f"craft {args.command}", lambda: args.func(args))
 
 
 if __name__ == "__main__":

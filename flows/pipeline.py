@@ -7,6 +7,7 @@ The stage process opens its own MLflow child run under the parent whose id it re
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -27,6 +28,27 @@ SKIPPED = "didn't change, skipping"
 
 class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message carries its report or output tail."""
+
+
+class WorkspaceBusy(RuntimeError):
+    """Another pipeline run holds this workspace's lock."""
+
+
+@contextlib.contextmanager
+def workspace_lock(root: Path):
+    """One pipeline run per workspace: a second is refused at once instead of racing DVC."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(root / ".craft-run.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise WorkspaceBusy(f"another `craft run` is using {root} (lock {root / '.craft-run.lock'}); "
+                            "wait for it to finish or use another workspace.") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _stage_env(parent_run_id: str | None) -> dict[str, str]:
@@ -72,23 +94,23 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
 
 @flow(name="craft-pipeline", log_prints=True)
 def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool = False,
-             register: bool = True) -> list[dict]:
+             register_model: bool = True) -> list[dict]:
     """Run the CRAFT pipeline's DVC stages in order under one MLflow parent run.
 
-    When the run includes ``evaluate`` and ``register`` is true, the trained model is then
+    When the run includes ``evaluate`` and ``register_model`` is true, the trained model is then
     registered as the ``challenger`` (outside DVC); promotion stays a separate, gated step.
     """
     root = env.configure(workspace)
     selected = select(stages)
     tracking.ensure_store()
     results: list[dict] = []
-    with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="pipeline",
+    with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="pipeline",
                           tags={"craft.stage": "pipeline", "git.sha": lineage.git_sha(root)}) as run:
         mlflow.log_params(lineage.params(root))
         try:
             for stage in selected:
                 results.append(run_stage(stage, str(root), run.info.run_id, force))
-            if register and "evaluate" in [s.name for s in selected]:
+            if register_model and "evaluate" in [s.name for s in selected]:
                 from flows.registration import register_flow
 
                 version = register_flow(workspace=str(root), parent_run_id=run.info.run_id)

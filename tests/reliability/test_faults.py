@@ -1,0 +1,95 @@
+"""Injected faults: torn writes, SIGKILL during RL, unreachable servers, retries."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from components.io import atomic_path, write_text
+
+pytestmark = pytest.mark.reliability
+
+
+def test_interrupted_write_keeps_the_old_file(tmp_path):
+    target = write_text(tmp_path / "out.json", "old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half of the new cont")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def _rl_workspace(root: Path, tiny_model_dir: Path) -> Path:
+    from components.head import SafetyHead
+
+    root.mkdir(parents=True)
+    SafetyHead(32, 16, 8).save(root / "head")
+    pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(6)], "prompt_kind": ["harmful"] * 6,
+                  "split": ["train"] * 4 + ["val"] * 2}).to_parquet(root / "prompts.parquet")
+    (root / "params.yaml").write_text(yaml.safe_dump({
+        "model": {"source": str(tiny_model_dir), "device": "cpu", "threads": 1},
+        "train_rl": {"steps": 6, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "minibatch_size": 2,
+                     "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1, "checkpoint_every": 1, "log_every": 3,
+                     "lora_r": 2, "lora_alpha": 4, "lr": 0.005}}))
+    return root
+
+
+def _train(ws: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "components.train_rl", "--prompts", "prompts.parquet",
+                             "--head", "head", "--out", "out"], cwd=ws, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])})
+
+
+@pytest.mark.slow
+def test_sigkilled_train_rl_resumes_to_the_same_adapter(tmp_path, tiny_model_dir):
+    clean, killed = _rl_workspace(tmp_path / "clean", tiny_model_dir), _rl_workspace(tmp_path / "killed", tiny_model_dir)
+    assert _train(clean).wait(300) == 0
+    proc = _train(killed)
+    ckpts = killed / ".cache" / "checkpoints" / "train_rl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not list(ckpts.glob("*/step-000002/done")):
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "out" / "adapter").exists()  # it really died before finishing
+    assert _train(killed).wait(300) == 0  # resumes from the newest complete checkpoint
+    a = load_file(str(clean / "out" / "adapter" / "adapter_model.safetensors"))
+    b = load_file(str(killed / "out" / "adapter" / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_unreachable_mlflow_server_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert main(["run", "--workspace", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "MLflow tracking server at http://127.0.0.1:9/health is unreachable" in err and "Traceback" not in err
+
+
+def test_unreachable_prefect_api_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    from flows.cli import main
+
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    assert main(["run", "--workspace", str(tmp_path)]) == 2
+    assert "Prefect API at http://127.0.0.1:9/api/health is unreachable" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_skipped(tmp_path):
+    """A checkpoint without its 'done' marker (killed mid-save) is never resumed from."""
+    from components import checkpoint
+
+    (tmp_path / "step-000003").mkdir()
+    (tmp_path / "step-000003" / "adapter.safetensors").write_bytes(b"torn")
+    (tmp_path / "step-000001").mkdir()
+    (tmp_path / "step-000001" / "done").write_text("1")
+    assert checkpoint.latest(tmp_path).name == "step-000001"
