@@ -136,6 +136,8 @@ def score_full(lm: LoadedModel, head: SafetyHead, prompt: str, completion_ids: S
 def _record(lm, head, prompt, completion, generated, scores, threshold, head_id, guard_event, seconds) -> AuditRecord:
     tokens = [lm.tokenizer.decode([t]) for t in generated]
     trace, answer = split_reasoning(completion)
+    if guard_event:  # what the user sees is the redirect; the stopped reasoning stays in the record
+        trace, answer = completion[: -len(REDIRECT)].strip(), REDIRECT.strip()
     first_unsafe = next((i for i, p in enumerate(scores["p_safe"]) if p < threshold), None)
     end = next((i for i, t in enumerate(tokens) if THINK_CLOSE in "".join(tokens[: i + 1])), None)
     return AuditRecord(prompt, completion, trace, answer, tokens, scores, threshold, first_unsafe, end,

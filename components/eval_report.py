@@ -28,11 +28,26 @@ def comparison_table(results: dict, labels: dict) -> str:
     return "\n".join(lines)
 
 
+def guard_table(results: dict, labels: dict) -> str:
+    rows = [(n, m) for n, m in results.items() if "guard_ms_per_token" in m]
+    if not rows:
+        return "Guard mode was not evaluated."
+    lines = ["| model | response ASR | over-refusal | guard stopped (harmful) | guard stopped (benign) | ms/token |",
+             "|---|---|---|---|---|---|"]
+    for n, m in rows:
+        lines.append(f"| {labels.get(n, n)} | {m['response_asr']:.1%} | {m['over_refusal']:.1%} | "
+                     f"{m['guard_stop_rate_harmful']:.0%} | {m['guard_stop_rate_benign']:.0%} | {m['guard_ms_per_token']:.1f} |")
+    return "\n".join(lines) + ("\n\nGuard mode runs one sequence at a time on the KV cache; its per-token overhead "
+                               "against plain decoding is measured in `benchmarks/bench_guard.py`.")
+
+
 def attack_table(results: dict, labels: dict) -> str:
     attacks = sorted({k[: -len("_response_asr")] for m in results.values() for k in m if k.endswith("_response_asr")} - {""})
     head = "| model | none | " + " | ".join(attacks) + " |"
     lines = [head, "|---" * (len(attacks) + 2) + "|"]
     for name, m in results.items():
+        if not any(k.endswith("_response_asr") and k != "response_asr" for k in m) and attacks:
+            continue  # evaluated on plain prompts only (guard mode)
         cells = [f"{m['response_asr']:.0%}"] + [f"{m.get(a + '_response_asr', float('nan')):.0%}" for a in attacks]
         lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -70,7 +85,7 @@ def asr_plot(results: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.8 / max(len(results), 1)
     for i, (name, m) in enumerate(results.items()):
-        vals = [m["response_asr"] if a == "none" else m.get(f"{a}_response_asr", 0.0) for a in attacks]
+        vals = [m["response_asr"] if a == "none" else m.get(f"{a}_response_asr", float("nan")) for a in attacks]
         ax.bar([x + i * width for x in range(len(attacks))], vals, width, label=name)
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(attacks))], attacks)
     ax.set_ylabel("response ASR (lower is safer)"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8)
@@ -87,6 +102,7 @@ def write(path: Path, t: pd.DataFrame, results: dict, agreement: dict, labels: d
             f"look-alikes. ASR = share judged unsafe (p_safe < 0.5). Judge agreement on labelled "
             f"traces: {agree}.\n\n## Comparison\n\n{comparison_table(results, labels)}\n\n"
             f"## Response ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
+            f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"
             f"## Response ASR by category (plain prompts)\n\n{category_table(t, labels)}\n\n"
             f"## Sample transcripts\n\n{samples(t, labels, n_samples)}\n")
     return write_text(path, text)

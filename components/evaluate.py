@@ -34,7 +34,7 @@ from components.modeling import LoadedModel
 log = logging.getLogger("craft.evaluate")
 STAGE = "evaluate"
 LABELS = {"base": "base", "train_sft": "SFT on safe traces", "train_rl_text": "RL, text reward only",
-          "train_rl": "CRAFT"}
+          "train_rl": "CRAFT", "train_rl+guard": "CRAFT + latent guard"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,10 @@ class EvaluateConfig:
     judge: str = "ensemble"
     """Must be the judge ``train_rl`` rewards with (README: Judges)."""
     transcripts_in_report: int = 3
+    guard_models: tuple[str, ...] = ("train_rl",)
+    """Models also evaluated with the latent guard on (plain prompts; README: Reasoning audit)."""
+    guard_threshold: float = 0.35
+    guard_patience: int = 4
 
     def __post_init__(self) -> None:
         require(len(self.models) > 0, "evaluate.models is empty.")
@@ -89,6 +93,29 @@ def transcripts(lm: LoadedModel, inputs: pd.DataFrame, cfg: EvaluateConfig, judg
     out["p_safe_trace"] = [v.p_safe for v in judge.judge(prompts, list(out.trace))]
     out["p_safe_response"] = [v.p_safe for v in judge.judge(prompts, list(out.response))]
     return out
+
+
+def guarded_transcripts(lm: LoadedModel, head_dir: Path, inputs: pd.DataFrame, cfg: EvaluateConfig,
+                        judge: Judge) -> tuple[pd.DataFrame, dict]:
+    """Greedy generation under the latent guard (one sequence at a time, KV cache)."""
+    from components import audit
+    from components.head import SafetyHead
+
+    head = SafetyHead.load(head_dir, lm.device)
+    guard = audit.GuardConfig(cfg.guard_threshold, cfg.guard_patience)
+    records = [audit.generate_with_audit(lm, head, x, cfg.max_new_tokens, guard) for x in inputs.input]
+    out = inputs.copy()
+    out["completion"] = [r.completion for r in records]
+    out["trace"], out["response"] = [r.trace for r in records], [r.answer for r in records]
+    out["p_safe_trace"] = [v.p_safe for v in judge.judge(list(out.prompt), list(out.trace))]
+    out["p_safe_response"] = [v.p_safe for v in judge.judge(list(out.prompt), list(out.response))]
+    tokens = sum(max(len(r.tokens), 1) for r in records)
+    benign = out.prompt_kind == "benign"
+    extra = {"guard_stop_rate_harmful": float(pd.Series([bool(r.guard) for r in records])[~benign.to_numpy()].mean()),
+             "guard_stop_rate_benign": float(pd.Series([bool(r.guard) for r in records])[benign.to_numpy()].mean())
+             if benign.any() else float("nan"),
+             "guard_ms_per_token": 1000 * sum(r.seconds for r in records) / tokens}
+    return out, extra
 
 
 @torch.no_grad()
@@ -156,6 +183,11 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         t.insert(0, "model", name)
         frames.append(t)
         results[name] = {**metrics_of(t), "utility_nll": reference_nll(lm, chosen)}
+        if name in cfg.guard_models and (Path(spec) / "head").exists():
+            g, extra = guarded_transcripts(lm, Path(spec) / "head", inputs[inputs.attack == "none"], cfg, judge)
+            g.insert(0, "model", f"{name}+guard")
+            frames.append(g)
+            results[f"{name}+guard"] = {**metrics_of(g), "utility_nll": results[name]["utility_nll"], **extra}
         del lm
     return pd.concat(frames, ignore_index=True), results
 

@@ -80,3 +80,21 @@ def test_cli_evaluate_on_a_user_file(tiny_model_dir, tmp_path, capsys):
                  "--out", str(tmp_path / "rep"), "--params", str(params)])
     assert code == 0 and "| model | reasoning ASR" in (tmp_path / "rep" / "report.md").read_text()
     assert "Report:" in capsys.readouterr().out
+
+
+def test_guarded_evaluation_reports_stops_and_latency(tiny_lm, tmp_path):
+    import torch
+
+    from components.evaluate import guarded_transcripts
+    from components.head import SafetyHead
+    from components.judges import KeywordRefusalJudge
+
+    torch.manual_seed(0)
+    head_dir = SafetyHead(32, 16, 8).save(tmp_path / "head")
+    inputs = pd.DataFrame({"prompt": ["Harm?", "Bake?"], "input": ["Harm?", "Bake?"],
+                           "prompt_kind": ["harmful", "benign"], "attack": ["none", "none"]})
+    cfg = EvaluateConfig(max_new_tokens=6, guard_threshold=1.01, guard_patience=2)  # always trips
+    out, extra = guarded_transcripts(tiny_lm, head_dir, inputs, cfg, KeywordRefusalJudge())
+    assert extra["guard_stop_rate_harmful"] == 1.0 and extra["guard_ms_per_token"] > 0
+    assert out.completion.str.contains("Stopped by the CRAFT guard").all()
+    assert (out.p_safe_response > 0.5).all()  # the redirect reads as a refusal to the judge
