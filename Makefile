@@ -15,7 +15,7 @@ export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 90
 export PREFECT_HOME := $(CURDIR)/.prefect
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install run test test-all bench clean
+.PHONY: install run test test-all bench bench-gpu clean
 
 install: $(STAMP)
 
@@ -34,6 +34,17 @@ test: install         ## fast offline tests (CI)
 
 test-all: install     ## everything that runs without a GPU, slow tests included
 	$(PY) -m pytest -m "not gpu" -q
+
+bench: install       ## CPU benchmarks vs their peers (run `make run` first for the pipeline timing)
+	$(PY) benchmarks/bench_generation.py --model smollm2
+	$(PY) benchmarks/bench_extract.py --model smollm2
+	$(PY) benchmarks/bench_rl_step.py --model smollm2
+	$(PY) benchmarks/bench_guard.py --model smollm2
+	-$(PY) benchmarks/bench_pipeline.py
+	$(PY) benchmarks/report.py
+
+bench-gpu:           ## on a CUDA machine: bf16 figures on a random Qwen3-4B-shaped model
+	bash benchmarks/gpu_suite.sh && python3 benchmarks/report.py
 
 clean:
 	rm -rf .prefect mlruns .pytest_cache

@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from components.generation import render
+from components.generation import cache_kwargs, render
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,8 @@ def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_t
     was_training = model.training
     model.eval()
     out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                         top_p=top_p, pad_token_id=tokenizer.pad_token_id)
+                         top_p=top_p, pad_token_id=tokenizer.pad_token_id,
+                         **cache_kwargs("auto", enc["input_ids"].device))  # static KV cache on CUDA
     model.train(was_training)
     tp = enc["input_ids"].shape[1]
     new = out[:, tp:]
