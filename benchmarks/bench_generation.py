@@ -60,7 +60,7 @@ def main() -> None:
     peers = {"HF generate, default cache, same batch": len(prompts) * args.new / t_hf,
              "HF generate, one prompt at a time": args.single * args.new / t_one,
              "ours (length-sorted batches; static cache on CUDA)": ours_tps}
-    rows = [{"peer": k, "tok_per_s": v, "ours_vs_peer": ours_tps / v} for k, v in peers.items()]
+    rows = [{"peer": k, "tok_per_s": v, "our_speedup": ours_tps / v} for k, v in peers.items()]
     meta = {"model": args.model, "params": n_params, "batch": args.batch, "prompts": len(prompts), "new_tokens": args.new,
             "dtype": args.dtype, "command": " ".join(sys.argv)}
     if torch.cuda.is_available():

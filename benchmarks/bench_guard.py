@@ -46,9 +46,9 @@ def main() -> None:
     _, t_plain = common.timed(lambda: plain(lm, prompts, args.new))
     records, t_guard = common.timed(lambda: guarded(lm, head, prompts, args.new))
     tokens_guard = sum(len(r.tokens) for r in records)
-    rows = [{"peer": "plain greedy (HF generate, batch 1)", "ms_per_token": 1000 * t_plain / (args.n * args.new), "overhead": 1.0},
+    rows = [{"peer": "plain greedy (HF generate, batch 1)", "ms_per_token": 1000 * t_plain / (args.n * args.new), "time_per_token_ratio": 1.0},
             {"peer": "monitor + guard (ours)", "ms_per_token": 1000 * t_guard / max(tokens_guard, 1),
-             "overhead": (t_guard / max(tokens_guard, 1)) / (t_plain / (args.n * args.new))}]
+             "time_per_token_ratio": (t_guard / max(tokens_guard, 1)) / (t_plain / (args.n * args.new))}]
     common.print_rows(f"guard overhead, {args.model}, {args.new} tokens ({common.device_name()})", rows)
     print(f"saved {common.save('guard', rows, {'model': args.model, 'new_tokens': args.new, 'command': ' '.join(sys.argv)})}")
 

@@ -116,7 +116,7 @@ def main() -> None:
         head = SafetyHead(lm.model.config.hidden_size, 1024, 512, LatentSpec()).to(lm.device).eval()
         results[name] = statistics.median(fn(args, lm, head, common.prompts(64)))
         del lm
-    rows = [{"peer": k, "s_per_step": v, "ours_vs_peer": results["ours"] / v} for k, v in results.items()]
+    rows = [{"peer": k, "s_per_step": v, "our_time_ratio": results["ours"] / v} for k, v in results.items()]
     common.print_rows(f"RL step, {args.model}, {args.prompts_per_step}×{args.group} completions × {args.new} tokens, "
                       f"LoRA r=16 ({common.device_name()})", rows)
     meta = {"model": args.model, "prompts_per_step": args.prompts_per_step, "group": args.group,

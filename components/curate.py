@@ -9,17 +9,16 @@ Test-split prompts are never generated here: they are held out for evaluation.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from components import env, generation, modeling, model_source, tracking, traces
-from components.config import load_params, require, stage_config
+from components import generation, model_source, modeling, stage_cli, traces, tracking
+from components.config import require, stage_config
 from components.io import read_table, write_json, write_table, write_text
-from components.judges import JUDGES, make_judge
+from components.judges import JUDGES, make_judge, valid_judge
 from components.records import TRACE_COLUMNS, Trace, stable_id
 
 log = logging.getLogger("craft.curate")
@@ -55,7 +54,7 @@ class CurateConfig:
         require(self.samples_per_prompt >= 1, "curate.samples_per_prompt must be >= 1.")
         require(self.max_new_tokens >= 1 and self.batch_size >= 1, "curate: max_new_tokens and batch_size must be >= 1.")
         require(self.temperature >= 0, "curate.temperature must be >= 0 (0 is greedy).")
-        require(self.judge in JUDGES, f"curate.judge={self.judge!r}: use one of {JUDGES}.")
+        require(valid_judge(self.judge), f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path>.")
         require(0 < self.safe_threshold < 1, "curate.safe_threshold must be in (0, 1).")
 
 
@@ -146,14 +145,10 @@ def summary_markdown(df: pd.DataFrame, s: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.curate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
-    parser.add_argument("--out", required=True, help="output folder (data/curate)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
+        ("--out", True, "output folder (data/curate)"),
+    ])
     cfg = stage_config(CurateConfig, STAGE, params)
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
     with tracking.stage_run(STAGE, cfg, model_cfg):

@@ -15,7 +15,6 @@ For a non-reasoning model the whole completion is both trace and answer, so the 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,17 +23,17 @@ import pandas as pd
 import torch
 
 from components import attacks as attack_lib
-from components import env, eval_report, generation, model_source, tracking
-from components.config import load_params, require, stage_config
+from components import eval_report, generation, model_source, stage_cli, tracking
+from components.config import require, stage_config
 from components.io import read_table, write_json, write_table
-from components.judges import JUDGES, Judge, make_judge
+from components.judges import JUDGES, Judge, make_judge, valid_judge
 from components.model_loading import load_under_test
 from components.modeling import LoadedModel
 
 log = logging.getLogger("craft.evaluate")
 STAGE = "evaluate"
 LABELS = {"base": "base", "train_sft": "SFT on safe traces", "train_rl_text": "RL, text reward only",
-          "train_rl": "CRAFT", "train_rl+guard": "CRAFT + latent guard"}
+          "train_rl": "CRAFT", "train_rl_guard": "CRAFT + latent guard"}
 
 
 @dataclass(frozen=True)
@@ -60,7 +59,7 @@ class EvaluateConfig:
     def __post_init__(self) -> None:
         require(len(self.models) > 0, "evaluate.models is empty.")
         require(set(self.attacks) <= set(attack_lib.ATTACKS), f"evaluate.attacks: choose from {attack_lib.ATTACKS}.")
-        require(self.judge in JUDGES, f"evaluate.judge: use one of {JUDGES}.")
+        require(valid_judge(self.judge), f"evaluate.judge: use one of {JUDGES} or hf:<path>.")
         require(self.max_harmful >= 1 and self.max_new_tokens >= 1, "evaluate: max_harmful and max_new_tokens >= 1.")
 
 
@@ -185,9 +184,9 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         results[name] = {**metrics_of(t), "utility_nll": reference_nll(lm, chosen)}
         if name in cfg.guard_models and (Path(spec) / "head").exists():
             g, extra = guarded_transcripts(lm, Path(spec) / "head", inputs[inputs.attack == "none"], cfg, judge)
-            g.insert(0, "model", f"{name}+guard")
+            g.insert(0, "model", f"{name}_guard")
             frames.append(g)
-            results[f"{name}+guard"] = {**metrics_of(g), "utility_nll": results[name]["utility_nll"], **extra}
+            results[f"{name}_guard"] = {**metrics_of(g), "utility_nll": results[name]["utility_nll"], **extra}
         del lm
     return pd.concat(frames, ignore_index=True), results
 
@@ -218,15 +217,11 @@ def evaluate_file(model: str, prompts_path: str | Path, cfg: EvaluateConfig, mod
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.evaluate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
-    parser.add_argument("--traces", help="pair dataset, for the judges' agreement check")
-    parser.add_argument("--out", required=True, help="output folder (data/evaluate)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
+        ("--traces", False, "pair dataset, for the judges' agreement check"),
+        ("--out", True, "output folder (data/evaluate)"),
+    ])
     cfg = stage_config(EvaluateConfig, STAGE, params)
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
     out = Path(args.out)

@@ -8,7 +8,6 @@ Files: shards/shard-NNNNN.safetensors with tensors ``h`` and ``h_aug`` of shape 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -20,8 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from components import env, modeling, model_source, tracking
-from components.config import load_params, require, stage_config
+from components import model_source, modeling, stage_cli, tracking
+from components.config import require, stage_config
 from components.io import atomic_path, read_table, write_json, write_table, write_text
 from components.latents import POOL_OVER, POOLINGS, LatentSpec, encode
 
@@ -141,14 +140,10 @@ def load(folder: str | Path) -> Features:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.extract", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
-    parser.add_argument("--out", required=True, help="output folder (data/extract)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--data", True, "pair dataset (data/curate/traces.parquet)"),
+        ("--out", True, "output folder (data/extract)"),
+    ])
     cfg = stage_config(ExtractConfig, STAGE, params)
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
     with tracking.stage_run(STAGE, cfg, model_cfg):

@@ -5,7 +5,6 @@ its split when sources grow, so a new dataset version never moves a test prompt 
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import env, tracking
-from components.config import load_params, require, stage_config
+from components import stage_cli, tracking
+from components.config import require, stage_config
 from components.io import write_json, write_table, write_text
 from components.prompt_sources import read_source
 from components.records import PROMPT_COLUMNS, Prompt, normalise, prompt_id, stable_id
@@ -106,13 +105,9 @@ def summary_markdown(df: pd.DataFrame, stats: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.ingest", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out", required=True, help="output folder (data/ingest)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--out", True, "output folder (data/ingest)"),
+    ])
     cfg = stage_config(IngestConfig, STAGE, params)
     with tracking.stage_run(STAGE, cfg):
         df, stats = run(cfg)

@@ -87,14 +87,27 @@ def stage_run(stage: str, *configs: Any, tags: Mapping[str, str] | None = None) 
     ensure_store()
     parent = os.environ.get(PARENT_ENV) or None
     all_tags = {"craft.stage": stage, **(tags or {})}
-    with mlflow.start_run(experiment_id=experiment_id(), run_name=stage,
-                          parent_run_id=parent, tags=all_tags) as run:
+    retry_of = unfinished_child(parent, stage) if parent else None
+    start = dict(run_id=retry_of) if retry_of else dict(experiment_id=experiment_id(), run_name=stage, parent_run_id=parent)
+    with mlflow.start_run(**start, tags=all_tags) as run:
         params: dict[str, str] = {}
         for cfg in configs:
             params.update(flatten(cfg, f"{type(cfg).__name__}."))
-        if params:
+        if params and not retry_of:
             mlflow.log_params(params)
         yield run
+
+
+def unfinished_child(parent_run_id: str, stage: str) -> str | None:
+    """The run of ``stage`` under this parent that did not finish (a retried task reuses it, so a
+    retry never leaves two runs of one stage in one pipeline run)."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id()], output_format="list",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`craft.stage` = '{stage}'")
+    pending = [r for r in found if r.info.status != "FINISHED"]
+    return pending[0].info.run_id if pending else None
 
 
 def log_stage_outputs(prefix: str, metrics: Mapping[str, Any], artifacts: Iterable[str | Path] = ()) -> None:

@@ -9,7 +9,6 @@ stopping because our datasets are small.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
 from dataclasses import dataclass
@@ -18,8 +17,8 @@ from pathlib import Path
 import mlflow
 import torch
 
-from components import env, extract, head_metrics, tracking
-from components.config import load_params, require, stage_config
+from components import extract, head_metrics, stage_cli, tracking
+from components.config import require, stage_config
 from components.head import LABEL_INDEX, SafetyHead
 from components.head_loss import LossWeights, craft_loss
 from components.io import write_json, write_text
@@ -142,14 +141,11 @@ def summary_markdown(m: dict, history: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.train_head", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--features", required=True, help="extract output (data/extract)")
-    parser.add_argument("--out", required=True, help="output folder (data/train_head)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = stage_config(TrainHeadConfig, STAGE, load_params(args.params))
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--features", True, "extract output (data/extract)"),
+        ("--out", True, "output folder (data/train_head)"),
+    ])
+    cfg = stage_config(TrainHeadConfig, STAGE, params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg):
         feats = extract.load(args.features)

@@ -16,7 +16,6 @@ prompt shard). Departures from the paper: LoRA instead of full fine-tuning; fewe
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -28,11 +27,11 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from components import checkpoint, env, generation, modeling, model_source, rl_loop, tracking
-from components.config import load_params, require, stage_config
+from components import checkpoint, generation, model_source, modeling, rl_loop, stage_cli, tracking
+from components.config import require, stage_config
 from components.head import SafetyHead
 from components.io import dir_digest, read_table, write_json, write_text
-from components.judges import make_judge
+from components.judges import make_judge, valid_judge
 from components.policy import LoraSpec, wrap_lora
 from components.records import stable_id
 from components.rewards import SOURCES, CraftReward, RewardWeights
@@ -96,6 +95,7 @@ class TrainRLConfig:
         require(self.minibatch_size >= 1 and self.grad_accum >= 1 and self.ppo_epochs >= 1, "train_rl: minibatch_size, grad_accum, ppo_epochs >= 1.")
         require(0 < self.clip < 1 and self.kl_coef >= 0 and self.lr > 0, "train_rl: need 0 < clip < 1, kl_coef >= 0, lr > 0.")
         require(self.log_every >= 1 and self.checkpoint_every >= 1, "train_rl: log_every and checkpoint_every >= 1.")
+        require(valid_judge(self.judge), f"train_rl.judge={self.judge!r}: keyword, embedding, ensemble or hf:<path>.")
 
     @property
     def lora(self) -> LoraSpec:
@@ -243,16 +243,12 @@ def plot_curves(history: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.train_rl", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prompts", required=True, help="ingest output (data/ingest/prompts.parquet)")
-    parser.add_argument("--head", required=True, help="trained head folder (data/train_head/head)")
-    parser.add_argument("--out", required=True, help="output folder (data/train_rl)")
-    parser.add_argument("--ablation", help="params section whose keys override train_rl (e.g. train_rl_text)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
+        ("--head", True, "trained head folder (data/train_head/head)"),
+        ("--out", True, "output folder (data/train_rl)"),
+        ("--ablation", False, "params section whose keys override train_rl (e.g. train_rl_text)"),
+    ])
     name = args.ablation or STAGE
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
@@ -265,13 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
                       on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
         write_json(out / "metrics.json", summary)
-        write_text(out / "summary.md", summary_markdown(summary))
+        write_text(out / "summary.md", summary_markdown(summary, name))
         tracking.log_stage_outputs(name, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
     return 0
 
 
-def summary_markdown(s: dict) -> str:
-    return (f"# train_rl\n\n{s['steps']} steps. Mean reward {s['reward_first_quarter']:+.3f} → "
+def summary_markdown(s: dict, name: str = STAGE) -> str:
+    return (f"# {name}\n\n{s['steps']} steps. Mean reward {s['reward_first_quarter']:+.3f} → "
             f"{s['reward_last_quarter']:+.3f} (first vs last quarter); latent reward "
             f"{s['reward_lat_first_quarter']:+.3f} → {s['reward_lat_last_quarter']:+.3f}; probe refusal rate "
             f"{s['probe_refusal_rate_start']:.0%} → {s['probe_refusal_rate_end']:.0%}; KL last {s['kl_last']:.4f} "

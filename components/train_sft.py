@@ -8,7 +8,6 @@ the same layout as ``train_rl``, so evaluation and registration treat both alike
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import env, model_source, modeling, tracking
-from components.config import load_params, require, stage_config
+from components import model_source, modeling, stage_cli, tracking
+from components.config import require, stage_config
 from components.io import read_table, write_json, write_text
 
 log = logging.getLogger("craft.train_sft")
@@ -89,14 +88,10 @@ def run(cfg: TrainSFTConfig, model_cfg: model_source.ModelConfig, traces: pd.Dat
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.train_sft", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
-    parser.add_argument("--out", required=True, help="output folder (data/train_sft)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    params = load_params(args.params)
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--data", True, "pair dataset (data/curate/traces.parquet)"),
+        ("--out", True, "output folder (data/train_sft)"),
+    ])
     cfg = stage_config(TrainSFTConfig, STAGE, params)
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
     out = Path(args.out)

@@ -6,7 +6,6 @@ JSONL, JSON array, CSV) and writes the same report. The full GX result JSON is k
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import html
 import logging
@@ -14,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import env, tracking
-from components.config import load_params, require, stage_config
+from components import stage_cli, tracking
+from components.config import require, stage_config
 from components.expectations import Finding, validate_frame
 from components.io import DataFileError, read_table, write_json, write_text
 from components.records import LABELS
@@ -127,14 +126,11 @@ def write_report(report: Report, out: str | Path) -> dict[str, Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m components.validate", description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--data", required=True, help="pair dataset (data/curate/traces.parquet)")
-    parser.add_argument("--out", required=True, help="report folder (data/validate)")
-    args = parser.parse_args(argv)
-    env.configure()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = stage_config(ValidateConfig, STAGE, load_params(args.params))
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--data", True, "pair dataset (data/curate/traces.parquet)"),
+        ("--out", True, "report folder (data/validate)"),
+    ])
+    cfg = stage_config(ValidateConfig, STAGE, params)
     with tracking.stage_run(STAGE, cfg):
         report = run(args.data, cfg)
         files = write_report(report, args.out)

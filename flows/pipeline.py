@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import time
@@ -27,7 +28,34 @@ SKIPPED = "didn't change, skipping"
 
 
 class StageFailed(RuntimeError):
-    """A DVC stage exited non-zero; the message carries its report or output tail."""
+    """A DVC stage exited non-zero; the message carries its report or output tail.
+
+    ``transient`` is false when the stage itself said the input is wrong (exit 1: failed checks,
+    exit 2: user error): retrying cannot help, so the task is not retried.
+    """
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+
+def _stage_exit_code(lines: list[str]) -> int | None:
+    """The stage command's own exit code from DVC's 'exited with N' message."""
+    for line in reversed(lines):
+        m = re.search(r"exited with (-?\d+)", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
+def _retry_transient(task, task_run, state) -> bool:
+    try:
+        state.result()
+    except StageFailed as exc:
+        return exc.transient
+    except Exception:  # noqa: BLE001 - anything else (lost process, I/O) may pass on retry
+        return True
+    return False
 
 
 class WorkspaceBusy(RuntimeError):
@@ -66,7 +94,8 @@ def _publish(stage: Stage, root: Path, status: str) -> None:
                                  description=f"{stage.name}: {status}")
 
 
-@task(name="dvc-stage", task_run_name="{stage.name}", cache_policy=NO_CACHE)
+@task(name="dvc-stage", task_run_name="{stage.name}", cache_policy=NO_CACHE, retries=1,
+      retry_delay_seconds=10, retry_condition_fn=_retry_transient)
 def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bool = False) -> dict:
     """Run one DVC stage, streaming its output to the Prefect log."""
     logger = get_run_logger()
@@ -86,7 +115,9 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
         _publish(stage, root, "FAILED")
         report = root / "data" / stage.name / stage.report
         detail = report.read_text() if report.exists() else "\n".join(tail)
-        raise StageFailed(f"stage '{stage.name}' failed (exit {proc.returncode}); later stages were not run.\n{detail}")
+        code = _stage_exit_code(tail)
+        raise StageFailed(f"stage '{stage.name}' failed (exit {code if code is not None else proc.returncode}); "
+                          f"later stages were not run.\n{detail}", transient=code not in (1, 2))
     skipped = any(SKIPPED in l for l in tail)
     _publish(stage, root, "skipped (unchanged)" if skipped else f"ran in {seconds}s")
     return {"stage": stage.name, "status": "skipped" if skipped else "ran", "seconds": seconds}

@@ -34,3 +34,24 @@ def test_unknown_judge():
 
 def test_embedding_judge_empty_input():
     assert EmbeddingJudge().judge([], []) == []
+
+
+def test_hf_guard_judge_adapter(tiny_model_dir):
+    """Any local guard model by path: returns a probability and a reason (weights are random here)."""
+    judge = make_judge(f"hf:{tiny_model_dir}")
+    verdicts = judge.judge([PROMPT, PROMPT], [REFUSAL, COMPLIANCE])
+    assert all(0.0 <= v.p_safe <= 1.0 for v in verdicts) and "log P(safe)" in verdicts[0].reason
+    assert judge.name == f"hf:{tiny_model_dir.name}"
+
+
+def test_hf_guard_judge_by_hand(tiny_model_dir):
+    """p_safe = P(safe) / (P(safe) + P(unsafe)) of the teacher-forced verdict strings."""
+    import math
+
+    judge = make_judge(f"hf:{tiny_model_dir}")
+    context = judge.tokenizer.apply_chat_template([{"role": "user", "content": PROMPT},
+                                                   {"role": "assistant", "content": REFUSAL}],
+                                                  tokenize=False, add_generation_prompt=True)
+    safe, unsafe = judge._logprob(context, "\n\nsafe"), judge._logprob(context, "\n\nunsafe")
+    expected = math.exp(safe) / (math.exp(safe) + math.exp(unsafe))
+    assert abs(judge.judge([PROMPT], [REFUSAL])[0].p_safe - expected) < 1e-6

@@ -83,3 +83,26 @@ def test_single_update_path_trains(tiny_model_dir, head_dir, tmp_path):
     run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out", tmp_path / "ckpt")
     adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
+
+
+def test_rl_step_moves_adapter_not_base(tiny_model_dir, head_dir):
+    """In memory: one RL update changes LoRA weights and leaves every base weight bit-identical."""
+    from accelerate import Accelerator
+
+    from components import modeling, model_source, rl_loop
+    from components.policy import wrap_lora
+
+    cfg = _cfg(steps=1, lr=1e-2)
+    model_cfg = _model(tiny_model_dir)
+    lm = modeling.load(model_source.resolve(model_cfg), model_cfg)
+    policy = wrap_lora(lm.model, cfg.lora, 0)
+    base_before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_" not in k}
+    lora_before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_" in k}
+    value_head = rl_loop.ValueHead(32)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
+    reward = CraftReward(SafetyHead.load(head_dir), KeywordRefusalJudge())
+    rl_loop.rl_step(cfg, 0, policy, lm.tokenizer, value_head, opt, Accelerator(cpu=True), reward,
+                    list(PROMPTS.prompt[:4]), torch.Generator().manual_seed(0))
+    after = dict(policy.named_parameters())
+    assert all(torch.equal(after[k], v) for k, v in base_before.items())
+    assert any(not torch.equal(after[k], v) for k, v in lora_before.items())

@@ -93,3 +93,31 @@ def test_corrupt_checkpoint_is_skipped(tmp_path):
     (tmp_path / "step-000001").mkdir()
     (tmp_path / "step-000001" / "done").write_text("1")
     assert checkpoint.latest(tmp_path).name == "step-000001"
+
+
+def test_retried_stage_reuses_its_mlflow_run(tmp_path, monkeypatch):
+    """A task retry after a transient failure must not leave two runs of one stage."""
+    import mlflow
+
+    from components import tracking
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])
+    tracking.ensure_store()
+    parent = mlflow.MlflowClient().create_run(tracking.experiment_id(), run_name="pipeline")  # held by the flow
+    monkeypatch.setenv(tracking.PARENT_ENV, parent.info.run_id)
+    with pytest.raises(RuntimeError):
+        with tracking.stage_run("curate") as first:
+            raise RuntimeError("lost the worker")
+    with tracking.stage_run("curate") as second:
+        pass
+    mlflow.set_tracking_uri(None)
+    assert first.info.run_id == second.info.run_id
+
+
+def test_stage_exit_codes_decide_retries():
+    from flows.pipeline import StageFailed, _stage_exit_code
+
+    assert _stage_exit_code(["ERROR: failed to reproduce 'validate': failed to run: python -m x, exited with 1"]) == 1
+    assert _stage_exit_code(["killed"]) is None
+    assert not StageFailed("bad data", transient=False).transient
