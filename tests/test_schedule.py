@@ -42,5 +42,10 @@ def test_cron_deployment_fires(tmp_path, tiny_model_dir):
         assert "COMPLETED" in states, states
         assert (ws / "data" / "ingest" / "prompts.parquet").exists()
     finally:
-        serve.terminate(), server.terminate()
-        serve.wait(30), server.wait(30)
+        for proc in (serve, server):
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(30)

@@ -32,13 +32,14 @@ def _rl_workspace(root: Path, tiny_model_dir: Path) -> Path:
     from components.head import SafetyHead
 
     root.mkdir(parents=True)
+    torch.manual_seed(0)  # both workspaces get the same head
     SafetyHead(32, 16, 8).save(root / "head")
     pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(6)], "prompt_kind": ["harmful"] * 6,
                   "split": ["train"] * 4 + ["val"] * 2}).to_parquet(root / "prompts.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"source": str(tiny_model_dir), "device": "cpu", "threads": 1},
-        "train_rl": {"steps": 6, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "minibatch_size": 2,
-                     "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1, "checkpoint_every": 1, "log_every": 3,
+        "train_rl": {"steps": 40, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "minibatch_size": 2,
+                     "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1, "checkpoint_every": 1, "log_every": 40,
                      "lora_r": 2, "lora_alpha": 4, "lr": 0.005}}))
     return root
 
