@@ -257,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                              "or models:/NAME@ALIAS (default: data/train_rl)")
     p.add_argument("--head", help="head folder (default: the model's head/, else data/train_head/head)")
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--threshold", type=float, default=0.35, help="latent p_safe below this is 'unsafe'")
+    p.add_argument("--threshold", type=float, default=0.5, help="latent p_safe below this is 'unsafe'")
     p.add_argument("--guard", action="store_true", help="stop generation after --patience unsafe tokens in a row")
     p.add_argument("--patience", type=int, default=4)
     p.add_argument("--out", default="audits", help="folder for audit records")

@@ -57,8 +57,11 @@ def test_sigkilled_train_rl_resumes_to_the_same_adapter(tmp_path, tiny_model_dir
     proc = _train(killed)
     ckpts = killed / ".cache" / "checkpoints" / "train_rl"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and not list(ckpts.glob("*/step-000002/done")):
-        time.sleep(0.2)
+    def newest() -> int:  # older checkpoints are pruned, so look at any complete one
+        return max((int(p.parent.name.split("-")[1]) for p in ckpts.glob("*/step-*/done")), default=-1)
+
+    while time.monotonic() < deadline and newest() < 2 and proc.poll() is None:
+        time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (killed / "out" / "adapter").exists()  # it really died before finishing
