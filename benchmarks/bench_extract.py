@@ -74,14 +74,10 @@ def measure(peer: str, args) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap = common.parser(__doc__)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--peer", choices=["all_layers", "ours"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

@@ -9,7 +9,6 @@ report adds the decode memory-bandwidth bound: tok/s ≤ batch · bandwidth / by
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -36,15 +35,11 @@ def hf_default(lm, prompts, batch, new):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap = common.parser(__doc__)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--n-prompts", type=int, default=64)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--single", type=int, default=4, help="prompts for the one-at-a-time peer")
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm, n_params = common.load(args.model, args.device, args.dtype)

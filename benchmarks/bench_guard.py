@@ -5,7 +5,6 @@ decoding of the same model, one sequence at a time (how the guard runs), same pr
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,13 +28,9 @@ def guarded(lm, head, prompts, new):
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap = common.parser(__doc__)
     ap.add_argument("--n", type=int, default=6)
     ap.add_argument("--new", type=int, default=48)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lm, _ = common.load(args.model, args.device, args.dtype)

@@ -10,7 +10,6 @@ scoring the policy's pooled last-layer state of prompt + completion.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -97,15 +96,11 @@ def trl_grpo(args, lm, head, prompts) -> list[float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap = common.parser(__doc__)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--prompts-per-step", type=int, default=2)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--new", type=int, default=32)
-    ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     results = {}

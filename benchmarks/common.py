@@ -19,6 +19,18 @@ import torch
 RESULTS = Path(__file__).with_name("results")
 
 
+def parser(doc: str | None):
+    """An ArgumentParser with the options every benchmark shares: model, device, dtype, threads."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    return ap
+
+
 def device_name() -> str:
     if torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
