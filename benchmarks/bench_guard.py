@@ -18,7 +18,7 @@ from components.latents import LatentSpec  # noqa: E402
 
 
 def plain(lm, prompts, new):
-    params = generation.SamplingParams(new, 1, ignore_eos=True, cache="dynamic")
+    params = generation.SamplingParams(new, 1, ignore_eos=True, engine="hf")
     return generation.generate(lm, prompts, params)
 
 

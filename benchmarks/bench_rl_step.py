@@ -82,7 +82,7 @@ def trl_grpo(args, lm, head, prompts) -> list[float]:
     config = GRPOConfig(output_dir="/tmp/craft-bench-trl", max_steps=args.steps + 1, per_device_train_batch_size=n,
                         num_generations=args.group, max_completion_length=args.new, learning_rate=1e-5, beta=0.01,
                         temperature=0.6, logging_steps=1, report_to=[], save_strategy="no", use_cpu=cpu,
-                        bf16=not cpu and args.dtype == "bfloat16", gradient_checkpointing=False,
+                        bf16=not cpu and lm.model.dtype == torch.bfloat16, gradient_checkpointing=False,
                         disable_tqdm=True, seed=0)
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts])
     clock = Clock()
@@ -115,7 +115,7 @@ def main() -> None:
     common.print_rows(f"RL step, {args.model}, {args.prompts_per_step}×{args.group} completions × {args.new} tokens, "
                       f"LoRA r=16 ({common.device_name()})", rows)
     meta = {"model": args.model, "prompts_per_step": args.prompts_per_step, "group": args.group,
-            "new_tokens": args.new, "dtype": args.dtype, "command": " ".join(sys.argv)}
+            "new_tokens": args.new, "dtype": str(args.dtype), "command": " ".join(sys.argv)}
     print(f"saved {common.save('rl_step', rows, meta)}")
 
 

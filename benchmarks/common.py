@@ -26,7 +26,7 @@ def parser(doc: str | None):
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="smollm2", choices=["tiny", "smollm2", "qwen3-4b-random"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--dtype", default="bfloat16" if torch.cuda.is_available() else "float32")
+    ap.add_argument("--dtype", default="auto", help="auto = bfloat16 where native (as params.yaml), else float32")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     return ap
 
@@ -58,7 +58,7 @@ def load(kind: str, device: str, dtype: str):
     """(LoadedModel, n_params) for a benchmark model."""
     from components import modeling, model_source, tiny_model
 
-    torch_dtype = getattr(torch, dtype)
+    torch_dtype = modeling.pick_dtype(dtype, torch.device(device))
     if kind in ("tiny", "smollm2"):
         if kind == "tiny":
             source = str(tiny_model.build(Path("/tmp/craft-bench-tiny")))

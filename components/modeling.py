@@ -30,13 +30,29 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` multiplies bfloat16 in hardware (not emulated through float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    cpu = getattr(torch, "cpu", None)
+    return bool(cpu and (getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                         or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+
+
+def pick_dtype(name: str, device: torch.device) -> torch.dtype:
+    """The compute dtype for params.yaml ``model.dtype`` on ``device`` (``auto`` → bf16 where native)."""
+    if name == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return getattr(torch, name)
+
+
 def load(resolved: ResolvedModel, cfg: ModelConfig) -> LoadedModel:
     """Load weights and tokenizer from ``resolved.path`` for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    dtype = getattr(torch, cfg.dtype)
+    dtype = pick_dtype(cfg.dtype, device)
     if device.type == "cpu" and dtype == torch.float16:
         log.warning("float16 is slow or unsupported on CPU; using float32")
         dtype = torch.float32

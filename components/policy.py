@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from components.generation import cache_kwargs, render
+from components.generation import eos_ids, new_tokens, render
 
 
 @dataclass(frozen=True)
@@ -42,11 +42,6 @@ class Rollout:
     completions: list[str]         # [B] decoded
 
 
-def _eos_ids(tokenizer, model) -> list[int]:
-    ids = model.generation_config.eos_token_id if model.generation_config.eos_token_id is not None else tokenizer.eos_token_id
-    return list(ids) if isinstance(ids, (list, tuple)) else [ids]
-
-
 def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     """1 on generated tokens up to and including the first EOS, 0 after it [B, Tn]."""
     is_eos = torch.isin(tokens, torch.tensor(eos_ids, device=tokens.device)).int()
@@ -63,13 +58,13 @@ def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_t
                     add_special_tokens=False).to(device)
     was_training = model.training
     model.eval()
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                         top_p=top_p, pad_token_id=tokenizer.pad_token_id,
-                         **cache_kwargs("auto", enc["input_ids"].device))  # static KV cache on CUDA
+    gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))  # follows the global seed
+    new = new_tokens(model, tokenizer, enc, max_new_tokens, temperature=temperature, top_p=top_p, generator=gen)
+    new = new.clone()  # a normal tensor: the update step embeds these ids with autograd on
     model.train(was_training)
     tp = enc["input_ids"].shape[1]
-    new = out[:, tp:]
-    cmask = completion_mask(new, _eos_ids(tokenizer, model))
+    cmask = completion_mask(new, eos_ids(model, tokenizer))
+    out = torch.cat([enc["input_ids"], new], dim=1)
     attn = torch.cat([enc["attention_mask"], cmask], dim=1)
     texts = [t.strip() for t in tokenizer.batch_decode(new * cmask + tokenizer.pad_token_id * (1 - cmask),
                                                        skip_special_tokens=True)]

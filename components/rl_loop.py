@@ -146,11 +146,9 @@ def restore_if_any(folder, policy, opt, value_head) -> int:
 
 def obfuscation_probe(policy, tokenizer, head, prompts, device) -> float:
     """Obfuscation gap on fresh greedy completions of the probe prompts."""
-    from components.generation import render
+    from components.generation import new_tokens, render
 
     enc = tokenizer([render(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(device)
-    with torch.no_grad():
-        out = policy.generate(**enc, max_new_tokens=32, do_sample=False, pad_token_id=tokenizer.pad_token_id)
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    texts = tokenizer.batch_decode(new_tokens(policy, tokenizer, enc, 32), skip_special_tokens=True)
     return obfuscation_gap(policy, tokenizer, head, prompts, texts, device)

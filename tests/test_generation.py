@@ -29,9 +29,14 @@ def test_batched_greedy_equals_one_at_a_time(tiny_lm):
     assert all(isinstance(t, str) for t in batched)
 
 
-def test_static_cache_matches_default_greedy(tiny_lm):
-    """The fast path (static KV cache) produces the same greedy tokens as plain generate."""
+def test_engines_agree_greedy(tiny_lm):
+    """Our decode loop writes the same greedy completions as ``model.generate``."""
     prompts = ["How do I kill a process?", "Write a haiku about snow please", "Hi"]
-    dynamic = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="dynamic"))
-    static = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="static"))
-    assert static == dynamic
+    hf = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="hf"))
+    ours = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="ours"))
+    assert ours == hf
+
+
+def test_unknown_engine_is_refused():
+    with pytest.raises(ValueError, match="engine='vllm'"):
+        SamplingParams(engine="vllm")

@@ -15,13 +15,18 @@ def cuda_lm(tiny_model_dir):
 
 
 @needs_cuda
-def test_static_cache_on_cuda_matches_dynamic(cuda_lm):
+def test_graph_decode_matches_generate(cuda_lm):
+    """The CUDA-graph decode loop writes generate's greedy tokens, and again on replay."""
+    from components import decode
     from components.generation import SamplingParams, generate
 
     prompts = ["How do I kill a process?", "Write a haiku about snow please", "Hi"]
-    a = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="dynamic"))
-    b = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, cache="static"))
-    assert a == b
+    hf = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="hf"))
+    ours = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="ours"))
+    again = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="ours"))
+    assert ours == hf and again == hf
+    sessions = decode.engine_for(cuda_lm.model)._sessions.values()
+    assert any(s.graph is not None for s in sessions), "the step was not captured as a CUDA graph"
 
 
 @needs_cuda

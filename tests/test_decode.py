@@ -1,0 +1,100 @@
+"""The decode loop (components/decode.py) against ``model.generate`` and its own invariants."""
+import pytest
+import torch
+
+from components import decode
+from components.generation import eos_ids, render
+
+PROMPTS = ["How do I kill a process?", "Write a haiku about snow please", "Hi",
+           "Explain recursion with an example, step by step, for a beginner"]
+
+
+def _batch(lm, prompts=PROMPTS):
+    texts = [render(lm.tokenizer, p) for p in prompts]
+    return lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+
+def _ours(lm, enc, n, **kw):
+    return decode.DecodeEngine(lm.model).generate(enc["input_ids"], enc["attention_mask"], n,
+                                                  eos_ids=eos_ids(lm.model, lm.tokenizer),
+                                                  pad_id=lm.tokenizer.pad_token_id, **kw)
+
+
+def _hf(lm, enc, n, **kw):
+    with torch.inference_mode():
+        ids = lm.model.generate(**enc, max_new_tokens=n, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id, **kw)
+    return ids[:, enc["input_ids"].shape[1]:]
+
+
+@pytest.mark.parametrize("n", [1, 5, 24])
+def test_greedy_tokens_equal_generate(tiny_lm, n):
+    """Same token ids as HF generate (greedy, left padding, rows of different lengths)."""
+    enc = _batch(tiny_lm)
+    assert torch.equal(_ours(tiny_lm, enc, n), _hf(tiny_lm, enc, n))
+
+
+def test_ignore_eos_generates_every_token(tiny_lm):
+    enc = _batch(tiny_lm)
+    ours = _ours(tiny_lm, enc, 12, ignore_eos=True)
+    assert ours.shape == (len(PROMPTS), 12)
+    assert torch.equal(ours, _hf(tiny_lm, enc, 12, min_new_tokens=12))
+
+
+def test_rows_after_eos_are_padded_and_width_trimmed(tiny_lm):
+    """Every token counts as EOS: each row stops at once, later columns are pad, width is 1."""
+    enc = _batch(tiny_lm)
+    vocab = tiny_lm.model.config.vocab_size
+    out = decode.DecodeEngine(tiny_lm.model).generate(enc["input_ids"], enc["attention_mask"], 10,
+                                                      eos_ids=list(range(vocab)), pad_id=tiny_lm.tokenizer.pad_token_id)
+    assert out.shape == (len(PROMPTS), 1)
+
+
+def test_early_eos_rows_match_generate(tiny_lm):
+    """A row that ends early continues with pad, the rest decode on, exactly as in generate."""
+    enc = _batch(tiny_lm)
+    free = _hf(tiny_lm, enc, 12, min_new_tokens=12)
+    stop = int(free[0, 3])  # row 0 ends at its 4th token; others wherever this id turns up
+    ours = decode.DecodeEngine(tiny_lm.model).generate(enc["input_ids"], enc["attention_mask"], 12, eos_ids=[stop],
+                                                       pad_id=tiny_lm.tokenizer.pad_token_id)
+    hf = _hf(tiny_lm, enc, 12, eos_token_id=stop)
+    assert torch.equal(ours, hf)
+    assert (ours[0, 4:] == tiny_lm.tokenizer.pad_token_id).all()
+
+
+def test_session_reuse_gives_same_tokens(tiny_lm):
+    """A second call on the same engine (cache reused, offsets reset) decodes the same."""
+    engine, enc = decode.DecodeEngine(tiny_lm.model), _batch(tiny_lm)
+    args = dict(eos_ids=eos_ids(tiny_lm.model, tiny_lm.tokenizer), pad_id=tiny_lm.tokenizer.pad_token_id)
+    first = engine.generate(enc["input_ids"], enc["attention_mask"], 9, **args)
+    second = engine.generate(enc["input_ids"], enc["attention_mask"], 9, **args)
+    assert torch.equal(first, second)
+
+
+def test_sampling_is_seeded(tiny_lm):
+    enc = _batch(tiny_lm)
+
+    def draw(seed):
+        gen = torch.Generator().manual_seed(seed)
+        return _ours(tiny_lm, enc, 10, sampling=decode.Sampling(1.0, 0.9, gen), ignore_eos=True)
+
+    assert torch.equal(draw(3), draw(3))
+    assert not torch.equal(draw(3), draw(4))
+
+
+def test_top_p_keeps_the_nucleus():
+    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    kept = decode.top_p_filter(scores, 0.8).isfinite()
+    assert kept.tolist() == [[True, True, False, False]]
+    assert decode.top_p_filter(scores, 0.01).isfinite().tolist() == [[True, False, False, False]]
+
+
+def test_rollout_ids_can_be_trained_on(tiny_lm):
+    """Rollout token ids leave inference mode: the policy update embeds them with autograd."""
+    from components.policy import forward_logprobs, rollout
+
+    ro = rollout(tiny_lm.model, tiny_lm.tokenizer, PROMPTS[:2], 2, 6, 1.0, 1.0, tiny_lm.device)
+    assert not ro.input_ids.is_inference()
+    logp, _, _ = forward_logprobs(tiny_lm.model, ro)
+    logp.sum().backward()
+    assert any(p.grad is not None for p in tiny_lm.model.parameters())
+    tiny_lm.model.zero_grad(set_to_none=True)
