@@ -79,7 +79,7 @@ class _Session:
         self.n_real = torch.zeros(batch, dtype=torch.long, device=device)          # prompt tokens per row
         self.token = torch.zeros(batch, 1, dtype=torch.long, device=device)       # step input
         self.slot = torch.zeros(1, dtype=torch.long, device=device)               # cache slot of the step
-        self.prompt_width = 0
+        self.width = torch.zeros(1, dtype=torch.long, device=device)              # P, read by the graph
         self.slots = torch.arange(length, device=device)
         self.use_graph, self.graph, self.logits = use_graph, None, None
 
@@ -92,7 +92,7 @@ class _Session:
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Fill cache slots [0, P) from the left-padded prompts; last-position logits [B, V]."""
         b, p = input_ids.shape
-        self.prompt_width = p
+        self.width.fill_(p)
         self.cache.reset()  # the layers' write offset (a device counter) back to slot 0
         self.key_ok.fill_(True)
         self.key_ok[:, :p] = attention_mask.bool()
@@ -108,7 +108,7 @@ class _Session:
     def _step(self) -> torch.Tensor:
         """One token per row at cache slot ``self.slot``; logits [B, V]. Graph-safe: no host reads."""
         allowed = self.key_ok & (self.slots <= self.slot)                      # [B, L]
-        positions = self.n_real[:, None] + (self.slot - self.prompt_width)     # [B, 1]
+        positions = self.n_real[:, None] + (self.slot - self.width)            # [B, 1]
         out = self.model(input_ids=self.token, attention_mask=self._mask(allowed[:, None, None, :]),
                          position_ids=positions, cache_position=self.slot, past_key_values=self.cache,
                          use_cache=True)

@@ -113,6 +113,11 @@ def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tok
     return sum(v.p_safe >= 0.5 for v in judge.judge(prompts, responses)) / max(len(prompts), 1)
 
 
+def compute_dtype(model_cfg: model_source.ModelConfig) -> str:
+    """The dtype the weights will compute in here (``auto`` resolved): part of the checkpoint key."""
+    return str(modeling.pick_dtype(model_cfg.dtype, modeling.pick_device(model_cfg.device)))
+
+
 def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, fingerprint: str) -> Path:
     """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
     everything that shapes the run, so changed settings never resume an unrelated run."""
@@ -253,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
-    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + dir_digest(args.head))
+    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + compute_dtype(model_cfg) + dir_digest(args.head))
     import mlflow
 
     out = Path(args.out)

@@ -106,3 +106,21 @@ def test_rl_step_moves_adapter_not_base(tiny_model_dir, head_dir):
     after = dict(policy.named_parameters())
     assert all(torch.equal(after[k], v) for k, v in base_before.items())
     assert any(not torch.equal(after[k], v) for k, v in lora_before.items())
+
+
+def test_checkpoint_key_tracks_compute_dtype():
+    """A bf16 run never resumes a float32 run's checkpoints (and vice versa)."""
+    from components.train_rl import compute_dtype
+
+    assert compute_dtype(ModelConfig(dtype="float32", device="cpu")) == "torch.float32"
+    assert compute_dtype(ModelConfig(dtype="bfloat16", device="cpu")) == "torch.bfloat16"
+
+
+def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
+    from components import modeling
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(modeling, "native_bf16", lambda device: False)
+    assert modeling.pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(modeling, "native_bf16", lambda device: True)
+    assert modeling.pick_dtype("auto", cpu) == torch.bfloat16
