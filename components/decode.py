@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -159,6 +160,22 @@ def _write_offsets(cache) -> list[torch.Tensor] | None:
     return offsets
 
 
+@contextmanager
+def _contiguous_head_input(model):
+    """Feed the LM head a contiguous input while decoding. Prefill keeps only the last position,
+    ``hidden[:, -1:]``, a strided view; on CPU a bf16 ``linear`` on such a 3D view falls back to a
+    batched matmul over a B-fold copy of the head weight (0.3 s instead of 4 ms for SmolLM2 at B = 8)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is None:
+        yield
+        return
+    handle = head.register_forward_pre_hook(lambda _module, args: (args[0].contiguous(), *args[1:]))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
 class DecodeEngine:
     """Batched decoding for one model; keeps a session (cache + graph) per (batch, length) shape."""
 
@@ -187,7 +204,13 @@ class DecodeEngine:
         Stops early (n < max_new_tokens) once every row has emitted EOS, as ``generate`` does.
         """
         b, p = input_ids.shape
-        session = self._session(b, p + max_new_tokens)
+        with _contiguous_head_input(self.model):
+            return self._generate(self._session(b, p + max_new_tokens), input_ids, attention_mask, max_new_tokens,
+                                  eos_ids, pad_id, sampling, ignore_eos, check_every)
+
+    def _generate(self, session, input_ids, attention_mask, max_new_tokens, eos_ids, pad_id, sampling, ignore_eos,
+                  check_every) -> torch.Tensor:
+        b, p = input_ids.shape
         eos = torch.tensor(eos_ids, device=self.device)
         out = torch.full((b, max_new_tokens), pad_id, dtype=torch.long, device=self.device)
         done = torch.zeros(b, dtype=torch.bool, device=self.device)
@@ -208,9 +231,10 @@ class DecodeEngine:
 _ENGINES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def engine_for(model) -> DecodeEngine:
-    """The model's engine, kept while the model lives so its CUDA graphs are reused across calls."""
-    engine = _ENGINES.get(model)
-    if engine is None:
-        engine = _ENGINES[model] = DecodeEngine(model)
-    return engine
+def engine_for(model, tag: str = "") -> DecodeEngine:
+    """The model's engine for state ``tag``, kept while the model lives so its CUDA graphs are
+    reused across calls (a graph bakes in the weights and adapter switches of its capture)."""
+    engines = _ENGINES.setdefault(model, {})
+    if tag not in engines:
+        engines[tag] = DecodeEngine(model)
+    return engines[tag]

@@ -59,11 +59,15 @@ def eos_ids(model, tokenizer) -> list[int]:
 
 
 def new_tokens(model, tokenizer, enc, max_new_tokens: int, *, temperature: float = 0.0, top_p: float = 1.0,
-               generator: torch.Generator | None = None, ignore_eos: bool = False, engine: str = "ours") -> torch.Tensor:
-    """Completion token ids [B, n ≤ max_new_tokens] for a left-padded batch ``enc``, pad after EOS."""
+               generator: torch.Generator | None = None, ignore_eos: bool = False, engine: str = "ours",
+               tag: str = "") -> torch.Tensor:
+    """Completion token ids [B, n ≤ max_new_tokens] for a left-padded batch ``enc``, pad after EOS.
+
+    ``tag`` names the model's state for our engine (e.g. ``merged`` LoRA): each tag keeps its own
+    CUDA graphs, which bake in the weights and adapter switches they were captured with."""
     if engine == "ours" and decode.supported(model):
         sampling = decode.Sampling(temperature, top_p, generator)
-        return decode.engine_for(model).generate(enc["input_ids"], enc["attention_mask"], max_new_tokens,
+        return decode.engine_for(model, tag).generate(enc["input_ids"], enc["attention_mask"], max_new_tokens,
                                                  eos_ids=eos_ids(model, tokenizer), pad_id=tokenizer.pad_token_id,
                                                  sampling=sampling, ignore_eos=ignore_eos)
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **hf_cache_kwargs(enc["input_ids"].device))

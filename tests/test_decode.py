@@ -98,3 +98,31 @@ def test_rollout_ids_can_be_trained_on(tiny_lm):
     logp.sum().backward()
     assert any(p.grad is not None for p in tiny_lm.model.parameters())
     tiny_lm.model.zero_grad(set_to_none=True)
+
+
+def test_merged_decoding_equals_adapter_decoding(tiny_model_dir):
+    """Rollouts fold LoRA into shadow weights: same greedy tokens as the adapter path (float32),
+    base weights untouched, no extra parameters registered."""
+    from components import modeling, model_source
+    from components.generation import new_tokens
+    from components.policy import LoraSpec, merged_for_decoding, wrap_lora
+
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+    lm = modeling.load(model_source.resolve(cfg), cfg)
+    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    with torch.no_grad():  # a non-zero adapter, so merging matters
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    enc = _batch(lm)
+    plain = new_tokens(policy, lm.tokenizer, enc, 10)
+    with merged_for_decoding(policy):
+        merged = new_tokens(policy, lm.tokenizer, enc, 10, tag="merged")
+    assert torch.equal(plain, merged)
+    after = policy.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
+    with policy.disable_adapter():
+        base = new_tokens(policy, lm.tokenizer, enc, 10)
+    assert not torch.equal(base, plain), "the adapter should change the greedy tokens"
