@@ -5,8 +5,10 @@ layer's states, as a user would write it. Same model, texts, batch and length, i
     python benchmarks/bench_extract.py --model smollm2                           # CPU
     python benchmarks/bench_extract.py --model qwen3-4b-random --batch 16 --length 512   # GPU
 
-Peak memory: CUDA max_memory_allocated on a GPU; on CPU each peer runs in a child process and
-its peak resident set size is read (ru_maxrss). MFU on a GPU: 2·params·tokens / time / 989 TFLOP/s.
+Peak memory: the extra memory a peer needs above the loaded model, as the targets mean it: CUDA
+max_memory_allocated minus what was allocated before, on a GPU; on CPU each peer runs in a child
+process whose resident set size is sampled every 2 ms during the run, minus the size before it
+(the process's whole peak, ru_maxrss, is reported too). MFU on a GPU: 2·params·tokens / time / 989 TFLOP/s.
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def measure(peer: str, args) -> dict:
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    _, seconds = common.timed(lambda: fn(lm, prompts, traces, args.batch, args.length))
+    with common.PeakRSS() as rss:
+        _, seconds = common.timed(lambda: fn(lm, prompts, traces, args.batch, args.length))
     n_tokens = sum(len(lm.tokenizer(p + t, add_special_tokens=False)["input_ids"][: args.length])
                    for p, t in zip(prompts, traces))
     row = {"peer": peer, "seq_per_s": args.n / seconds, "tokens": n_tokens}
@@ -70,6 +73,7 @@ def measure(peer: str, args) -> dict:
         row["mfu"] = 2 * n_params * n_tokens / seconds / H100_BF16
     else:
         row["peak_rss_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        row["peak_extra_gib"] = rss.extra / 2**30  # above the resident size with the model loaded
     return row
 
 
@@ -91,7 +95,7 @@ def main() -> None:
         else:  # separate processes so each peak RSS is its own
             out = subprocess.run([sys.executable, __file__, "--peer", peer] + sys.argv[1:], capture_output=True, text=True, check=True)
             rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    mem = "peak_extra_gib" if torch.cuda.is_available() else "peak_rss_gib"
+    mem = "peak_extra_gib"
     for r in rows:
         r["throughput_vs_all_layers"] = r["seq_per_s"] / rows[0]["seq_per_s"]
         r["memory_vs_all_layers"] = r[mem] / rows[0][mem]

@@ -54,6 +54,38 @@ def timed(fn, repeats: int = 1):
     return out, best
 
 
+class PeakRSS:
+    """Peak resident set size above the size at entry, sampled every ``interval`` seconds (CPU)."""
+
+    def __init__(self, interval: float = 0.002):
+        import threading
+
+        self.interval, self.extra = interval, 0
+        self._stop, self._thread = threading.Event(), threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def _rss() -> int:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.extra = max(self.extra, self._rss() - self._base)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._base = self._rss()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.extra = max(self.extra, self._rss() - self._base)
+
+
 def load(kind: str, device: str, dtype: str):
     """(LoadedModel, n_params) for a benchmark model."""
     from components import modeling, model_source, tiny_model
