@@ -133,22 +133,28 @@ class _Session:
             return
         saved = [o.clone() for o in offsets]
         try:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._step()
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self.logits = self._step()
-            self.graph = graph
-            for o, v in zip(offsets, saved):  # the warm-up steps advanced the write offsets: undo
-                o.copy_(v)
+            self.graph, self.logits = capture_graph(self._step)
         except Exception as exc:  # an op that cannot be captured: stay correct, run eager
             log.warning("CUDA graph capture failed (%s); decoding eagerly", exc)
             self.use_graph, self.graph, self.logits = False, None, None
             torch.cuda.synchronize()
+        for o, v in zip(offsets, saved):  # warm-up steps advanced the write offsets: undo
+            o.copy_(v)
+
+
+def capture_graph(fn):
+    """(graph, output): ``fn`` recorded as a CUDA graph after two warm-up runs on a side stream
+    (as CUDA requires). ``graph.replay()`` re-runs it, rewriting ``output`` in place."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
 
 
 def _write_offsets(cache) -> list[torch.Tensor] | None:

@@ -126,3 +126,69 @@ def test_merged_decoding_equals_adapter_decoding(tiny_model_dir):
     with policy.disable_adapter():
         base = new_tokens(policy, lm.tokenizer, enc, 10)
     assert not torch.equal(base, plain), "the adapter should change the greedy tokens"
+
+
+class _Replay:
+    """CPU stand-in for a CUDA graph: replay re-runs the step and rewrites the captured output."""
+
+    def __init__(self, fn, out):
+        self.fn, self.out, self.replays = fn, out, 0
+
+    def replay(self):
+        self.out.copy_(self.fn())
+        self.replays += 1
+
+
+def _fake_capture(fn):
+    for _ in range(2):  # warm-ups advance the cache's write offsets, as on a GPU
+        fn()
+    out = fn()
+    return _Replay(fn, out), out
+
+
+class _Recorder(decode.Sampling):
+    """Greedy picks that keep every step's logits."""
+
+    def __init__(self):
+        super().__init__()
+        object.__setattr__(self, "seen", [])
+
+    def pick(self, logits):
+        self.seen.append(logits.float().clone())
+        return super().pick(logits)
+
+
+def _assert_step_logits_exact(lm, enc, new, seen):
+    """Each decode step's logits equal one full forward over prompt + completion: a wrong cache
+    slot, mask or position changes them even where a tiny random model's argmax would not."""
+    ids = torch.cat([enc["input_ids"], new], 1)
+    mask = torch.cat([enc["attention_mask"], torch.ones_like(new)], 1)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    with torch.inference_mode():
+        full = lm.model(input_ids=ids, attention_mask=mask, position_ids=positions).logits.float()
+    p = enc["input_ids"].shape[1]
+    for t, logits in enumerate(seen[: new.shape[1]]):
+        torch.testing.assert_close(logits, full[:, p - 1 + t], atol=1e-4, rtol=1e-4)
+
+
+def test_eager_step_logits_equal_full_forward(tiny_lm):
+    engine, enc, rec = decode.DecodeEngine(tiny_lm.model), _batch(tiny_lm), _Recorder()
+    new = engine.generate(enc["input_ids"], enc["attention_mask"], 9, eos_ids=[-1],
+                          pad_id=tiny_lm.tokenizer.pad_token_id, sampling=rec)
+    _assert_step_logits_exact(tiny_lm, enc, new, rec.seen)
+
+
+def test_graph_bookkeeping_matches_full_forward(tiny_lm, monkeypatch):
+    """The graph path's bookkeeping, on CPU: warm-up offsets undone, prompt width and slot read
+    from buffers (batches of other widths in the same cache bucket replay correctly), the
+    captured output read after each replay."""
+    monkeypatch.setattr(decode, "capture_graph", _fake_capture)
+    engine = decode.DecodeEngine(tiny_lm.model, use_graphs=True)
+    for prompts in (PROMPTS, [p + " now" for p in PROMPTS], PROMPTS):  # widths differ, one bucket
+        enc, rec = _batch(tiny_lm, prompts), _Recorder()
+        new = engine.generate(enc["input_ids"], enc["attention_mask"], 9, eos_ids=[-1],
+                              pad_id=tiny_lm.tokenizer.pad_token_id, sampling=rec)
+        _assert_step_logits_exact(tiny_lm, enc, new, rec.seen)
+    (session,) = engine._sessions.values()
+    assert session.length % decode.GRAPH_BUCKET == 0
+    assert isinstance(session.graph, _Replay) and session.graph.replays == 3 * 8
