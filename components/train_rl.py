@@ -118,6 +118,19 @@ def compute_dtype(model_cfg: model_source.ModelConfig) -> str:
     return str(modeling.pick_dtype(model_cfg.dtype, modeling.pick_device(model_cfg.device)))
 
 
+CODE = ("train_rl", "rl_loop", "rl_math", "rewards", "policy", "generation", "decode", "modeling", "checkpoint")
+"""The modules whose code shapes an RL run (its dvc.yaml deps)."""
+
+
+def code_digest() -> str:
+    """sha256 of the RL code: when DVC re-runs the stage because that code changed, the run starts
+    afresh instead of resuming (or finding finished) checkpoints written by the old code."""
+    import hashlib
+
+    here = Path(__file__).parent
+    return hashlib.sha256(b"".join((here / f"{name}.py").read_bytes() for name in CODE)).hexdigest()[:16]
+
+
 def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, fingerprint: str) -> Path:
     """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
     everything that shapes the run, so changed settings never resume an unrelated run."""
@@ -258,7 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
-    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + compute_dtype(model_cfg) + dir_digest(args.head))
+    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + compute_dtype(model_cfg)
+                          + dir_digest(args.head) + code_digest())
     import mlflow
 
     out = Path(args.out)

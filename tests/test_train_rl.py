@@ -124,3 +124,16 @@ def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
     assert modeling.pick_dtype("auto", cpu) == torch.float32
     monkeypatch.setattr(modeling, "native_bf16", lambda device: True)
     assert modeling.pick_dtype("auto", cpu) == torch.bfloat16
+
+
+def test_checkpoint_key_tracks_rl_code(monkeypatch, tmp_path):
+    """Changed RL code never resumes checkpoints the old code wrote."""
+    from components import train_rl
+
+    before = train_rl.code_digest()
+    for name in train_rl.CODE:
+        (tmp_path / f"{name}.py").write_bytes((Path(train_rl.__file__).parent / f"{name}.py").read_bytes())
+    monkeypatch.setattr(train_rl, "__file__", str(tmp_path / "train_rl.py"))
+    assert train_rl.code_digest() == before
+    (tmp_path / "decode.py").write_text("# changed\n", encoding="utf-8")
+    assert train_rl.code_digest() != before
