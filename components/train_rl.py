@@ -125,10 +125,8 @@ CODE = ("train_rl", "rl_loop", "rl_math", "rewards", "policy", "generation", "de
 def code_digest() -> str:
     """sha256 of the RL code: when DVC re-runs the stage because that code changed, the run starts
     afresh instead of resuming (or finding finished) checkpoints written by the old code."""
-    import hashlib
-
     here = Path(__file__).parent
-    return hashlib.sha256(b"".join((here / f"{name}.py").read_bytes() for name in CODE)).hexdigest()[:16]
+    return stable_id(*((here / f"{name}.py").read_text(encoding="utf-8") for name in CODE))
 
 
 def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, fingerprint: str) -> Path:
