@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from components import decode
+from components.model_source import ENGINES
 from components.modeling import LoadedModel
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -33,17 +34,14 @@ class SamplingParams:
     """Optional system message; empty keeps the chat template's default."""
     ignore_eos: bool = False
     """Always generate ``max_new_tokens`` (benchmarks: equal work for every peer)."""
-    engine: str = "ours"
-    """``ours``: components.decode (static KV cache, no per-step host work, CUDA graphs on CUDA);
-    ``hf``: ``model.generate`` (the fallback; static cache on CUDA). Models whose attention takes
-    no prepared 4D mask always use ``hf``."""
+    engine: str = ""
+    """Empty: the loaded model's (params.yaml ``model.engine``). ``ours``: components.decode
+    (static KV cache, no per-step host work, CUDA graphs on CUDA); ``hf``: ``model.generate`` (the
+    fallback; static cache on CUDA). Models whose attention takes no prepared 4D mask always use ``hf``."""
 
     def __post_init__(self):
-        if self.engine not in ENGINES:
+        if self.engine and self.engine not in ENGINES:
             raise ValueError(f"engine={self.engine!r}: use one of {ENGINES}")
-
-
-ENGINES = ("ours", "hf")
 
 
 def hf_cache_kwargs(device) -> dict:
@@ -110,7 +108,7 @@ def generate(
         batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(lm.device)
         new = new_tokens(model, tok, batch, params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
-                         generator=gen, ignore_eos=params.ignore_eos, engine=params.engine)
+                         generator=gen, ignore_eos=params.ignore_eos, engine=params.engine or lm.engine)
         for i, row in zip(idx, tok.batch_decode(new, skip_special_tokens=True)):
             out[i] = row.strip()
         bar.update(len(idx))

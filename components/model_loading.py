@@ -31,7 +31,7 @@ def load_under_test(spec: str, model_cfg: model_source.ModelConfig, workspace: s
         from peft import PeftModel
 
         merged = PeftModel.from_pretrained(lm.model, str(folder / meta.get("adapter", "adapter"))).merge_and_unload()
-        return LoadedModel(merged.eval(), lm.tokenizer, lm.device, f"{resolved.model_id}+{folder.name}")
+        return LoadedModel(merged.eval(), lm.tokenizer, lm.device, f"{resolved.model_id}+{folder.name}", lm.engine)
     if (folder / "config.json").exists():
         cfg = dataclasses.replace(model_cfg, source=str(folder))
         return modeling.load(model_source.resolve(cfg, workspace), cfg)

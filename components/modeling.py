@@ -20,6 +20,8 @@ class LoadedModel:
     tokenizer: Any
     device: torch.device
     model_id: str
+    engine: str = "ours"
+    """params.yaml ``model.engine``: how ``generation.generate`` decodes for this model."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -68,4 +70,4 @@ def load(resolved: ResolvedModel, cfg: ModelConfig) -> LoadedModel:
     tok.padding_side = "left"  # decoder-only batched generation needs left padding
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return LoadedModel(model, tok, device, resolved.model_id)
+    return LoadedModel(model, tok, device, resolved.model_id, cfg.engine)

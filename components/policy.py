@@ -95,8 +95,9 @@ def merged_for_decoding(model):
 
 @torch.no_grad()
 def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
-            temperature: float, top_p: float, device) -> Rollout:
-    """Sample ``group_size`` completions per prompt from the current policy (one batch)."""
+            temperature: float, top_p: float, device, engine: str = "ours") -> Rollout:
+    """Sample ``group_size`` completions per prompt from the current policy (one batch) with
+    generation ``engine`` (params.yaml ``model.engine``)."""
     asked = [p for p in prompts for _ in range(group_size)]  # grouped: p0 × G, p1 × G, …
     enc = tokenizer([render(tokenizer, p) for p in asked], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(device)
@@ -105,7 +106,7 @@ def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_t
     gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))  # follows the global seed
     with merged_for_decoding(model):  # same weights, fewer ops; its own CUDA graphs (tag)
         new = new_tokens(model, tokenizer, enc, max_new_tokens, temperature=temperature, top_p=top_p,
-                         generator=gen, tag="merged")
+                         generator=gen, engine=engine, tag="merged")
     new = new.clone()  # a normal tensor: the update step embeds these ids with autograd on
     model.train(was_training)
     tp = enc["input_ids"].shape[1]

@@ -113,12 +113,14 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen) -> dict
     return {k: sum(v) / len(v) for k, v in stats.items() if v}
 
 
-def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: CraftReward, pool, gen) -> dict:
-    """One full RL step: rollout → reward → advantages → update. Returns logged metrics."""
+def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: CraftReward, pool, gen,
+            engine: str = "ours") -> dict:
+    """One full RL step: rollout (with generation ``engine``) → reward → advantages → update.
+    Returns logged metrics."""
     prompts = step_prompts(pool, cfg.prompts_per_step, cfg.seed, step,
                            accelerator.process_index, accelerator.num_processes)
     ro = rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.group_size, cfg.max_new_tokens,
-                 cfg.temperature, cfg.top_p, accelerator.device)
+                 cfg.temperature, cfg.top_p, accelerator.device, engine)
     parts = reward(accelerator.unwrap_model(policy), tokenizer, ro.prompts, ro.completions, accelerator.device)
     batch = make_batch(cfg, policy, value_head, ro, parts["total"])
     stats = update(cfg, policy, value_head, opt, accelerator, batch, gen)
@@ -144,11 +146,11 @@ def restore_if_any(folder, policy, opt, value_head) -> int:
     return start
 
 
-def obfuscation_probe(policy, tokenizer, head, prompts, device) -> float:
+def obfuscation_probe(policy, tokenizer, head, prompts, device, engine: str = "ours") -> float:
     """Obfuscation gap on fresh greedy completions of the probe prompts."""
     from components.generation import new_tokens, render
 
     enc = tokenizer([render(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(device)
-    texts = tokenizer.batch_decode(new_tokens(policy, tokenizer, enc, 32), skip_special_tokens=True)
+    texts = tokenizer.batch_decode(new_tokens(policy, tokenizer, enc, 32, engine=engine), skip_special_tokens=True)
     return obfuscation_gap(policy, tokenizer, head, prompts, texts, device)

@@ -16,6 +16,7 @@ prompt shard). Departures from the paper: LoRA instead of full fine-tuning; fewe
 """
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -103,11 +104,12 @@ class TrainRLConfig:
 
 
 
-def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device) -> float:
+def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device,
+                       engine: str = "ours") -> float:
     """Share of probe prompts whose greedy answer the judge calls safe (p_safe ≥ 0.5)."""
     from components.modeling import LoadedModel
 
-    lm = LoadedModel(policy, tokenizer, device, "policy")
+    lm = LoadedModel(policy, tokenizer, device, "policy", engine)
     texts = generation.generate(lm, prompts, generation.SamplingParams(max_new_tokens, len(prompts)), desc="probe")
     responses = [generation.split_reasoning(t)[1] or t for t in texts]
     return sum(v.p_safe >= 0.5 for v in judge.judge(prompts, responses)) / max(len(prompts), 1)
@@ -116,6 +118,12 @@ def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tok
 def compute_dtype(model_cfg: model_source.ModelConfig) -> str:
     """The dtype the weights will compute in here (``auto`` resolved): part of the checkpoint key."""
     return str(modeling.pick_dtype(model_cfg.dtype, modeling.pick_device(model_cfg.device)))
+
+
+def numerics(model_cfg: model_source.ModelConfig) -> str:
+    """What fixes the run's arithmetic and sampled tokens here (compute dtype, generation engine):
+    part of the checkpoint key, so a run never resumes one that decoded differently."""
+    return f"{compute_dtype(model_cfg)}/{model_cfg.engine}"
 
 
 CODE = ("train_rl", "rl_loop", "rl_math", "rewards", "policy", "generation", "decode", "modeling", "checkpoint")
@@ -169,17 +177,19 @@ def run(cfg: TrainRLConfig, model_cfg: model_source.ModelConfig, prompts: pd.Dat
     require(len(pool) >= cfg.prompts_per_step, f"train_rl: {len(pool)} training prompts < prompts_per_step.")
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head)
     history = _history(ckpt, start)
-    unwrapped = accelerator.unwrap_model(policy)
+    unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
+    probe_rate = functools.partial(probe_refusal_rate, unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens,
+                                   device, engine)
     if start == 0:
-        base = {"rl/probe_refusal_rate": probe_refusal_rate(unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens, accelerator.device)}
+        base = {"rl/probe_refusal_rate": probe_rate()}
         history.append({"step": -1, **base})
     for step in range(start, cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pool, gen)
+        metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pool, gen, engine)
         last = step + 1 == cfg.steps
         if (step + 1) % cfg.log_every == 0 or last:
-            metrics["rl/probe_refusal_rate"] = probe_refusal_rate(unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens, accelerator.device)
-            metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe, accelerator.device)
+            metrics["rl/probe_refusal_rate"] = probe_rate()
+            metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe, device, engine)
         history.append({"step": step, **metrics})
         if on_metrics:
             on_metrics(step, metrics)
@@ -269,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
     model_cfg = stage_config(model_source.ModelConfig, "model", params)
-    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + compute_dtype(model_cfg)
+    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + numerics(model_cfg)
                           + dir_digest(args.head) + code_digest())
     import mlflow
 

@@ -21,6 +21,8 @@ def test_validation_says_how_to_fix():
         build(CurateConfig, {"splits": ["test"]}, "curate")
     with pytest.raises(ConfigError, match="use one of"):
         build(ModelConfig, {"dtype": "int3"}, "model")
+    with pytest.raises(ConfigError, match="'hf' \\(transformers generate\\)"):
+        build(ModelConfig, {"engine": "vllm"}, "model")
 
 
 def test_wrong_type_is_reported():

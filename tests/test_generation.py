@@ -40,3 +40,36 @@ def test_engines_agree_greedy(tiny_lm):
 def test_unknown_engine_is_refused():
     with pytest.raises(ValueError, match="engine='vllm'"):
         SamplingParams(engine="vllm")
+
+
+def _count_hf_generate(monkeypatch, model) -> list:
+    calls = []
+    real = model.generate
+    monkeypatch.setattr(model, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    return calls
+
+
+def test_model_engine_setting_picks_the_engine(tiny_lm, monkeypatch):
+    """params.yaml ``model.engine`` reaches every ``generate`` call: ``hf`` goes through
+    ``model.generate``, ``ours`` never does; a SamplingParams engine overrides the model's."""
+    import dataclasses
+
+    calls = _count_hf_generate(monkeypatch, tiny_lm.model)
+    prompts = ["Write a haiku", "Hi"]
+    ours = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=6, batch_size=2))
+    assert calls == []
+    hf_lm = dataclasses.replace(tiny_lm, engine="hf")
+    assert generate(hf_lm, prompts, SamplingParams(max_new_tokens=6, batch_size=2)) == ours
+    assert len(calls) == 1
+    generate(hf_lm, prompts, SamplingParams(max_new_tokens=6, batch_size=2, engine="ours"))
+    assert len(calls) == 1
+
+
+def test_rollouts_use_the_model_engine(tiny_lm, monkeypatch):
+    from components.policy import rollout
+
+    calls = _count_hf_generate(monkeypatch, tiny_lm.model)
+    rollout(tiny_lm.model, tiny_lm.tokenizer, ["Hi"], 2, 4, 1.0, 1.0, tiny_lm.device)
+    assert calls == []
+    rollout(tiny_lm.model, tiny_lm.tokenizer, ["Hi"], 2, 4, 1.0, 1.0, tiny_lm.device, engine="hf")
+    assert len(calls) == 1

@@ -116,6 +116,14 @@ def test_checkpoint_key_tracks_compute_dtype():
     assert compute_dtype(ModelConfig(dtype="bfloat16", device="cpu")) == "torch.bfloat16"
 
 
+def test_checkpoint_key_tracks_generation_engine():
+    """Engines draw different samples from one seed: a run never resumes another engine's."""
+    from components.train_rl import numerics
+
+    ours, hf = (numerics(ModelConfig(dtype="float32", device="cpu", engine=e)) for e in ("ours", "hf"))
+    assert ours != hf and ours.startswith("torch.float32")
+
+
 def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
     from components import modeling
 
