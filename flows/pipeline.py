@@ -79,7 +79,7 @@ def workspace_lock(root: Path):
         lock.release()
 
 
-def _stage_env(parent_run_id: str | None) -> dict[str, str]:
+def stage_env(parent_run_id: str | None) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)  # so dvc's `python -m …` is this interpreter
     out = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
     if parent_run_id:
@@ -103,7 +103,7 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage.name] + (["--force"] if force else [])
     started = time.monotonic()
     tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=root, env=_stage_env(parent_run_id), stdout=subprocess.PIPE,
+    with subprocess.Popen(cmd, cwd=root, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
                           stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
         for line in proc.stdout:  # type: ignore[union-attr]
             line = line.rstrip().split("\r")[-1]

@@ -1,0 +1,77 @@
+import math
+
+import pytest
+import yaml
+
+from components import seed_spread
+from components.config import ConfigError
+from tests.conftest import ROOT
+
+
+def test_overrides_set_every_training_seed_and_keep_the_split():
+    """Every seeded stage in params.yaml is varied except ingest (the held-out split stays fixed)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    seeded = {name for name, section in params.items() if isinstance(section, dict) and "seed" in section}
+    assert set(seed_spread.SEEDED) == seeded - {"ingest"}
+    assert seed_spread.overrides(3) == [f"{s}.seed=3" for s in seed_spread.SEEDED]
+
+
+def test_spread_is_mean_sample_sd_and_range():
+    runs = {"HEAD": {"CRAFT response ASR": 0.5}, "seed-1": {"CRAFT response ASR": 0.25},
+            "seed-2": {"CRAFT response ASR": 0.75}}
+    row = next(r for r in seed_spread.spread(runs) if r["metric"] == "CRAFT response ASR")
+    assert (row["n"], row["mean"], row["min"], row["max"]) == (3, 0.5, 0.25, 0.75)
+    assert row["sd"] == pytest.approx(0.25)  # sqrt((0.0625 + 0.0625) / 2)
+    assert row["seed-1"] == 0.25
+
+
+def test_missing_metrics_are_left_out_not_zero():
+    runs = {"HEAD": seed_spread.headline({"evaluate": {"train_rl/response_asr": 0.4}}), "seed-1": {}}
+    rows = {r["metric"]: r for r in seed_spread.spread(runs)}
+    assert rows["CRAFT response ASR"]["n"] == 1 and rows["CRAFT response ASR"]["sd"] == 0.0
+    assert rows["head AUROC"]["n"] == 0 and math.isnan(rows["head AUROC"]["mean"])
+
+
+def test_markdown_formats_rates_as_percent_and_auroc_as_decimal():
+    runs = {"HEAD": seed_spread.headline({"evaluate": {"train_rl/response_asr": 0.4583},
+                                          "train_head": {"head_auroc": 0.9634}})}
+    text = seed_spread.markdown(seed_spread.spread(runs), ["HEAD"])
+    assert "| CRAFT response ASR | 45.8% | 45.8% ± 0.0% | 45.8%–45.8% |" in text
+    assert "| head AUROC | 0.963 |" in text
+    assert "| SFT over-refusal | — |" in text
+
+
+@pytest.mark.parametrize("text, message", [("1,x", "comma-separated integers"), ("1,1", "repeats"),
+                                           ("", "at least one"), ("-1", ">= 0")])
+def test_bad_seed_lists_say_how_to_fix(text, message):
+    with pytest.raises(ConfigError, match=message):
+        seed_spread.SweepConfig(seed_spread.parse_seeds(text))
+
+
+def test_cli_refuses_a_bad_seed_list_before_running_anything(capsys):
+    from flows.cli import main
+
+    assert main(["seeds", "--seeds", "2,2"]) == 2
+    assert "repeats a seed" in capsys.readouterr().err
+
+
+def test_experiment_metrics_reads_head_and_seed_experiments(monkeypatch, tmp_path):
+    """The shape ``dvc exp show --json`` prints (dvc 3.x ExpState.dumpd): workspace, then the
+    baseline commit with its experiments; only HEAD and ``seed-*`` runs are kept."""
+    import json
+    import subprocess
+
+    from flows import seeds
+
+    def state(rev, name, asr):
+        return {"rev": rev, "name": name, "error": None, "experiments": None,
+                "data": {"rev": rev, "metrics": {"data/evaluate/metrics.json": {"data": {"train_rl/response_asr": asr}}}}}
+
+    shown = [state("workspace", None, 0.9),
+             {**state("abc123", "main", 0.5), "experiments": [
+                 {"name": "seed-1", "executor": None, "revs": [state("def456", "seed-1", 0.25)]},
+                 {"name": "lr-try", "executor": None, "revs": [state("0ff1ce", "lr-try", 0.1)]}]}]
+    monkeypatch.setattr(seeds, "_dvc", lambda root, *a, **k: subprocess.CompletedProcess(a, 0, json.dumps(shown), ""))
+    found = seeds.experiment_metrics(tmp_path)
+    assert found == {"HEAD": {"evaluate": {"train_rl/response_asr": 0.5}},
+                     "seed-1": {"evaluate": {"train_rl/response_asr": 0.25}}}
