@@ -42,9 +42,9 @@ class SweepConfig:
     """Training seeds, each a full pipeline run (~12 min on a 2-core CPU) as a DVC experiment."""
 
     def __post_init__(self) -> None:
-        require(len(self.seeds) >= 1, "craft seeds: give at least one seed, e.g. --seeds 1,2.")
-        require(all(s >= 0 for s in self.seeds), "craft seeds: seeds must be >= 0.")
-        require(len(set(self.seeds)) == len(self.seeds), f"craft seeds: {list(self.seeds)} repeats a seed.")
+        require(len(self.seeds) >= 1, "--seeds: give at least one seed, e.g. --seeds 1,2.")
+        require(all(s >= 0 for s in self.seeds), "--seeds: seeds must be >= 0.")
+        require(len(set(self.seeds)) == len(self.seeds), f"--seeds: {list(self.seeds)} repeats a seed.")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:

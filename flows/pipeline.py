@@ -87,6 +87,19 @@ def stage_env(parent_run_id: str | None) -> dict[str, str]:
     return out
 
 
+def stream(cmd: list[str], cwd: Path, parent_run_id: str | None, label: str, logger) -> tuple[int, list[str]]:
+    """Run ``cmd``, logging each output line as ``[label] …``; (exit code, last 40 lines)."""
+    tail: list[str] = []
+    with subprocess.Popen(cmd, cwd=cwd, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+        for line in proc.stdout:  # type: ignore[union-attr]
+            line = line.rstrip().split("\r")[-1]  # progress bars: keep the last redraw
+            if line:
+                logger.info("[%s] %s", label, line)
+                tail = (tail + [line])[-40:]
+    return proc.returncode, tail
+
+
 def _publish(stage: Stage, root: Path, status: str) -> None:
     report = root / "data" / stage.name / stage.report
     if report.exists():
@@ -102,21 +115,14 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
     root = Path(workspace)
     cmd = [sys.executable, "-m", "dvc", "repro", "--single-item", stage.name] + (["--force"] if force else [])
     started = time.monotonic()
-    tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=root, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            line = line.rstrip().split("\r")[-1]
-            if line:
-                logger.info("[%s] %s", stage.name, line)
-                tail = (tail + [line])[-40:]
+    returncode, tail = stream(cmd, root, parent_run_id, stage.name, logger)
     seconds = round(time.monotonic() - started, 1)
-    if proc.returncode != 0:
+    if returncode != 0:
         _publish(stage, root, "FAILED")
         report = root / "data" / stage.name / stage.report
         detail = report.read_text() if report.exists() else "\n".join(tail)
         code = _stage_exit_code(tail)
-        raise StageFailed(f"stage '{stage.name}' failed (exit {code if code is not None else proc.returncode}); "
+        raise StageFailed(f"stage '{stage.name}' failed (exit {code if code is not None else returncode}); "
                           f"later stages were not run.\n{detail}", transient=code not in (1, 2))
     skipped = any(SKIPPED in l for l in tail)
     _publish(stage, root, "skipped (unchanged)" if skipped else f"ran in {seconds}s")

@@ -11,6 +11,7 @@ The committed run (the seeds in ``params.yaml``) is the column ``HEAD``. Written
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,14 +23,35 @@ from prefect.cache_policies import NO_CACHE
 
 from components import env, seed_spread, tracking
 from components.io import write_text
-from flows.pipeline import StageFailed, stage_env, workspace_lock
+from flows import lineage
+from flows.pipeline import StageFailed, stage_env, stream, workspace_lock
 
 OUT = "seeds"
+ABOUT = ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with "
+         "every training stage's seed set to N. The held-out prompts are the same in every run, so the spread is "
+         "training randomness alone. Standard deviation with n − 1.")
 
 
-def _dvc(root: Path, *args: str, env_vars: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=env_vars or stage_env(None),
+def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "dvc", *args], cwd=root, env=stage_env(None),
                           capture_output=True, text=True, errors="replace")
+
+
+class UncommittedChanges(RuntimeError):
+    """The workspace differs from its last commit, which is the sweep's baseline."""
+
+
+def require_committed(root: Path) -> None:
+    """Refuse to sweep a workspace with uncommitted changes to tracked files: the experiments would
+    run the changed code and settings while the ``HEAD`` column shows the committed results."""
+    changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", f":!{OUT}"], cwd=root,
+                             capture_output=True, text=True).stdout.split("\n")
+    changed = [line[3:] for line in changed if line.strip()]
+    if changed:
+        raise UncommittedChanges(f"{len(changed)} tracked file(s) differ from the last commit "
+                                 f"({', '.join(changed[:5])}{', …' if len(changed) > 5 else ''}); the committed run "
+                                 "is the sweep's baseline: run `craft run`, commit params.yaml, dvc.lock and "
+                                 "data/*/metrics.json, then sweep.")
 
 
 @task(name="seed-experiment", task_run_name="seed-{seed}", cache_policy=NO_CACHE)
@@ -41,21 +63,15 @@ def run_seed(seed: int, workspace: str, parent_run_id: str) -> None:
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name]
     for assignment in seed_spread.overrides(seed):
         cmd += ["-S", assignment]
-    tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=workspace, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
-        for line in proc.stdout:  # type: ignore[union-attr]
-            line = line.rstrip().split("\r")[-1]
-            if line:
-                logger.info("[%s] %s", name, line)
-                tail = (tail + [line])[-40:]
-    if proc.returncode != 0:
-        raise StageFailed(f"experiment {name} failed (exit {proc.returncode}):\n" + "\n".join(tail))
+    returncode, tail = stream(cmd, Path(workspace), parent_run_id, name, logger)
+    if returncode != 0:
+        raise StageFailed(f"experiment {name} failed (exit {returncode}):\n" + "\n".join(tail))
 
 
-def experiment_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
-    """{run name: {stage: metrics}} for HEAD and the ``seed-*`` experiments, from ``dvc exp show``."""
-    shown = _dvc(root, "exp", "show", "--json")
+def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str, dict[str, float]]]:
+    """{run name: {stage: metrics}} for the baseline commit (as ``HEAD``) and the ``seed-*``
+    experiments derived from it, from ``dvc exp show``."""
+    shown = _dvc(root, "exp", "show", "--json", "--rev", baseline)
     if shown.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{shown.stderr[-2000:]}")
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -63,7 +79,7 @@ def experiment_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
         runs = [(commit.get("rev"), commit)] + [(e.get("name"), e["revs"][0]) for e in commit.get("experiments") or []
                                                  if e.get("revs")]
         for name, rev in runs:
-            if name == "workspace" or not (name == commit.get("rev") or str(name).startswith("seed-")):
+            if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-\d+", str(name))):
                 continue
             metrics = (rev.get("data") or {}).get("metrics") or {}
             out["HEAD" if name == commit.get("rev") else name] = {
@@ -71,23 +87,30 @@ def experiment_metrics(root: Path) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
+def run_order(found: dict) -> list[str]:
+    """HEAD first, then every ``seed-N`` of the baseline by N (earlier sweeps' seeds count too)."""
+    seeds = sorted((n for n in found if n.startswith("seed-")), key=lambda n: int(n.split("-", 1)[1]))
+    return (["HEAD"] if "HEAD" in found else []) + seeds
+
+
 @flow(name="craft-seeds", log_prints=True)
 def seed_sweep(seeds: list[int], workspace: str = ".") -> list[dict]:
     """Run the pipeline once per seed (DVC experiments) and write the spread of the headline figures."""
     cfg = seed_spread.SweepConfig(tuple(seeds))
     root = env.configure(workspace)
+    require_committed(root)
     tracking.ensure_store()
     with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="seeds",
                                                 tags={"craft.stage": "seeds"}) as run:
-        mlflow.log_param("seeds", ",".join(map(str, cfg.seeds)))
+        baseline = lineage.git_sha(root)  # the experiments' parent, even if HEAD moves meanwhile
+        mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline})
         for seed in cfg.seeds:
             run_seed(seed, str(root), run.info.run_id)
-        found = experiment_metrics(root)
-        names = ["HEAD"] + [f"seed-{s}" for s in cfg.seeds if f"seed-{s}" in found]
-        runs = {n: seed_spread.headline(found[n]) for n in names if n in found}
+        found = experiment_metrics(root, baseline)
+        runs = {n: seed_spread.headline(found[n]) for n in run_order(found)}
         rows = seed_spread.spread(runs)
         table = seed_spread.markdown(rows, list(runs))
-        write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs)\n\n{table}\n")
+        write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs)\n\n{ABOUT.format(baseline)}\n\n{table}\n")
         write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
         mlflow.log_artifacts(str(root / OUT), OUT)
         create_markdown_artifact(key="seed-spread", markdown=table, description=f"MLflow run {run.info.run_id}")

@@ -70,8 +70,31 @@ def test_experiment_metrics_reads_head_and_seed_experiments(monkeypatch, tmp_pat
     shown = [state("workspace", None, 0.9),
              {**state("abc123", "main", 0.5), "experiments": [
                  {"name": "seed-1", "executor": None, "revs": [state("def456", "seed-1", 0.25)]},
-                 {"name": "lr-try", "executor": None, "revs": [state("0ff1ce", "lr-try", 0.1)]}]}]
+                 {"name": "lr-try", "executor": None, "revs": [state("0ff1ce", "lr-try", 0.1)]},
+                 {"name": "seed-x", "executor": None, "revs": [state("0ff1cf", "seed-x", 0.1)]}]}]
     monkeypatch.setattr(seeds, "_dvc", lambda root, *a, **k: subprocess.CompletedProcess(a, 0, json.dumps(shown), ""))
     found = seeds.experiment_metrics(tmp_path)
     assert found == {"HEAD": {"evaluate": {"train_rl/response_asr": 0.5}},
                      "seed-1": {"evaluate": {"train_rl/response_asr": 0.25}}}
+    assert seeds.run_order({"seed-10": {}, "seed-2": {}, "HEAD": {}}) == ["HEAD", "seed-2", "seed-10"]
+
+
+def test_sweep_refuses_uncommitted_changes(tmp_path):
+    """The HEAD column must be what the experiments were run against."""
+    import subprocess
+
+    from flows.seeds import UncommittedChanges, require_committed
+
+    git = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (tmp_path / "params.yaml").write_text("train_rl: {lr: 0.1}\n")
+    (tmp_path / "scratch.txt").write_text("untracked files do not count\n")
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "spread.md").write_text("the last sweep's report\n")
+    git("add", "params.yaml", "seeds")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    (tmp_path / "seeds" / "spread.md").write_text("a newer report does not count either\n")
+    require_committed(tmp_path)
+    (tmp_path / "params.yaml").write_text("train_rl: {lr: 0.2}\n")
+    with pytest.raises(UncommittedChanges, match=r"params\.yaml.*commit"):
+        require_committed(tmp_path)
