@@ -56,8 +56,9 @@ def parse_seeds(text: str) -> tuple[int, ...]:
 
 
 def overrides(seed: int) -> list[str]:
-    """``dvc exp run -S`` assignments that set every training stage's seed to ``seed``."""
-    return [f"{stage}.seed={seed}" for stage in SEEDED]
+    """``dvc exp run -S`` assignments that set every training stage's seed to ``seed``; ``++`` (Hydra:
+    add or override) also works for a params.yaml that leaves ``seed`` at its default."""
+    return [f"++{stage}.seed={seed}" for stage in SEEDED]
 
 
 def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

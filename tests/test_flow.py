@@ -74,3 +74,28 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
         pipeline(workspace=str(ws))
     assert "at least 100000 rows" in (ws / "data" / "validate" / "report.md").read_text()
     assert len(stage_runs("extract")) == n_extract  # no stage after validate ran
+
+
+@pytest.mark.slow
+def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_model_dir, tmp_path):
+    """``craft seeds`` end to end: refused while uncommitted, then one DVC experiment beside the
+    committed run, the spread written, and the workspace's own outputs left as they were."""
+    import subprocess
+
+    from flows.pipeline import pipeline
+    from flows.seeds import UncommittedChanges, seed_sweep
+
+    ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
+    (ws / ".gitignore").write_text("mlruns/\n.prefect/\n.cache/\n.craft-run.lock\nseeds/\n")
+    pipeline(workspace=str(ws), register_model=False)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=ws,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout
+    git("add", "-A")
+    with pytest.raises(UncommittedChanges):
+        seed_sweep([1], workspace=str(ws))
+    git("commit", "-qm", "baseline")
+    lock_before = (ws / "dvc.lock").read_text()
+    rows = {r["metric"]: r for r in seed_sweep([1], workspace=str(ws))}
+    assert rows["head AUROC"]["n"] == 2 and {"HEAD", "seed-1"} <= set(rows["head AUROC"])
+    assert "| metric | HEAD | seed-1 | mean ± sd | range |" in (ws / "seeds" / "spread.md").read_text()
+    assert (ws / "dvc.lock").read_text() == lock_before and git("status", "--porcelain", "--untracked-files=no") == ""

@@ -13,7 +13,7 @@ def test_overrides_set_every_training_seed_and_keep_the_split():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     seeded = {name for name, section in params.items() if isinstance(section, dict) and "seed" in section}
     assert set(seed_spread.SEEDED) == seeded - {"ingest"}
-    assert seed_spread.overrides(3) == [f"{s}.seed=3" for s in seed_spread.SEEDED]
+    assert seed_spread.overrides(3) == [f"++{s}.seed=3" for s in seed_spread.SEEDED]
 
 
 def test_spread_is_mean_sample_sd_and_range():
