@@ -9,6 +9,7 @@ n runs is mean, sample standard deviation (n − 1 in the denominator; 0 for one
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
@@ -68,15 +69,13 @@ def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
     """Per metric: each run's value, then n, mean, sd, min, max over the runs that have it."""
-    labels = [label for _, _, label in HEADLINE]
     rows = []
-    for label in labels:
+    for _, _, label in HEADLINE:
         values = {name: run[label] for name, run in runs.items() if not math.isnan(run.get(label, math.nan))}
         xs = list(values.values())
         n = len(xs)
-        mean = sum(xs) / n if n else math.nan
-        sd = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else (0.0 if n else math.nan)
-        rows.append({"metric": label, **values, "n": n, "mean": mean, "sd": sd,
+        sd = statistics.stdev(xs) if n > 1 else (0.0 if n else math.nan)  # sample sd (n − 1)
+        rows.append({"metric": label, **values, "n": n, "mean": statistics.fmean(xs) if n else math.nan, "sd": sd,
                      "min": min(xs, default=math.nan), "max": max(xs, default=math.nan)})
     return rows
 

@@ -191,13 +191,9 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(parse_seeds(args.seeds))  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy
-    from flows.seeds import OUT, UncommittedChanges, require_committed, seed_sweep
+    from flows.seeds import OUT, require_committed, seed_sweep
 
-    try:
-        require_committed(Path(args.workspace))
-    except UncommittedChanges as exc:
-        print(f"craft seeds: {exc}", file=sys.stderr)
-        return 2
+    require_committed(Path(args.workspace))  # before the flow starts: one line, exit 2
     try:
         seed_sweep(list(cfg.seeds), workspace=args.workspace)
     except (StageFailed, WorkspaceBusy) as exc:

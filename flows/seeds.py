@@ -22,6 +22,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components import env, seed_spread, tracking
+from components.config import ConfigError
 from components.io import write_text
 from flows import lineage
 from flows.pipeline import StageFailed, stage_env, stream, workspace_lock
@@ -37,8 +38,9 @@ def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, errors="replace")
 
 
-class UncommittedChanges(RuntimeError):
-    """The workspace differs from its last commit, which is the sweep's baseline."""
+class UncommittedChanges(ConfigError):
+    """The workspace differs from its last commit, which is the sweep's baseline (a user error:
+    entry points report it as one line, exit 2)."""
 
 
 def require_committed(root: Path) -> None:
