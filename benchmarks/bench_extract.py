@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
-from components.latents import LatentSpec, encode  # noqa: E402
+from components.lm.latents import LatentSpec, encode  # noqa: E402
 
 H100_BF16 = 989e12
 
@@ -35,7 +35,7 @@ def texts(n: int, length: int) -> tuple[list[str], list[str]]:
 
 def all_layers(lm, prompts, traces, batch, length):
     """Peer: full forward with output_hidden_states=True, keeping all layers, mean-pooled after."""
-    from components.generation import render
+    from components.lm.generation import render
 
     kept = []
     for i in range(0, len(prompts), batch):

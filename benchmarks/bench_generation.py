@@ -18,7 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
-from components import generation  # noqa: E402
+from components.lm import generation  # noqa: E402
 
 PEAK_BW = {"H100": 3.35e12, "H200": 4.8e12}
 
@@ -65,7 +65,7 @@ def main() -> None:
             lambda: hf_generate(lm32, prompts, args.batch, args.new))[1]
         del lm32
     ours_tps = n_tok / common.timed(lambda: generation.generate(lm, prompts, ours))[1]
-    peers[f"ours (components.decode, length-sorted batches{', CUDA graphs' if cuda else ''})"] = ours_tps
+    peers[f"ours (components.lm.decode, length-sorted batches{', CUDA graphs' if cuda else ''})"] = ours_tps
     rows = [{"peer": k, "tok_per_s": v, "our_speedup": ours_tps / v} for k, v in peers.items()]
     meta = {"model": args.model, "params": n_params, "batch": args.batch, "prompts": len(prompts), "new_tokens": args.new,
             "dtype": dtype, "command": " ".join(sys.argv)}

@@ -12,9 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
-from components import audit, generation  # noqa: E402
-from components.head import SafetyHead  # noqa: E402
-from components.latents import LatentSpec  # noqa: E402
+from components.eval import audit  # noqa: E402
+from components.lm import generation  # noqa: E402
+from components.head.model import SafetyHead  # noqa: E402
+from components.lm.latents import LatentSpec  # noqa: E402
 
 
 def plain(lm, prompts, new):

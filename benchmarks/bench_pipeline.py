@@ -17,7 +17,7 @@ from benchmarks import common  # noqa: E402
 def main() -> None:
     from mlflow import MlflowClient
 
-    from components import env
+    from components.core import env
 
     env.configure(".")
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])

@@ -1,4 +1,4 @@
-"""RL step time: our loop (``components.rl_loop``) vs TRL's GRPOTrainer with a latent reward
+"""RL step time: our loop (``components.rl.loop``) vs TRL's GRPOTrainer with a latent reward
 callable. Same model, LoRA (r, targets), prompts, group size, completion length, KL coefficient
 and optimizer steps; both measured in this run; median seconds per step after one warm-up step.
 
@@ -19,17 +19,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import common  # noqa: E402
-from components.head import SafetyHead  # noqa: E402
-from components.judges import KeywordRefusalJudge  # noqa: E402
-from components.latents import LatentSpec  # noqa: E402
-from components.rewards import CraftReward, latent_scores  # noqa: E402
+from components.head.model import SafetyHead  # noqa: E402
+from components.eval.judges import KeywordRefusalJudge  # noqa: E402
+from components.lm.latents import LatentSpec  # noqa: E402
+from components.rl.rewards import CraftReward, latent_scores  # noqa: E402
 
 
 def ours(args, lm, head, prompts) -> list[float]:
     from accelerate import Accelerator
 
-    from components import rl_loop
-    from components.policy import wrap_lora
+    from components.rl import loop as rl_loop
+    from components.rl.policy import wrap_lora
     from components.train_rl import TrainRLConfig
 
     cfg = TrainRLConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group,

@@ -88,16 +88,18 @@ class PeakRSS:
 
 def load(kind: str, device: str, dtype: str):
     """(LoadedModel, n_params) for a benchmark model."""
-    from components import modeling, model_source, tiny_model
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.lm import tiny_model
 
-    torch_dtype = modeling.pick_dtype(dtype, torch.device(device))
+    torch_dtype = runtime.pick_dtype(dtype, torch.device(device))
     if kind in ("tiny", "smollm2"):
         if kind == "tiny":
             source = str(tiny_model.build(Path("/tmp/craft-bench-tiny")))
         else:
             source = "smollm2"
         cfg = model_source.ModelConfig(source=source, device=device, dtype=dtype, threads=torch.get_num_threads())
-        lm = modeling.load(model_source.resolve(cfg), cfg)
+        lm = runtime.load(model_source.resolve(cfg), cfg)
     elif kind == "qwen3-4b-random":
         from transformers import AutoModelForCausalLM, Qwen3Config
 
@@ -109,7 +111,7 @@ def load(kind: str, device: str, dtype: str):
         with torch.device(device):
             model = AutoModelForCausalLM.from_config(config, dtype=torch_dtype)
         model.eval()
-        lm = modeling.LoadedModel(model, tok, torch.device(device), kind)
+        lm = runtime.LoadedModel(model, tok, torch.device(device), kind)
     else:
         raise ValueError(f"unknown model {kind!r}")
     return lm, sum(p.numel() for p in lm.model.parameters())
@@ -118,7 +120,7 @@ def load(kind: str, device: str, dtype: str):
 def prompts(n: int) -> list[str]:
     """Real prompts of varied length (HarmBench + aplomb from installed wheels; synthetic fallback)."""
     try:
-        from components.prompt_sources import read_source
+        from components.data.sources import read_source
 
         texts = [p.text for p in read_source("harmbench")] + [p.text for p in read_source("aplomb")]
     except Exception:

@@ -15,11 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import generation, model_source, modeling, stage_cli, traces, tracking
-from components.config import require, stage_config
-from components.io import read_table, write_json, write_table, write_text
-from components.judges import JUDGES, make_judge, valid_judge
-from components.records import TRACE_COLUMNS, Trace, stable_id
+from components.lm import generation
+from components.lm import source as model_source
+from components.lm import runtime
+from components.core import stage_cli
+from components.data import traces
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.core.io import read_table, write_json, write_table, write_text
+from components.eval.judges import JUDGES, make_judge, valid_judge
+from components.data.records import TRACE_COLUMNS, Trace, stable_id
 
 log = logging.getLogger("craft.curate")
 STAGE = "curate"
@@ -107,7 +112,7 @@ def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Data
     chosen = prompts[prompts["split"].isin(cfg.splits)].to_dict("records")
     require(len(chosen) > 0, f"no prompts in splits {cfg.splits}: check the ingest output.")
     resolved = model_source.resolve(model_cfg, workspace)
-    lm = modeling.load(resolved, model_cfg)
+    lm = runtime.load(resolved, model_cfg)
     judge = make_judge(cfg.judge)
     asked = [p for p in chosen for _ in range(cfg.samples_per_prompt)]
     params = generation.SamplingParams(cfg.max_new_tokens, cfg.batch_size, cfg.temperature,
@@ -150,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--out", True, "output folder (data/curate)"),
     ])
     cfg = stage_config(CurateConfig, STAGE, params)
-    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    model_cfg = model_source.model_config(params)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         df = run(cfg, model_cfg, read_table(args.prompts))
         s = stats(df)
@@ -164,6 +169,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

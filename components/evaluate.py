@@ -22,13 +22,17 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from components import attacks as attack_lib
-from components import eval_report, generation, model_source, stage_cli, tracking
-from components.config import require, stage_config
-from components.io import read_table, write_json, write_table
-from components.judges import JUDGES, Judge, make_judge, valid_judge
-from components.model_loading import load_under_test
-from components.modeling import LoadedModel
+from components.eval import attacks as attack_lib
+from components.eval import report as eval_report
+from components.lm import generation
+from components.lm import source as model_source
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.core.io import read_table, write_json, write_table
+from components.eval.judges import JUDGES, Judge, make_judge, valid_judge
+from components.lm.under_test import load_under_test
+from components.lm.runtime import LoadedModel
 
 log = logging.getLogger("craft.evaluate")
 STAGE = "evaluate"
@@ -97,8 +101,8 @@ def transcripts(lm: LoadedModel, inputs: pd.DataFrame, cfg: EvaluateConfig, judg
 def guarded_transcripts(lm: LoadedModel, head_dir: Path, inputs: pd.DataFrame, cfg: EvaluateConfig,
                         judge: Judge) -> tuple[pd.DataFrame, dict]:
     """Greedy generation under the latent guard (one sequence at a time, KV cache)."""
-    from components import audit
-    from components.head import SafetyHead
+    from components.eval import audit
+    from components.head.model import SafetyHead
 
     head = SafetyHead.load(head_dir, lm.device)
     guard = audit.GuardConfig(cfg.guard_threshold, cfg.guard_patience)
@@ -193,8 +197,8 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
 
 def user_prompts(path: str | Path) -> pd.DataFrame:
     """A user's red-team file (prompt, prompt_kind[, category, reference]) as held-out test prompts."""
-    from components.prompt_sources import read_source
-    from components.records import prompt_id
+    from components.data.sources import read_source
+    from components.data.records import prompt_id
 
     raw = read_source(f"file:{path}")
     require(len(raw) > 0, f"{path}: no prompts.")
@@ -223,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--out", True, "output folder (data/evaluate)"),
     ])
     cfg = stage_config(EvaluateConfig, STAGE, params)
-    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    model_cfg = model_source.model_config(params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         t, results = run(cfg, model_cfg, read_table(args.prompts))
@@ -249,6 +253,6 @@ def write_outputs(out: Path, t: pd.DataFrame, results: dict, agreement: dict, cf
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

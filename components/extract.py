@@ -1,6 +1,6 @@
 """Stage ``extract``: pooled hidden states of every trace, streamed to safetensors shards.
 
-For each pair-dataset row the frozen model encodes render(prompt) + trace (``components.latents``)
+For each pair-dataset row the frozen model encodes render(prompt) + trace (``components.lm.latents``)
 and, for the InfoNCE positive, the same trace with ``word_dropout`` of its words removed. Shards
 of ``shard_rows`` rows keep memory bounded; ``rows.parquet`` maps shard rows to trace ids and
 labels; ``manifest.json`` records model, layers, pooling, dtype and hidden size.
@@ -8,7 +8,6 @@ Files: shards/shard-NNNNN.safetensors with tensors ``h`` and ``h_aug`` of shape 
 """
 from __future__ import annotations
 
-import json
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -16,13 +15,16 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from components import model_source, modeling, stage_cli, tracking
-from components.config import require, stage_config
-from components.io import atomic_path, read_table, write_json, write_table, write_text
-from components.latents import POOL_OVER, POOLINGS, LatentSpec, encode
+from components.lm import source
+from components.lm import runtime
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.core.io import read_table, write_json, write_table, write_text
+from components.lm import features
+from components.lm.latents import POOL_OVER, POOLINGS, LatentSpec, encode
 
 log = logging.getLogger("craft.extract")
 STAGE = "extract"
@@ -68,84 +70,42 @@ def drop_words(text: str, p: float, rng: random.Random) -> str:
     return " ".join(kept or words[:1])
 
 
-def run(cfg: ExtractConfig, model_cfg: model_source.ModelConfig, traces: pd.DataFrame,
+def run(cfg: ExtractConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame,
         out: Path, workspace: str = ".") -> dict:
     """Encode every row, writing shards as they fill. Returns the manifest."""
-    resolved = model_source.resolve(model_cfg, workspace)
-    lm = modeling.load(resolved, model_cfg)
+    resolved = source.resolve(model_cfg, workspace)
+    lm = runtime.load(resolved, model_cfg)
     rng = random.Random(cfg.seed)
-    dtype = getattr(torch, cfg.storage_dtype)
-    shard_dir = out / "shards"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    for old in shard_dir.glob("shard-*.safetensors"):
-        old.unlink()
+    writer = features.ShardWriter(out, cfg.shard_rows, getattr(torch, cfg.storage_dtype))
     rows = traces.reset_index(drop=True)
-    shards, buf_h, buf_a = [], [], []
-
-    def flush() -> None:
-        if not buf_h:
-            return
-        path = shard_dir / f"shard-{len(shards):05d}.safetensors"
-        with atomic_path(path) as tmp:
-            save_file({"h": torch.cat(buf_h).to(dtype).contiguous(), "h_aug": torch.cat(buf_a).to(dtype).contiguous()}, str(tmp))
-        shards.append(f"shards/{path.name}")
-        buf_h.clear(), buf_a.clear()
-
     bar = tqdm(total=len(rows), desc="extract", unit="trace", leave=False)
     for start in range(0, len(rows), cfg.batch_size):
         chunk = rows.iloc[start : start + cfg.batch_size]
         prompts, texts = list(chunk.prompt), list(chunk.trace)
-        buf_h.append(encode(lm.model, lm.tokenizer, prompts, texts, cfg.spec, lm.device).cpu())
         aug = [drop_words(t, cfg.word_dropout, rng) for t in texts]
-        buf_a.append(encode(lm.model, lm.tokenizer, prompts, aug, cfg.spec, lm.device).cpu())
-        if sum(len(b) for b in buf_h) >= cfg.shard_rows:
-            flush()
+        writer.add(encode(lm.model, lm.tokenizer, prompts, texts, cfg.spec, lm.device),   # [b, L, d]
+                   encode(lm.model, lm.tokenizer, prompts, aug, cfg.spec, lm.device))
         bar.update(len(chunk))
-    flush()
+    writer.flush()
     bar.close()
     write_table(out / "rows.parquet", rows[ROW_COLUMNS])
     manifest = {"model_id": resolved.model_id, "model_fingerprint": resolved.fingerprint,
                 "spec": asdict(cfg.spec), "storage_dtype": cfg.storage_dtype, "rows": len(rows),
-                "hidden_size": int(lm.model.config.hidden_size), "shards": shards}
+                "hidden_size": int(lm.model.config.hidden_size), "shards": writer.shards}
     write_json(out / "manifest.json", manifest)
     return manifest
-
-
-@dataclass
-class Features:
-    """Extracted features loaded back: h, h_aug [N, n_layers, d] float32, rows, manifest."""
-
-    h: torch.Tensor
-    h_aug: torch.Tensor
-    rows: pd.DataFrame
-    manifest: dict
-
-    @property
-    def spec(self) -> LatentSpec:
-        s = dict(self.manifest["spec"])
-        return LatentSpec(tuple(s["layers"]), s["pooling"], s["pool_over"], s["max_length"])
-
-
-def load(folder: str | Path) -> Features:
-    """Read an extract folder (safetensors only; no pickle)."""
-    folder = Path(folder)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    parts = [load_file(str(folder / s)) for s in manifest["shards"]]
-    h = torch.cat([p["h"] for p in parts]).float()
-    h_aug = torch.cat([p["h_aug"] for p in parts]).float()
-    rows = read_table(folder / "rows.parquet")
-    if len(rows) != len(h):
-        raise ValueError(f"{folder}: {len(rows)} rows but {len(h)} feature vectors; re-run extract.")
-    return Features(h, h_aug, rows, manifest)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--data", True, "pair dataset (data/curate/traces.parquet)"),
+        ("--validation", False, "validate's result.json (data/validate/result.json): refuse unless it passed"),
         ("--out", True, "output folder (data/extract)"),
     ])
+    if args.validation:
+        stage_cli.require_validated(args.validation)
     cfg = stage_config(ExtractConfig, STAGE, params)
-    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    model_cfg = source.model_config(params)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         manifest = run(cfg, model_cfg, read_table(args.data), Path(args.out))
         metrics = {"rows": manifest["rows"], "hidden_size": manifest["hidden_size"], "shards": len(manifest["shards"])}
@@ -159,6 +119,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import stage_cli, tracking
-from components.config import require, stage_config
-from components.io import write_json, write_table, write_text
-from components.prompt_sources import read_source
-from components.records import PROMPT_COLUMNS, Prompt, normalise, prompt_id, stable_id
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.core.io import write_json, write_table, write_text
+from components.data.sources import read_source
+from components.data.sources import DEFAULT_SOURCES
+from components.data.records import PROMPT_COLUMNS, Prompt, normalise, prompt_id, stable_id
 
 log = logging.getLogger("craft.ingest")
 STAGE = "ingest"
@@ -26,7 +28,7 @@ STAGE = "ingest"
 class IngestConfig:
     """params.yaml:ingest."""
 
-    sources: tuple[str, ...] = ("harmbench", "donotanswer", "redharness", "aplomb", "forgelm")
+    sources: tuple[str, ...] = DEFAULT_SOURCES
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
     max_harmful: int = 160
     """Cap on harmful prompts kept (round-robin over sources, deterministic by seed)."""
@@ -121,6 +123,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

@@ -1,7 +1,7 @@
 """Stage ``train_head``: fit the CRAFT projection + safety head on extracted hidden states.
 
 AdamW over the head only (the base model stays frozen: its states were extracted once), CRAFT
-loss (``components.head_loss``), EMA prototypes, early stopping on the validation loss. Reports
+loss (``components.head.loss``), EMA prototypes, early stopping on the validation loss. Reports
 separation quality next to the difference-of-means baseline on the same activations.
 Departures from the paper: input standardisation (see ``SafetyHead``); prototypes start at the
 class means of the untrained embeddings rather than random directions; more epochs with early
@@ -17,11 +17,14 @@ from pathlib import Path
 import mlflow
 import torch
 
-from components import extract, head_metrics, stage_cli, tracking
-from components.config import require, stage_config
-from components.head import LABEL_INDEX, SafetyHead
-from components.head_loss import LossWeights, craft_loss
-from components.io import write_json, write_text
+from components.lm import features
+from components.head import metrics as head_metrics
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.head.model import LABEL_INDEX, SafetyHead
+from components.head.loss import LossWeights, craft_loss
+from components.core.io import write_json, write_text
 
 log = logging.getLogger("craft.train_head")
 STAGE = "train_head"
@@ -63,7 +66,7 @@ class TrainHeadConfig:
         return LossWeights(self.w_proto, self.w_inst, self.w_ce, self.w_order, self.margin, self.temperature)
 
 
-def _split(feats: extract.Features, split: str):
+def _split(feats: features.Features, split: str):
     sel = torch.tensor((feats.rows.split == split).to_numpy())
     y = torch.tensor(feats.rows.label.map(LABEL_INDEX).to_numpy())[sel]
     return feats.h[sel], feats.h_aug[sel], y
@@ -100,7 +103,7 @@ def _val_loss(head, h, h_aug, y, cfg) -> float:
     return float(craft_loss(z, head.embed(h_aug), logits, y, head.prototypes, None, cfg.weights)["total"])
 
 
-def train(cfg: TrainHeadConfig, feats: extract.Features) -> tuple[SafetyHead, list[dict]]:
+def train(cfg: TrainHeadConfig, feats: features.Features) -> tuple[SafetyHead, list[dict]]:
     """Fit a head; returns the best-on-validation head and the per-epoch history."""
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -148,17 +151,20 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage_config(TrainHeadConfig, STAGE, params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg):
-        feats = extract.load(args.features)
+        feats = features.load(args.features)
         head, history = train(cfg, feats)
-        for row in history:
-            mlflow.log_metrics({f"head/{k}": v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        curves = [{"epoch": row["epoch"], **{f"head/{k}": v for k, v in row.items() if k != "epoch"}}
+                  for row in history]  # the names MLflow records; DVC plots read the same file
+        for row in curves:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        write_json(out / "history.json", curves)
         h_tr, _, y_tr = _split(feats, "train")
         h_va, _, y_va = _split(feats, "val")
         metrics = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va)
         head.save(out / "head", extra={"model_id": feats.manifest["model_id"],
                                        "model_fingerprint": feats.manifest["model_fingerprint"]})
         head_metrics.projection_plot(head, h_tr, y_tr, h_va, y_va, out / "projection.png")
-        scalars = {k.replace("/", "_"): v for k, v in metrics.items() if isinstance(v, float)}
+        scalars = {k: v for k, v in metrics.items() if isinstance(v, float)}  # MLflow's names
         write_json(out / "metrics.json", {**scalars, "epochs": len(history), "confusion": metrics["head/confusion"]})
         write_text(out / "summary.md", summary_markdown(metrics, history))
         mlflow.log_metrics({k: v for k, v in metrics.items() if isinstance(v, float) and v == v})
@@ -171,6 +177,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

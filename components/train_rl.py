@@ -28,14 +28,21 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from components import checkpoint, generation, model_source, modeling, rl_loop, stage_cli, tracking
-from components.config import require, stage_config
-from components.head import SafetyHead
-from components.io import dir_digest, read_table, write_json, write_text
-from components.judges import make_judge, valid_judge
-from components.policy import LoraSpec, wrap_lora
-from components.records import stable_id
-from components.rewards import SOURCES, CraftReward, RewardWeights
+from components.rl import checkpoint
+from components.lm import generation
+from components.lm import source
+from components.lm import runtime
+from components.rl import loop as rl_loop
+from components.core import stage_cli
+from components.core import tracking
+from components.core.code import closure_digest
+from components.core.config import require, stage_config
+from components.head.model import SafetyHead
+from components.core.io import dir_digest, read_table, write_json, write_text
+from components.eval.judges import make_judge, valid_judge
+from components.rl.policy import LoraSpec, wrap_lora
+from components.data.records import stable_id
+from components.rl.rewards import SOURCES, CraftReward, RewardWeights
 
 log = logging.getLogger("craft.train_rl")
 STAGE = "train_rl"
@@ -107,7 +114,7 @@ class TrainRLConfig:
 def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device,
                        engine: str = "ours") -> float:
     """Share of probe prompts whose greedy answer the judge calls safe (p_safe ≥ 0.5)."""
-    from components.modeling import LoadedModel
+    from components.lm.runtime import LoadedModel
 
     lm = LoadedModel(policy, tokenizer, device, "policy", engine)
     texts = generation.generate(lm, prompts, generation.SamplingParams(max_new_tokens, len(prompts)), desc="probe")
@@ -115,32 +122,31 @@ def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tok
     return sum(v.p_safe >= 0.5 for v in judge.judge(prompts, responses)) / max(len(prompts), 1)
 
 
-def compute_dtype(model_cfg: model_source.ModelConfig) -> str:
+def compute_dtype(model_cfg: source.ModelConfig) -> str:
     """The dtype the weights will compute in here (``auto`` resolved): part of the checkpoint key."""
-    return str(modeling.pick_dtype(model_cfg.dtype, modeling.pick_device(model_cfg.device)))
+    return str(runtime.pick_dtype(model_cfg.dtype, runtime.pick_device(model_cfg.device)))
 
 
-def numerics(model_cfg: model_source.ModelConfig) -> str:
+def numerics(model_cfg: source.ModelConfig) -> str:
     """What fixes the run's arithmetic and sampled tokens here (compute dtype, generation engine):
     part of the checkpoint key, so a run never resumes one that decoded differently."""
     return f"{compute_dtype(model_cfg)}/{model_cfg.engine}"
 
 
-CODE = ("train_rl", "rl_loop", "rl_math", "rewards", "policy", "generation", "decode", "modeling", "checkpoint")
-"""The modules whose code shapes an RL run (its dvc.yaml deps)."""
-
-
 def code_digest() -> str:
-    """sha256 of the RL code: when DVC re-runs the stage because that code changed, the run starts
-    afresh instead of resuming (or finding finished) checkpoints written by the old code."""
-    here = Path(__file__).parent
-    return stable_id(*((here / f"{name}.py").read_text(encoding="utf-8") for name in CODE))
+    """Digest of the code an RL run executes (this module's import closure, the same closure its
+    dvc.yaml deps must cover): when DVC re-runs the stage because that code changed, the run
+    starts afresh instead of resuming (or finding finished) checkpoints of the old code."""
+    return closure_digest(__name__ if __name__ != "__main__" else "components.train_rl")
 
 
-def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, fingerprint: str) -> Path:
+def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig,
+                   fingerprint: str, head_dir: str | Path) -> Path:
     """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
-    everything that shapes the run, so changed settings never resume an unrelated run."""
-    key = stable_id(json.dumps(cfg.__dict__, sort_keys=True, default=str), fingerprint)
+    everything that shapes the run, so a changed setting, model, numerics, head or RL code never
+    resumes an unrelated run. ``fingerprint``: the resolved base model's."""
+    key = stable_id(json.dumps(cfg.__dict__, sort_keys=True, default=str), fingerprint, numerics(model_cfg),
+                    dir_digest(head_dir), code_digest())
     return Path(workspace) / ".cache" / "checkpoints" / STAGE / key
 
 
@@ -152,14 +158,14 @@ def _history(folder: Path, start: int) -> list[dict]:
     return [r for r in rows if r["step"] < start]
 
 
-def run(cfg: TrainRLConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
+def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
         stop_after: int | None = None) -> dict | None:
     """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill)."""
     from accelerate import Accelerator
 
-    resolved = model_source.resolve(model_cfg, workspace)
-    lm = modeling.load(resolved, model_cfg)
+    resolved = source.resolve(model_cfg, workspace)
+    lm = runtime.load(resolved, model_cfg)
     accelerator = Accelerator(cpu=lm.device.type == "cpu")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -217,10 +223,11 @@ def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cf
             "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "head": "head",
             "reward_source": cfg.reward_source, "advantage": cfg.advantage}
     (tmp / "model.json").write_text(json.dumps(card, indent=2))
-    (tmp / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+    # DVC plots data (dvc.yaml plots:): the training steps, under the names MLflow records.
+    (tmp / "history.json").write_text(json.dumps([h for h in history if h["step"] >= 0], indent=1))
     summary = summarise(history)
     plot_curves(history, tmp / "curves.png")
-    for name in ("adapter", "head", "model.json", "history.jsonl", "curves.png"):
+    for name in ("adapter", "head", "model.json", "history.json", "curves.png"):
         target = out / name
         if target.is_dir():
             shutil.rmtree(target)
@@ -278,9 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     name = args.ablation or STAGE
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
-    model_cfg = stage_config(model_source.ModelConfig, "model", params)
-    ckpt = checkpoint_dir(".", cfg, model_source.resolve(model_cfg).fingerprint + numerics(model_cfg)
-                          + dir_digest(args.head) + code_digest())
+    model_cfg = source.model_config(params)
+    ckpt = checkpoint_dir(".", cfg, model_cfg, source.resolve(model_cfg).fingerprint, args.head)
     import mlflow
 
     out = Path(args.out)
@@ -302,6 +308,6 @@ def summary_markdown(s: dict, name: str = STAGE) -> str:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

@@ -16,9 +16,12 @@ from pathlib import Path
 
 import pandas as pd
 
-from components import model_source, modeling, stage_cli, tracking
-from components.config import require, stage_config
-from components.io import read_table, write_json, write_text
+from components.lm import source
+from components.lm import runtime
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.core.io import read_table, write_json, write_text
 
 log = logging.getLogger("craft.train_sft")
 STAGE = "train_sft"
@@ -54,7 +57,7 @@ def sft_examples(traces: pd.DataFrame, include_benign: bool) -> list[dict]:
     return out
 
 
-def run(cfg: TrainSFTConfig, model_cfg: model_source.ModelConfig, traces: pd.DataFrame, out: Path,
+def run(cfg: TrainSFTConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame, out: Path,
         workspace: str = ".") -> dict:
     from datasets import Dataset
     from peft import LoraConfig
@@ -62,8 +65,8 @@ def run(cfg: TrainSFTConfig, model_cfg: model_source.ModelConfig, traces: pd.Dat
 
     examples = sft_examples(traces, cfg.include_benign)
     require(len(examples) > 0, "train_sft: no safe training traces in the pair dataset.")
-    resolved = model_source.resolve(model_cfg, workspace)
-    lm = modeling.load(resolved, model_cfg)
+    resolved = source.resolve(model_cfg, workspace)
+    lm = runtime.load(resolved, model_cfg)
     lm.tokenizer.padding_side = "right"
     work = out.with_name(out.name + ".work")
     args = SFTConfig(output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
@@ -90,10 +93,13 @@ def run(cfg: TrainSFTConfig, model_cfg: model_source.ModelConfig, traces: pd.Dat
 def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--data", True, "pair dataset (data/curate/traces.parquet)"),
+        ("--validation", False, "validate's result.json (data/validate/result.json): refuse unless it passed"),
         ("--out", True, "output folder (data/train_sft)"),
     ])
+    if args.validation:
+        stage_cli.require_validated(args.validation)
     cfg = stage_config(TrainSFTConfig, STAGE, params)
-    model_cfg = stage_config(model_source.ModelConfig, "model", params)
+    model_cfg = source.model_config(params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         summary = run(cfg, model_cfg, read_table(args.data), out)
@@ -105,6 +111,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

@@ -13,11 +13,12 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from components import stage_cli, tracking
-from components.config import require, stage_config
-from components.expectations import Finding, validate_frame
-from components.io import DataFileError, read_table, write_json, write_text
-from components.records import LABELS
+from components.core import stage_cli
+from components.core import tracking
+from components.core.config import require, stage_config
+from components.data.expectations import Finding, validate_frame
+from components.core.io import DataFileError, read_table, write_json, write_text
+from components.data.records import LABELS
 
 log = logging.getLogger("craft.validate")
 STAGE = "validate"
@@ -144,6 +145,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     raise SystemExit(guarded(STAGE, main))

@@ -16,7 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-from components import env
+from components.core import env
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -24,7 +24,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     import os
 
-    from components.tracking import ensure_store, require_reachable
+    from components.core.tracking import ensure_store, require_reachable
     from flows.pipeline import WorkspaceBusy
 
     stages = args.stages.split(",") if args.stages else None
@@ -43,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from components.config import load_params, stage_config
+    from components.core.config import load_params, stage_config
     from components.validate import ValidateConfig, run, to_markdown, write_report
 
     params = load_params(args.params) if Path(args.params).exists() else {}
@@ -57,13 +57,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from components.config import load_params, stage_config
+    from components.core.config import load_params, stage_config
     from components.evaluate import EvaluateConfig, evaluate_file
-    from components.model_source import ModelConfig
+    from components.lm.source import model_config
 
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = stage_config(EvaluateConfig, "evaluate", params)
-    model_cfg = stage_config(ModelConfig, "model", params)
+    model_cfg = model_config(params)
     out = Path(args.out)
     results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
     print((out / "report.md").read_text())
@@ -72,8 +72,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _promote_cfg(args):
-    from components.config import load_params, stage_config
-    from components.registry import PromoteConfig
+    from components.core.config import load_params, stage_config
+    from components.registry.promote import PromoteConfig
 
     params = load_params(Path(args.workspace) / "params.yaml") if (Path(args.workspace) / "params.yaml").exists() else {}
     cfg = stage_config(PromoteConfig, "promote", params)
@@ -89,7 +89,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from components.registry import PromotionRefused, gate_table, promote
+    from components.registry.promote import PromotionRefused, gate_table, promote
 
     try:
         result = promote(_promote_cfg(args), force=args.force, reason=args.reason or "")
@@ -104,7 +104,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from components.registry import rollback
+    from components.registry.promote import rollback
 
     result = rollback(_promote_cfg(args), reason=args.reason or "")
     print(f"champion is version {result['champion']} again (version {result['demoted']} demoted)")
@@ -115,7 +115,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from components.registry import list_versions
+    from components.registry.promote import list_versions
 
     cfg = _promote_cfg(args)
     rows = list_versions(cfg.model_name)
@@ -136,16 +136,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     from rich.console import Console
 
-    from components import audit
-    from components.config import load_params, stage_config
-    from components.head import SafetyHead
-    from components.io import dir_digest, write_json
-    from components.model_loading import load_under_test, resolve_spec
-    from components.model_source import ModelConfig
-    from components.records import stable_id
+    from components.eval import audit
+    from components.core.config import load_params
+    from components.head.model import SafetyHead
+    from components.core.io import dir_digest, write_json
+    from components.lm.under_test import load_under_test, resolve_spec
+    from components.lm.source import model_config
+    from components.data.records import stable_id
 
     params = load_params(args.params) if Path(args.params).exists() else {}
-    model_cfg = stage_config(ModelConfig, "model", params)
+    model_cfg = model_config(params)
     model_dir = resolve_spec(args.model)
     head_dir = Path(args.head) if args.head else (Path(model_dir) / "head" if (Path(model_dir) / "head").exists()
                                                   else Path("data/train_head/head"))
@@ -171,7 +171,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     if args.log_mlflow:
         import mlflow
 
-        from components import tracking
+        from components.core import tracking
 
         tracking.ensure_store()
         with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="audit", tags={"craft.stage": "audit"}):
@@ -187,7 +187,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _cmd_seeds(args: argparse.Namespace) -> int:
-    from components.seed_spread import SweepConfig, parse_seeds
+    from components.eval.seed_spread import SweepConfig, parse_seeds
 
     cfg = SweepConfig(parse_seeds(args.seeds))  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy
@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env.configure(getattr(args, "workspace", "."))
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     return guarded(f"craft {args.command}", lambda: args.func(args))
 

@@ -6,18 +6,29 @@ from pathlib import Path
 
 import yaml
 
-from components.tracking import flatten
+from components.core.tracking import flatten
+
+
+def head_commit(root: Path) -> str:
+    """The plain ``git rev-parse HEAD`` (a revision git and DVC accept); "unknown" outside git."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                              text=True, check=True).stdout.strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return "unknown"
 
 
 def git_sha(root: Path) -> str:
+    """HEAD for lineage, with ``-dirty`` when tracked files differ (not a revision: never pass it to git/DVC)."""
+    sha = head_commit(root)
+    if sha == "unknown":
+        return sha
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
-                             text=True, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
                                capture_output=True, text=True).stdout.strip()
-        return sha + ("-dirty" if dirty else "")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return "unknown"
+    except FileNotFoundError:
+        return sha
+    return sha + ("-dirty" if dirty else "")
 
 
 def params(root: Path) -> dict[str, str]:
@@ -39,7 +50,7 @@ def lock_hashes(root: Path) -> dict[str, str]:
 
 
 def params_hash(root: Path) -> str:
-    from components.records import stable_id
+    from components.data.records import stable_id
 
     path = root / "params.yaml"
     return stable_id(path.read_text()) if path.exists() else ""

@@ -20,7 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import env, tracking
+from components.core import env
+from components.core import tracking
 from flows import lineage
 from flows.stages import Stage, select
 
@@ -102,7 +103,7 @@ def stream(cmd: list[str], cwd: Path, parent_run_id: str | None, label: str, log
 
 def _publish(stage: Stage, root: Path, status: str) -> None:
     report = root / "data" / stage.name / stage.report
-    if report.exists():
+    if stage.report and report.exists():
         create_markdown_artifact(key=f"{stage.name.replace('_', '-')}-report", markdown=report.read_text(),
                                  description=f"{stage.name}: {status}")
 
@@ -120,7 +121,7 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
     if returncode != 0:
         _publish(stage, root, "FAILED")
         report = root / "data" / stage.name / stage.report
-        detail = report.read_text() if report.exists() else "\n".join(tail)
+        detail = report.read_text() if stage.report and report.exists() else "\n".join(tail)
         code = _stage_exit_code(tail)
         raise StageFailed(f"stage '{stage.name}' failed (exit {code if code is not None else returncode}); "
                           f"later stages were not run.\n{detail}", transient=code not in (1, 2))

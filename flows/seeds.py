@@ -21,9 +21,11 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components import env, seed_spread, tracking
-from components.config import ConfigError
-from components.io import write_text
+from components.core import env
+from components.eval import seed_spread
+from components.core import tracking
+from components.core.config import ConfigError
+from components.core.io import write_text
 from flows import lineage
 from flows.pipeline import StageFailed, stage_env, stream, workspace_lock
 
@@ -104,7 +106,7 @@ def seed_sweep(seeds: list[int], workspace: str = ".") -> list[dict]:
     tracking.ensure_store()
     with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="seeds",
                                                 tags={"craft.stage": "seeds"}) as run:
-        baseline = lineage.git_sha(root)  # the experiments' parent, even if HEAD moves meanwhile
+        baseline = lineage.head_commit(root)  # the experiments' parent, even if HEAD moves meanwhile
         mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline})
         for seed in cfg.seeds:
             run_seed(seed, str(root), run.info.run_id)

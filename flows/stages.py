@@ -11,9 +11,11 @@ from dataclasses import dataclass
 class Stage:
     name: str
     report: str = "summary.md"
+    """The stage's markdown report under data/<stage>/ ("" when it writes none)."""
 
 
 PIPELINE: tuple[Stage, ...] = (
+    Stage("sources", report=""),
     Stage("ingest"),
     Stage("curate"),
     Stage("validate", report="report.md"),

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from components import env
+from components.core import env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,17 +26,18 @@ def offline_env(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from components import tiny_model
+    from components.lm import tiny_model
 
     return tiny_model.build(tmp_path_factory.mktemp("tiny") / "model")
 
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir):
-    from components import modeling, model_source
+    from components.lm import runtime
+    from components.lm import source as model_source
 
-    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
-    return modeling.load(model_source.resolve(cfg), cfg)
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    return runtime.load(model_source.resolve(cfg), cfg)
 
 
 def make_workspace(path: Path, params_text: str) -> Path:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from components.records import TRACE_COLUMNS, prompt_id, stable_id
+from components.data.records import TRACE_COLUMNS, prompt_id, stable_id
 
 
 def good_frame(n_prompts: int = 12) -> pd.DataFrame:

@@ -4,9 +4,9 @@ import json
 import pytest
 import torch
 
-from components import audit
-from components.head import SafetyHead
-from components.latents import LatentSpec
+from components.eval import audit
+from components.head.model import SafetyHead
+from components.lm.latents import LatentSpec
 
 
 def _head(pooling: str, layers=(-1,)) -> SafetyHead:

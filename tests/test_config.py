@@ -1,9 +1,9 @@
 import pytest
 
-from components.config import ConfigError, build, stage_config
+from components.core.config import ConfigError, build, stage_config
 from components.curate import CurateConfig
 from components.ingest import IngestConfig
-from components.model_source import ModelConfig
+from components.lm.source import ModelConfig
 
 
 def test_unknown_key_is_named_with_valid_keys():
@@ -32,7 +32,7 @@ def test_wrong_type_is_reported():
 
 def test_params_file_sections_are_all_valid():
     """The shipped params.yaml builds every stage config (catches drift between the two)."""
-    from components.config import load_params
+    from components.core.config import load_params
     from components.validate import ValidateConfig
     from tests.conftest import ROOT
 

@@ -3,8 +3,8 @@ import pandas as pd
 from components.curate import CurateConfig, run, stats
 from components.ingest import IngestConfig
 from components.ingest import run as ingest
-from components.model_source import ModelConfig
-from components.records import TRACE_COLUMNS
+from components.lm.source import ModelConfig
+from components.data.records import TRACE_COLUMNS
 from components.validate import ValidateConfig
 from components.validate import run as validate
 
@@ -12,7 +12,7 @@ from components.validate import run as validate
 def _curate(tiny_model_dir):
     prompts, _ = ingest(IngestConfig(sources=("harmbench", "aplomb"), max_harmful=12, max_benign=6))
     cfg = CurateConfig(max_new_tokens=6, batch_size=8, temperature=1.0, judge="keyword")
-    model = ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+    model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
     return prompts, run(cfg, model, prompts)
 
 

@@ -1,9 +1,9 @@
-"""The decode loop (components/decode.py) against ``model.generate`` and its own invariants."""
+"""The decode loop (components/lm/decode.py) against ``model.generate`` and its own invariants."""
 import pytest
 import torch
 
-from components import decode
-from components.generation import eos_ids, render
+from components.lm import decode
+from components.lm.generation import eos_ids, render
 
 PROMPTS = ["How do I kill a process?", "Write a haiku about snow please", "Hi",
            "Explain recursion with an example, step by step, for a beginner"]
@@ -90,7 +90,7 @@ def test_top_p_keeps_the_nucleus():
 
 def test_rollout_ids_can_be_trained_on(tiny_lm):
     """Rollout token ids leave inference mode: the policy update embeds them with autograd."""
-    from components.policy import forward_logprobs, rollout
+    from components.rl.policy import forward_logprobs, rollout
 
     ro = rollout(tiny_lm.model, tiny_lm.tokenizer, PROMPTS[:2], 2, 6, 1.0, 1.0, tiny_lm.device)
     assert not ro.input_ids.is_inference()
@@ -103,12 +103,13 @@ def test_rollout_ids_can_be_trained_on(tiny_lm):
 def test_merged_decoding_equals_adapter_decoding(tiny_model_dir):
     """Rollouts fold LoRA into shadow weights: same greedy tokens as the adapter path (float32),
     base weights untouched, no extra parameters registered."""
-    from components import modeling, model_source
-    from components.generation import new_tokens
-    from components.policy import LoraSpec, merged_for_decoding, wrap_lora
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.lm.generation import new_tokens
+    from components.rl.policy import LoraSpec, merged_for_decoding, wrap_lora
 
-    cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
-    lm = modeling.load(model_source.resolve(cfg), cfg)
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    lm = runtime.load(model_source.resolve(cfg), cfg)
     policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
     with torch.no_grad():  # a non-zero adapter, so merging matters
         for name, p in policy.named_parameters():

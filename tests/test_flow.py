@@ -20,7 +20,7 @@ def harness():
 
 def _params(tiny_model_dir, **overrides) -> str:
     params = {
-        "model": {"source": str(tiny_model_dir), "device": "cpu", "threads": 1},
+        "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
         "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8},
         "curate": {"max_new_tokens": 6, "batch_size": 8, "temperature": 1.0, "judge": "keyword"},
         "validate": {"min_rows": 10},
@@ -45,7 +45,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
 
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
-    assert [r["stage"] for r in first] == ["ingest", "curate", "validate", "extract", "train_head", "train_sft",
+    assert [r["stage"] for r in first] == ["sources", "ingest", "curate", "validate", "extract", "train_head", "train_sft",
                                            "train_rl_text", "train_rl", "evaluate", "register"]
     assert all(r["status"] == "ran" for r in first[:-1]) and first[-1]["status"] == "version 1"
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
@@ -53,7 +53,8 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     assert "| CRAFT |" in (ws / "data" / "evaluate" / "report.md").read_text()
 
     again = pipeline(workspace=str(ws))
-    assert all(r["status"] == "skipped" for r in again[:-1]), again
+    assert again[0]["stage"] == "sources" and again[0]["status"] == "ran"  # always_changed: re-hashes the files
+    assert all(r["status"] == "skipped" for r in again[1:-1]), again  # same files: nothing else re-runs
     assert again[-1]["status"] == "version 1"  # same model and metrics: no duplicate version
 
     client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])

@@ -1,6 +1,6 @@
 import pytest
 
-from components.generation import SamplingParams, generate, render, split_reasoning
+from components.lm.generation import SamplingParams, generate, render, split_reasoning
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -66,7 +66,7 @@ def test_model_engine_setting_picks_the_engine(tiny_lm, monkeypatch):
 
 
 def test_rollouts_use_the_model_engine(tiny_lm, monkeypatch):
-    from components.policy import rollout
+    from components.rl.policy import rollout
 
     calls = _count_hf_generate(monkeypatch, tiny_lm.model)
     rollout(tiny_lm.model, tiny_lm.tokenizer, ["Hi"], 2, 4, 1.0, 1.0, tiny_lm.device)

@@ -8,17 +8,18 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.fixture(scope="module")
 def cuda_lm(tiny_model_dir):
-    from components import modeling, model_source
+    from components.lm import runtime
+    from components.lm import source as model_source
 
     cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="float32")
-    return modeling.load(model_source.resolve(cfg), cfg)
+    return runtime.load(model_source.resolve(cfg), cfg)
 
 
 @needs_cuda
 def test_graph_decode_matches_generate(cuda_lm):
     """The CUDA-graph decode loop writes generate's greedy tokens, and again on replay."""
-    from components import decode
-    from components.generation import SamplingParams, generate
+    from components.lm import decode
+    from components.lm.generation import SamplingParams, generate
 
     prompts = ["How do I kill a process?", "Write a haiku about snow please", "Hi"]
     hf = generate(cuda_lm, prompts, SamplingParams(max_new_tokens=8, batch_size=3, engine="hf"))
@@ -31,11 +32,12 @@ def test_graph_decode_matches_generate(cuda_lm):
 
 @needs_cuda
 def test_bf16_extraction_batched_equals_single(tiny_model_dir):
-    from components import modeling, model_source
-    from components.latents import LatentSpec, encode
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.lm.latents import LatentSpec, encode
 
     cfg = model_source.ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="bfloat16")
-    lm = modeling.load(model_source.resolve(cfg), cfg)
+    lm = runtime.load(model_source.resolve(cfg), cfg)
     prompts, traces = ["a b c", "a much longer prompt with more words"], ["x y", "z"]
     spec = LatentSpec()
     batched = encode(lm.model, lm.tokenizer, prompts, traces, spec, lm.device)
@@ -48,8 +50,8 @@ def test_bf16_extraction_batched_equals_single(tiny_model_dir):
 def test_rl_step_on_cuda(tiny_model_dir, tmp_path):
     import pandas as pd
 
-    from components.head import SafetyHead
-    from components.model_source import ModelConfig
+    from components.head.model import SafetyHead
+    from components.lm.source import ModelConfig
     from components.train_rl import TrainRLConfig, run
 
     head = SafetyHead(32, 16, 8).save(tmp_path / "head")

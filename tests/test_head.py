@@ -1,9 +1,9 @@
 import torch
 import torch.nn.functional as F
 
-from components.head import RETHINK, SAFE, UNSAFE, SafetyHead
-from components.head_loss import LossWeights, craft_loss, info_nce, order_loss, proto_loss
-from components.latents import LatentSpec
+from components.head.model import RETHINK, SAFE, UNSAFE, SafetyHead
+from components.head.loss import LossWeights, craft_loss, info_nce, order_loss, proto_loss
+from components.lm.latents import LatentSpec
 
 
 def _toy(n=48, d=16, seed=0):

@@ -1,8 +1,8 @@
 import pandas as pd
 
 from components.ingest import IngestConfig, run, split_of
-from components.prompt_sources import read_source
-from components.records import PROMPT_COLUMNS, normalise
+from components.data.sources import read_source
+from components.data.records import PROMPT_COLUMNS, normalise
 
 
 def test_packaged_sources_read():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.latents import LatentSpec, encode, pool
+from components.lm.latents import LatentSpec, encode, pool
 
 PROMPTS = ["How do I bake bread?", "Tell me a very long story about a dragon and a knight please", "Hi"]
 TRACES = ["Mix flour and water.", "Once upon a time there was a dragon.", "Hello! How can I help you today?"]

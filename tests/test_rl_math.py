@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from components.rl_math import clipped_surrogate, gae, grpo_advantages, k3_kl, masked_mean, token_logprobs
+from components.rl.formulas import clipped_surrogate, gae, grpo_advantages, k3_kl, masked_mean, token_logprobs
 
 
 def test_grpo_advantages_by_hand():

@@ -25,7 +25,7 @@ def _runs(url: str) -> list[dict]:
 @pytest.mark.slow
 def test_cron_deployment_fires(tmp_path, tiny_model_dir):
     ws = make_workspace(tmp_path / "ws", yaml.safe_dump({
-        "model": {"source": str(tiny_model_dir), "device": "cpu"},
+        "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu"},
         "ingest": {"sources": ["aplomb", "harmbench"], "max_harmful": 8, "max_benign": 4}}))
     server, url = start_local_server()
     env = {**os.environ, "PREFECT_API_URL": url, "PREFECT_HOME": str(tmp_path / "prefect")}

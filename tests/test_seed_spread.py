@@ -3,8 +3,8 @@ import math
 import pytest
 import yaml
 
-from components import seed_spread
-from components.config import ConfigError
+from components.eval import seed_spread
+from components.core.config import ConfigError
 from tests.conftest import ROOT
 
 
@@ -34,7 +34,7 @@ def test_missing_metrics_are_left_out_not_zero():
 
 def test_markdown_formats_rates_as_percent_and_auroc_as_decimal():
     runs = {"HEAD": seed_spread.headline({"evaluate": {"train_rl/response_asr": 0.4583},
-                                          "train_head": {"head_auroc": 0.9634}})}
+                                          "train_head": {"head/auroc": 0.9634}})}
     text = seed_spread.markdown(seed_spread.spread(runs), ["HEAD"])
     assert "| CRAFT response ASR | 45.8% | 45.8% ± 0.0% | 45.8%–45.8% |" in text
     assert "| head AUROC | 0.963 |" in text

@@ -3,22 +3,24 @@ import json
 
 import torch
 
-from components import extract, head_metrics
+from components import extract
+from components.lm import features
+from components.head import metrics as head_metrics
 from components.extract import ExtractConfig
-from components.head import SafetyHead
-from components.model_source import ModelConfig
+from components.head.model import SafetyHead
+from components.lm.source import ModelConfig
 from components.train_head import TrainHeadConfig, _split, train
 from tests.factories import good_frame
 
 
 def test_extract_then_train_head(tiny_model_dir, tmp_path):
     df = good_frame(12)
-    model = ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+    model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
     cfg = ExtractConfig(layers=(-1, 1), batch_size=8, shard_rows=16)  # several shards
     manifest = extract.run(cfg, model, df, tmp_path / "extract")
     assert manifest["rows"] == len(df) and len(manifest["shards"]) == 3
     assert list(manifest["spec"]["layers"]) == [-1, 1]
-    feats = extract.load(tmp_path / "extract")
+    feats = features.load(tmp_path / "extract")
     assert feats.h.shape == (len(df), 2, 32) and feats.h_aug.shape == feats.h.shape
     assert list(feats.rows.trace_id) == list(df.trace_id)
     assert not torch.equal(feats.h, feats.h_aug)  # word dropout changed the positive view

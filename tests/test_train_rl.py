@@ -6,11 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from components.head import SafetyHead
-from components.judges import KeywordRefusalJudge
-from components.latents import LatentSpec
-from components.model_source import ModelConfig
-from components.rewards import CraftReward
+from components.head.model import SafetyHead
+from components.eval.judges import KeywordRefusalJudge
+from components.lm.latents import LatentSpec
+from components.lm.source import ModelConfig
+from components.rl.rewards import CraftReward
 from components.train_rl import TrainRLConfig, run
 
 PROMPTS = pd.DataFrame({
@@ -36,7 +36,7 @@ def _cfg(**kw):
 
 
 def _model(tiny_model_dir):
-    return ModelConfig(source=str(tiny_model_dir), device="cpu", threads=1)
+    return ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "ppo"])
@@ -76,7 +76,7 @@ def test_text_reward_never_prefers_harmful_answer(tiny_lm, head_dir):
 
 def test_single_update_path_trains(tiny_model_dir, head_dir, tmp_path):
     """One epoch with all minibatches accumulated skips the old-logprob forward and still learns."""
-    from components.rl_loop import single_update
+    from components.rl.loop import single_update
 
     cfg = _cfg(steps=2, ppo_epochs=1, minibatch_size=2, grad_accum=2)
     assert single_update(cfg, 4) and not single_update(_cfg(ppo_epochs=2), 4)
@@ -89,12 +89,14 @@ def test_rl_step_moves_adapter_not_base(tiny_model_dir, head_dir):
     """In memory: one RL update changes LoRA weights and leaves every base weight bit-identical."""
     from accelerate import Accelerator
 
-    from components import modeling, model_source, rl_loop
-    from components.policy import wrap_lora
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.rl import loop as rl_loop
+    from components.rl.policy import wrap_lora
 
     cfg = _cfg(steps=1, lr=1e-2)
     model_cfg = _model(tiny_model_dir)
-    lm = modeling.load(model_source.resolve(model_cfg), model_cfg)
+    lm = runtime.load(model_source.resolve(model_cfg), model_cfg)
     policy = wrap_lora(lm.model, cfg.lora, 0)
     base_before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_" not in k}
     lora_before = {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_" in k}
@@ -125,23 +127,32 @@ def test_checkpoint_key_tracks_generation_engine():
 
 
 def test_auto_dtype_is_bf16_only_where_native(monkeypatch):
-    from components import modeling
+    from components.lm import runtime
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(modeling, "native_bf16", lambda device: False)
-    assert modeling.pick_dtype("auto", cpu) == torch.float32
-    monkeypatch.setattr(modeling, "native_bf16", lambda device: True)
-    assert modeling.pick_dtype("auto", cpu) == torch.bfloat16
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: False)
+    assert runtime.pick_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(runtime, "native_bf16", lambda device: True)
+    assert runtime.pick_dtype("auto", cpu) == torch.bfloat16
 
 
-def test_checkpoint_key_tracks_rl_code(monkeypatch, tmp_path):
-    """Changed RL code never resumes checkpoints the old code wrote."""
+def test_checkpoint_key_tracks_the_code_rl_runs(monkeypatch, tmp_path, head_dir):
+    """checkpoint_dir changes when a file of train_rl's import closure changes (a judge, the
+    decode loop), and only then: changed RL code never resumes checkpoints the old code wrote."""
+    import shutil
+
     from components import train_rl
+    from components.core import code
 
-    before = train_rl.code_digest()
-    for name in train_rl.CODE:
-        (tmp_path / f"{name}.py").write_bytes((Path(train_rl.__file__).parent / f"{name}.py").read_bytes())
-    monkeypatch.setattr(train_rl, "__file__", str(tmp_path / "train_rl.py"))
-    assert train_rl.code_digest() == before
-    (tmp_path / "decode.py").write_text("# changed\n", encoding="utf-8")
-    assert train_rl.code_digest() != before
+    copy = tmp_path / "components"
+    shutil.copytree(code.PACKAGE_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(code, "PACKAGE_DIR", copy)
+    cfg, model_cfg = TrainRLConfig(), ModelConfig(dtype="float32", device="cpu")
+    key = lambda: train_rl.checkpoint_dir(tmp_path, cfg, model_cfg, "fp", head_dir)  # noqa: E731
+    before = key()
+    (copy / "registry" / "serving.py").write_text("# not imported by train_rl\n", encoding="utf-8")
+    assert key() == before
+    for changed in ("eval/judges.py", "lm/decode.py", "rl/loop.py"):
+        (copy / changed).write_text((copy / changed).read_text() + "\n# changed\n", encoding="utf-8")
+        assert key() != before, changed
+        before = key()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from components.records import TRACE_COLUMNS
+from components.data.records import TRACE_COLUMNS
 from flows.cli import main as craft
 
 pytestmark = pytest.mark.reliability
@@ -58,7 +58,7 @@ def test_huge_strings_are_reported_not_crashed(tmp_path, capsys):
 def test_ingest_user_file_errors_cleanly_and_writes_nothing(tmp_path_factory, capsys, content):
     from components.ingest import main as ingest_main
 
-    from components.errors import guarded
+    from components.core.errors import guarded
 
     ws = tmp_path_factory.mktemp("ingest")
     src = ws / "mine.jsonl"

@@ -25,11 +25,11 @@ def test_second_pipeline_run_in_a_workspace_is_refused(tmp_path):
 def test_concurrent_promotions_serialise(tmp_path, monkeypatch):
     import mlflow
 
-    from components import registry
+    from components.registry import promote
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    c = registry.client()
+    c = promote.client()
     c.create_registered_model("race")
     with mlflow.start_run():
         mlflow.log_text("x", "model/x.txt")
@@ -44,7 +44,7 @@ def test_concurrent_promotions_serialise(tmp_path, monkeypatch):
 
     def go():
         try:
-            results.append(registry.promote(registry.PromoteConfig(model_name="race")))
+            results.append(promote.promote(promote.PromoteConfig(model_name="race")))
         except Exception as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -66,8 +66,8 @@ def test_no_unsafe_deserialisation_in_code():
 
 
 def test_remote_code_is_off_by_default_and_secrets_are_redacted():
-    from components.model_source import ModelConfig
-    from components.tracking import flatten
+    from components.lm.source import ModelConfig
+    from components.core.tracking import flatten
 
     assert ModelConfig().trust_remote_code is False
     flat = flatten({"hub": {"token": "hf_abc", "api_key": "k"}, "lr": 0.1})

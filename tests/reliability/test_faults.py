@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from components.io import atomic_path, write_text
+from components.core.io import atomic_path, write_text
 
 pytestmark = pytest.mark.reliability
 
@@ -29,7 +29,7 @@ def test_interrupted_write_keeps_the_old_file(tmp_path):
 
 
 def _rl_workspace(root: Path, tiny_model_dir: Path) -> Path:
-    from components.head import SafetyHead
+    from components.head.model import SafetyHead
 
     root.mkdir(parents=True)
     torch.manual_seed(0)  # both workspaces get the same head
@@ -37,7 +37,7 @@ def _rl_workspace(root: Path, tiny_model_dir: Path) -> Path:
     pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(6)], "prompt_kind": ["harmful"] * 6,
                   "split": ["train"] * 4 + ["val"] * 2}).to_parquet(root / "prompts.parquet")
     (root / "params.yaml").write_text(yaml.safe_dump({
-        "model": {"source": str(tiny_model_dir), "device": "cpu", "threads": 1},
+        "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
         "train_rl": {"steps": 40, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "minibatch_size": 2,
                      "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1, "checkpoint_every": 1, "log_every": 40,
                      "lora_r": 2, "lora_alpha": 4, "lr": 0.005}}))
@@ -90,7 +90,7 @@ def test_unreachable_prefect_api_is_one_clear_line(tmp_path, monkeypatch, capsys
 
 def test_corrupt_checkpoint_is_skipped(tmp_path):
     """A checkpoint without its 'done' marker (killed mid-save) is never resumed from."""
-    from components import checkpoint
+    from components.rl import checkpoint
 
     (tmp_path / "step-000003").mkdir()
     (tmp_path / "step-000003" / "adapter.safetensors").write_bytes(b"torn")
@@ -103,7 +103,7 @@ def test_retried_stage_reuses_its_mlflow_run(tmp_path, monkeypatch):
     """A task retry after a transient failure must not leave two runs of one stage."""
     import mlflow
 
-    from components import tracking
+    from components.core import tracking
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     mlflow.set_tracking_uri(os.environ["MLFLOW_TRACKING_URI"])

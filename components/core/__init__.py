@@ -1,0 +1,1 @@
+"""Foundations every layer uses: config loading, user errors, environment, atomic I/O, the stage CLI, MLflow tracking."""

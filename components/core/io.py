@@ -1,0 +1,120 @@
+"""Crash-safe file writes and table I/O (Parquet, JSONL, CSV).
+
+Every output is written to a temporary file in the same folder and renamed into place, so a
+stage killed mid-write leaves either the old file or the new one, never a torn one.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+from components.core.errors import UserError
+
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+
+
+class DataFileError(UserError, ValueError):
+    """A data file cannot be read as a table; the message names the file and the reason."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def dir_digest(folder: str | Path) -> str:
+    """sha256 over the names and bytes of every file below ``folder`` (sorted)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(str(path.relative_to(folder)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json(path: str | Path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_table(path: str | Path, df: pd.DataFrame) -> Path:
+    """Write a DataFrame by suffix (.parquet or .jsonl), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        elif path.suffix == ".jsonl":
+            df.to_json(tmp, orient="records", lines=True, force_ascii=False)
+        else:
+            raise DataFileError(f"{path}: write .parquet or .jsonl, not {path.suffix!r}.")
+    return path
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table by suffix with a readable error for missing, empty or malformed files."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found.")
+    if path.suffix not in TABLE_SUFFIXES:
+        raise DataFileError(f"{path}: unsupported format {path.suffix!r}; use one of {TABLE_SUFFIXES}.")
+    if path.stat().st_size == 0:
+        raise DataFileError(f"{path}: file is empty.")
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8")
+        return _read_json_records(path)
+    except DataFileError:
+        raise
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{path}: not valid UTF-8 ({exc.reason} at byte {exc.start}).") from exc
+    except Exception as exc:  # pyarrow/pandas raise many types; report them uniformly
+        raise DataFileError(f"{path}: cannot be read as {path.suffix[1:]}: {exc}") from exc
+
+
+def _read_json_records(path: Path) -> pd.DataFrame:
+    """JSONL (one object per line) or a JSON array of objects."""
+    text = path.read_bytes().decode("utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if not isinstance(data, list):
+            raise DataFileError(f"{path}: expected a JSON array of records.")
+        records = data
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path}:{n}: invalid JSON ({exc.msg}).") from exc
+    if not records:
+        raise DataFileError(f"{path}: holds no records.")
+    bad = [i for i, r in enumerate(records, start=1) if not isinstance(r, dict)]
+    if bad:
+        raise DataFileError(f"{path}: record(s) {bad[:5]} are not JSON objects.")
+    return pd.DataFrame.from_records(records)

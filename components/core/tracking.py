@@ -1,0 +1,122 @@
+"""MLflow tracking shared by every stage: one child run per stage under the pipeline's run.
+
+The pipeline flow opens the parent run and passes its id in ``CRAFT_PARENT_RUN_ID``; a stage run
+by hand (``dvc repro validate``) gets a standalone run. Tracking URI and artifact root live in
+the workspace (``sqlite:///mlruns/mlflow.db``, ``mlruns/artifacts``) unless the user points
+``MLFLOW_TRACKING_URI`` at a server.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping
+
+EXPERIMENT = "craft"
+PARENT_ENV = "CRAFT_PARENT_RUN_ID"
+
+
+def experiment_id() -> str:
+    """Create (once) and return the project's experiment, artifacts under ``mlruns/artifacts``."""
+    import mlflow
+
+    name = os.environ.get("CRAFT_EXPERIMENT", EXPERIMENT)
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    location = None
+    if uri.startswith("sqlite:///"):
+        root = Path(uri[len("sqlite:///"):]).parent
+        location = (root / "artifacts").resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except Exception:  # another process created it first
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def ensure_store() -> None:
+    """Make the folder of a local sqlite DB; for a tracking server, fail fast with one clear line."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    elif uri.startswith(("http://", "https://")):
+        require_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", "MLFLOW_TRACKING_URI")
+
+
+def require_reachable(url: str, what: str, variable: str, timeout: float = 5.0) -> None:
+    """Raise ServiceUnavailable unless ``url`` answers (any HTTP status counts as up)."""
+    import urllib.error
+    import urllib.request
+
+    from components.core.errors import ServiceUnavailable
+
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return
+    except (OSError, ValueError) as exc:
+        raise ServiceUnavailable(f"{what} at {url} is unreachable ({getattr(exc, 'reason', exc)}); "
+                                 f"start it or point {variable} elsewhere (unset it to use the local store).") from None
+
+
+SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential", "auth")
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
+    """Flatten a dataclass or nested mapping into ``a.b.c -> str`` params; secrets are redacted."""
+    if dataclasses.is_dataclass(obj):
+        obj = dataclasses.asdict(obj)
+    out: dict[str, str] = {}
+    if isinstance(obj, Mapping):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    key = prefix.rstrip(".")
+    if any(w in key.lower() for w in SECRET_WORDS):
+        return {key: "***"}
+    return {key: str(obj)[:500]}
+
+
+@contextlib.contextmanager
+def stage_run(stage: str, *configs: Any, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
+    """Open the MLflow run of one stage (child of the pipeline run when there is one)."""
+    import mlflow
+
+    ensure_store()
+    parent = os.environ.get(PARENT_ENV) or None
+    all_tags = {"craft.stage": stage, **(tags or {})}
+    retry_of = unfinished_child(parent, stage) if parent else None
+    start = dict(run_id=retry_of) if retry_of else dict(experiment_id=experiment_id(), run_name=stage, parent_run_id=parent)
+    with mlflow.start_run(**start, tags=all_tags) as run:
+        params: dict[str, str] = {}
+        for cfg in configs:
+            params.update(flatten(cfg, f"{type(cfg).__name__}."))
+        if params and not retry_of:
+            mlflow.log_params(params)
+        yield run
+
+
+def unfinished_child(parent_run_id: str, stage: str) -> str | None:
+    """The run of ``stage`` under this parent that did not finish (a retried task reuses it, so a
+    retry never leaves two runs of one stage in one pipeline run)."""
+    import mlflow
+
+    found = mlflow.search_runs(
+        experiment_ids=[experiment_id()], output_format="list",
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`craft.stage` = '{stage}'")
+    pending = [r for r in found if r.info.status != "FINISHED"]
+    return pending[0].info.run_id if pending else None
+
+
+def log_stage_outputs(prefix: str, metrics: Mapping[str, Any], artifacts: Iterable[str | Path] = ()) -> None:
+    """Log numeric metrics as ``<prefix>/<name>`` and files to the active run."""
+    import mlflow
+
+    numeric = {f"{prefix}/{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if numeric:
+        mlflow.log_metrics(numeric)
+    for path in artifacts:
+        if Path(path).exists():
+            mlflow.log_artifact(str(path))

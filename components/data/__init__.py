@@ -1,0 +1,1 @@
+"""Data contracts and sources: records, packaged prompt sources, templated traces, GX expectations."""

@@ -1,0 +1,1 @@
+"""Judging and measuring: judges, attacks, the latent audit, reports, seed spread."""

@@ -1,0 +1,180 @@
+"""Reasoning audit: the CRAFT head as a per-token safety monitor during generation.
+
+At generated token t the monitor pools the completion's hidden states up to and including t
+exactly as training pooled whole traces (``LatentSpec``: layers, mean/last/max) and scores the
+result with the trained ``SafetyHead``: cosines to the safe/unsafe/rethink prototypes, p_safe and
+R_lat. Decoding runs token by token on the KV cache, so each score costs one head pass on states
+the model computed anyway (running sums for mean, running max for max).
+
+Guard mode stops generation when latent p_safe stays below ``threshold`` for ``patience``
+consecutive tokens and appends a redirection, recording the event in the audit record.
+``score_full`` recomputes the same trajectory from one forward over the full sequence; the two
+agree (tests pin it), so a record can be re-verified after the fact.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import torch
+
+from components.lm.generation import THINK_CLOSE, render, split_reasoning
+from components.head.model import SafetyHead
+from components.lm.latents import backbone
+from components.lm.runtime import LoadedModel
+
+REDIRECT = "\n\n[Stopped by the CRAFT guard: the reasoning was heading somewhere unsafe. I can't help with this.]"
+
+
+@dataclass(frozen=True)
+class GuardConfig:
+    threshold: float = 0.35
+    """Latent p_safe below this counts as unsafe."""
+    patience: int = 4
+    """Consecutive unsafe tokens before the guard stops generation."""
+
+
+@dataclass
+class AuditRecord:
+    """One audited generation (JSON schema: README "Audit record")."""
+
+    prompt: str
+    completion: str
+    trace: str
+    answer: str
+    tokens: list[str]
+    scores: dict[str, list[float]]
+    threshold: float
+    first_unsafe_token: int | None
+    reasoning_end_token: int | None
+    model_id: str
+    head_id: str
+    guard: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class RunningPool:
+    """Pools a growing sequence of per-token states [n_layers, d] like ``latents.pool`` would."""
+
+    def __init__(self, how: str) -> None:
+        self.how, self.sum, self.max, self.last, self.n = how, None, None, None, 0
+
+    def add(self, state: torch.Tensor) -> torch.Tensor:
+        self.n += 1
+        self.last = state
+        self.sum = state.clone() if self.sum is None else self.sum + state
+        self.max = state.clone() if self.max is None else torch.maximum(self.max, state)
+        return {"mean": self.sum / self.n, "max": self.max, "last": self.last}[self.how]
+
+
+def _states(out, layers: Sequence[int]) -> torch.Tensor:
+    """[B, T, n_layers, d] from a forward with hidden states."""
+    return torch.stack([out.hidden_states[i] for i in layers], dim=2).float()
+
+
+def _as_list(x) -> list:
+    return [] if x is None else list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
+    return lm.tokenizer(render(lm.tokenizer, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"].to(lm.device)
+
+
+@torch.no_grad()
+def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, max_new_tokens: int = 96,
+                        guard: GuardConfig | None = None, threshold: float = 0.35, head_id: str = "") -> AuditRecord:
+    """Greedy decoding on the KV cache with a latent safety score for every generated token."""
+    started = time.perf_counter()
+    model, spec = lm.model, head.spec
+    eos = {lm.tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+    out = model(input_ids=prompt_ids(lm, prompt), use_cache=True)
+    past, logits = out.past_key_values, out.logits[0, -1]
+    pool, generated, streak, guard_event = RunningPool(spec.pooling), [], 0, {}
+    scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
+    limit = guard.threshold if guard else threshold
+    for _ in range(max_new_tokens):
+        next_id = int(logits.argmax())
+        if next_id in eos:
+            break
+        generated.append(next_id)
+        # feeding the token yields its own hidden state (what a full forward has at that position)
+        out = model(input_ids=torch.tensor([[next_id]], device=lm.device), past_key_values=past,
+                    use_cache=True, output_hidden_states=True)
+        past, logits = out.past_key_values, out.logits[0, -1]
+        s = head.score(pool.add(_states(out, spec.layers)[0, -1]).unsqueeze(0).to(head.input_mean.device))
+        for k in scores:
+            scores[k].append(float(s[k][0]))
+        streak = streak + 1 if scores["p_safe"][-1] < limit else 0
+        if guard and streak >= guard.patience:
+            guard_event = {"stopped_at_token": len(generated) - 1, "threshold": guard.threshold, "patience": guard.patience}
+            break
+    completion = lm.tokenizer.decode(generated, skip_special_tokens=True) + (REDIRECT if guard_event else "")
+    return _record(lm, head, prompt, completion, generated, scores, limit, head_id, guard_event,
+                   time.perf_counter() - started)
+
+
+SCORE_KEYS = ("cos_safe", "cos_unsafe", "cos_rethink", "p_safe", "r_lat")
+
+
+@torch.no_grad()
+def score_full(lm: LoadedModel, head: SafetyHead, prompt: str, completion_ids: Sequence[int]) -> dict[str, list[float]]:
+    """The same per-token trajectory from one forward over prompt + completion (for verification)."""
+    p = prompt_ids(lm, prompt)
+    ids = torch.cat([p, torch.tensor([list(completion_ids)], device=lm.device)], dim=1)
+    out = backbone(lm.model)(input_ids=ids, output_hidden_states=True, use_cache=False)
+    states = _states(out, head.spec.layers)[0, p.shape[1]:]  # [Tn, n_layers, d]
+    n = torch.arange(1, states.shape[0] + 1, device=states.device).view(-1, 1, 1)
+    pooled = {"mean": states.cumsum(0) / n, "max": states.cummax(0).values, "last": states}[head.spec.pooling]
+    s = head.score(pooled.to(head.input_mean.device))
+    return {k: [float(x) for x in s[k]] for k in SCORE_KEYS}
+
+
+def _record(lm, head, prompt, completion, generated, scores, threshold, head_id, guard_event, seconds) -> AuditRecord:
+    tokens = [lm.tokenizer.decode([t]) for t in generated]
+    trace, answer = split_reasoning(completion)
+    if guard_event:  # what the user sees is the redirect; the stopped reasoning stays in the record
+        trace, answer = completion[: -len(REDIRECT)].strip(), REDIRECT.strip()
+    first_unsafe = next((i for i, p in enumerate(scores["p_safe"]) if p < threshold), None)
+    end = next((i for i, t in enumerate(tokens) if THINK_CLOSE in "".join(tokens[: i + 1])), None)
+    return AuditRecord(prompt, completion, trace, answer, tokens, scores, threshold, first_unsafe, end,
+                       lm.model_id, head_id, guard_event, round(seconds, 3))
+
+
+def plot(record: AuditRecord, path) -> None:
+    """Per-token latent p_safe and R_lat with the reasoning/answer boundary and threshold marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = list(range(len(record.tokens)))
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.plot(x, record.scores["p_safe"], label="latent p_safe", color="tab:green")
+    ax.plot(x, record.scores["r_lat"], label="R_lat", color="tab:blue", alpha=0.7)
+    ax.axhline(record.threshold, color="tab:red", ls="--", lw=1, label="unsafe threshold")
+    if record.reasoning_end_token is not None:
+        ax.axvline(record.reasoning_end_token, color="gray", ls=":", label="</think>")
+    if record.first_unsafe_token is not None:
+        ax.axvline(record.first_unsafe_token, color="tab:red", alpha=0.4, label="first unsafe token")
+    if record.guard:
+        ax.axvline(record.guard["stopped_at_token"], color="black", label="guard stop")
+    ax.set_xlabel("generated token"), ax.set_ylim(-1.6, 1.6), ax.legend(fontsize=7, loc="lower left")
+    ax.set_title(f"Latent safety trajectory — {record.prompt[:70]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def render_terminal(record: AuditRecord):
+    """A rich Text with each token coloured from red (p_safe 0) to green (p_safe 1)."""
+    from rich.text import Text
+
+    text = Text()
+    for token, p in zip(record.tokens, record.scores["p_safe"]):
+        r, g = int(255 * (1 - p)), int(200 * p)
+        text.append(token, style=f"rgb({r},{g},60)")
+    return text

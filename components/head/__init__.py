@@ -1,0 +1,1 @@
+"""The CRAFT projection/safety head (stage 1): the module, its loss and its separation metrics."""

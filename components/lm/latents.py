@@ -1,0 +1,104 @@
+"""Pooled hidden states of a causal LM: the one encoder used by extraction, RL rewards and audit.
+
+Layer convention (as in HF): ``hidden_states[0]`` is the embedding output and ``hidden_states[i]``
+the output of decoder layer i, so with L layers the valid indices are 0..L; negative indices count
+from the end (-1 = last layer, after the final norm in Llama/Qwen models).
+
+The text encoded is the chat-rendered prompt followed by the completion (trace). By default only
+completion tokens are pooled (``pool_over="completion"``): a prompt's safe and unsafe traces share
+the prompt, so pooling over it would dilute the contrast. The forward runs the decoder backbone
+only (no LM head: no [B, T, vocab] logits) and keeps just the requested layers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from components.lm.generation import render
+
+POOLINGS = ("mean", "last", "max")
+POOL_OVER = ("completion", "all")
+
+
+@dataclass(frozen=True)
+class LatentSpec:
+    """How hidden states become one vector per text; stored with every head that uses them."""
+
+    layers: tuple[int, ...] = (-1,)
+    pooling: str = "mean"
+    pool_over: str = "completion"
+    max_length: int = 512
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling={self.pooling!r}: use one of {POOLINGS}.")
+        if self.pool_over not in POOL_OVER:
+            raise ValueError(f"pool_over={self.pool_over!r}: use one of {POOL_OVER}.")
+        if not self.layers:
+            raise ValueError("layers is empty: name at least one layer (-1 = last).")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatentSpec":
+        """The inverse of ``dataclasses.asdict`` (JSON stores the layer tuple as a list)."""
+        return cls(tuple(d["layers"]), d["pooling"], d["pool_over"], d["max_length"])
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool ``hidden`` [B, T, d] over positions where ``mask`` [B, T] is 1 → [B, d].
+
+    Padding-aware for either padding side: ``last`` takes the right-most masked position.
+    """
+    m = mask.to(hidden.dtype).unsqueeze(-1)  # [B, T, 1]
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+    if how == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(1)
+    positions = torch.arange(mask.shape[1], device=mask.device).expand_as(mask)  # [B, T]
+    last = (positions * mask.long()).amax(1)  # [B] index of the last masked token
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def backbone(model):
+    """The decoder stack without the LM head (``LlamaModel`` inside ``LlamaForCausalLM``).
+
+    Works through a peft wrapper: LoRA layers live inside the decoder, so the adapter (and
+    ``disable_adapter()``) still applies.
+    """
+    get = getattr(model, "get_decoder", None)
+    decoder = get() if callable(get) else None
+    return decoder if decoder is not None else model
+
+
+def tokenize_pairs(tokenizer, prompts: Sequence[str], completions: Sequence[str], spec: LatentSpec,
+                   device) -> dict[str, torch.Tensor]:
+    """Left-padded ids of render(prompt)+completion and the mask of the positions to pool."""
+    rendered = [render(tokenizer, p) for p in prompts]
+    full = [r + c for r, c in zip(rendered, completions)]
+    enc = tokenizer(full, return_tensors="pt", padding=True, truncation=True,
+                    max_length=spec.max_length, add_special_tokens=False)
+    attn = enc["attention_mask"]  # [B, T], left padding → real tokens at the right end
+    if spec.pool_over == "all":
+        pool_mask = attn.clone()
+    else:
+        n_prompt = torch.tensor([len(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in rendered])
+        n_real = attn.sum(1)
+        n_completion = (n_real - n_prompt).clamp(min=1)  # ≥ 1 token even if the completion was cut
+        positions = torch.arange(attn.shape[1]).expand_as(attn)  # [B, T]
+        pool_mask = (positions >= attn.shape[1] - n_completion.unsqueeze(1)).long() * attn
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": attn.to(device),
+            "pool_mask": pool_mask.to(device)}
+
+
+def encode(model, tokenizer, prompts: Sequence[str], completions: Sequence[str], spec: LatentSpec,
+           device, grad: bool = False) -> torch.Tensor:
+    """Pooled states [B, n_layers, d] (float32) of prompt+completion, one forward, no LM head."""
+    batch = tokenize_pairs(tokenizer, prompts, completions, spec, device)
+    ctx = torch.enable_grad() if grad else torch.inference_mode()
+    with ctx:
+        out = backbone(model)(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                              output_hidden_states=spec.layers != (-1,), use_cache=False)
+        states = [out.last_hidden_state] if spec.layers == (-1,) else [out.hidden_states[i] for i in spec.layers]
+        pooled = [pool(h.float(), batch["pool_mask"], spec.pooling) for h in states]  # each [B, d]
+    return torch.stack(pooled, dim=1)

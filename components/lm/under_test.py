@@ -1,0 +1,52 @@
+"""Loading a model under test: the base model, a pipeline output folder, or any HF directory.
+
+A pipeline output folder (``data/train_rl``, ``data/train_sft``…) holds ``model.json`` naming its
+base model and an ``adapter/`` (peft LoRA); it is loaded onto the base and merged for fast
+generation. Any other folder with ``config.json`` is a plain HF model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from components.lm import runtime
+from components.lm import source as model_source
+from components.lm.runtime import LoadedModel
+
+
+def load_under_test(spec: str, model_cfg: model_source.ModelConfig, workspace: str | Path = ".") -> LoadedModel:
+    """``base`` → params.yaml:model; a folder with model.json → base + adapter; else an HF dir."""
+    if spec == "base":
+        return runtime.load(model_source.resolve(model_cfg, workspace), model_cfg)
+    folder = Path(spec)
+    card = folder / "model.json"
+    if card.exists():
+        meta = json.loads(card.read_text())
+        base_cfg = dataclasses.replace(model_cfg, source=meta["base_model_source"])
+        resolved = model_source.resolve(base_cfg, workspace)
+        if resolved.fingerprint != meta.get("base_model_fingerprint", resolved.fingerprint):
+            raise ValueError(f"{folder}: adapter was trained on base {meta['base_model_fingerprint']}, "
+                             f"but {meta['base_model_source']} is now {resolved.fingerprint}.")
+        lm = runtime.load(resolved, base_cfg)
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(lm.model, str(folder / meta.get("adapter", "adapter"))).merge_and_unload()
+        return LoadedModel(merged.eval(), lm.tokenizer, lm.device, f"{resolved.model_id}+{folder.name}", lm.engine)
+    if (folder / "config.json").exists():
+        cfg = dataclasses.replace(model_cfg, source=str(folder))
+        return runtime.load(model_source.resolve(cfg, workspace), cfg)
+    raise FileNotFoundError(f"{spec}: not 'base', a pipeline output folder (model.json) or an HF model directory.")
+
+
+def resolve_spec(spec: str) -> str:
+    """``models:/NAME@ALIAS`` (or ``models:/NAME/VERSION``) → the registered pipeline folder, downloaded."""
+    if not spec.startswith("models:/"):
+        return spec
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+    folder = local / "artifacts" / "model"
+    if not (folder / "model.json").exists():
+        raise FileNotFoundError(f"{spec} is not a CRAFT registered model (no artifacts/model/model.json).")
+    return str(folder)

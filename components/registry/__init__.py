@@ -1,0 +1,1 @@
+"""MLflow model registry: registering, gated promotion, the pyfunc served model."""

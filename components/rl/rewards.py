@@ -1,0 +1,81 @@
+"""CRAFT rewards as plain callables (paper §4.2).
+
+    R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons
+    R_lat  = cos(z, μ_safe) − cos(z, μ_unsafe) + 0.5·cos(z, μ_rethink)     z = head(pooled state)
+    R_txt  = 2·p_safe_text − 1                                             the evaluation judge's p_safe
+    R_cons = 1 − |p_safe_latent − p_safe_text|
+
+The head is the same ``SafetyHead`` class ``train_head`` saved; the judge is the same object the
+evaluation uses. The latent state comes from the live policy (``source="policy"``, the paper) or
+from the frozen reference re-encoding the text (``source="reference"``), which the policy cannot
+steer: rewarding the policy's own activations can teach it to fool the probe (Obfuscation Atlas,
+arXiv 2602.15515). ``obfuscation_gap`` measures that: head score on policy activations minus on
+reference activations of the same text.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from components.lm.generation import split_reasoning
+from components.head.model import SafetyHead
+from components.eval.judges import Judge
+from components.lm.latents import encode
+
+SOURCES = ("policy", "reference")
+
+
+@dataclass(frozen=True)
+class RewardWeights:
+    lat: float = 0.5
+    txt: float = 0.4
+    cons: float = 0.2
+
+
+def reference_mode(model):
+    """Context in which a peft model acts as its frozen base (adapter disabled)."""
+    return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+
+
+def latent_scores(model, tokenizer, head: SafetyHead, prompts: Sequence[str], completions: Sequence[str],
+                  device, source: str = "policy") -> dict[str, torch.Tensor]:
+    """Head scores [B] of the pooled states of prompt+completion, from policy or reference."""
+    ctx = reference_mode(model) if source == "reference" else contextlib.nullcontext()
+    with ctx:
+        h = encode(model, tokenizer, prompts, completions, head.spec, device)
+    return head.score(h.to(head.input_mean.device))
+
+
+@dataclass
+class CraftReward:
+    head: SafetyHead
+    judge: Judge
+    weights: RewardWeights = RewardWeights()
+    source: str = "policy"
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"reward source {self.source!r}: use one of {SOURCES}.")
+
+    def __call__(self, model, tokenizer, prompts: Sequence[str], completions: Sequence[str], device
+                 ) -> dict[str, torch.Tensor]:
+        """Per-sequence reward and its parts, each [B]."""
+        lat = latent_scores(model, tokenizer, self.head, prompts, completions, device, self.source)
+        responses = [split_reasoning(c)[1] or c for c in completions]
+        p_text = torch.tensor([v.p_safe for v in self.judge.judge(list(prompts), responses)])
+        p_lat = lat["p_safe"].cpu()
+        parts = {"r_lat": lat["r_lat"].cpu(), "r_txt": 2 * p_text - 1, "r_cons": 1 - (p_lat - p_text).abs(),
+                 "p_safe_latent": p_lat, "p_safe_text": p_text}
+        w = self.weights
+        parts["total"] = w.lat * parts["r_lat"] + w.txt * parts["r_txt"] + w.cons * parts["r_cons"]
+        return parts
+
+
+def obfuscation_gap(model, tokenizer, head: SafetyHead, prompts, completions, device) -> float:
+    """mean R_lat(policy activations) − mean R_lat(reference activations), same text."""
+    pol = latent_scores(model, tokenizer, head, prompts, completions, device, "policy")["r_lat"]
+    ref = latent_scores(model, tokenizer, head, prompts, completions, device, "reference")["r_lat"]
+    return float((pol - ref).mean())
