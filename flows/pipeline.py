@@ -32,12 +32,14 @@ class StageFailed(RuntimeError):
     """A DVC stage exited non-zero; the message carries its report or output tail.
 
     ``transient`` is false when the stage itself said the input is wrong (exit 1: failed checks,
-    exit 2: user error): retrying cannot help, so the task is not retried.
+    exit 2: user error): retrying cannot help, so the task is not retried. ``exit_code`` is the
+    stage command's own exit status, which ``craft run`` passes on (2: a user error).
     """
 
-    def __init__(self, message: str, transient: bool = False):
+    def __init__(self, message: str, transient: bool = False, exit_code: int = 1):
         super().__init__(message)
         self.transient = transient
+        self.exit_code = exit_code
 
 
 def _stage_exit_code(lines: list[str]) -> int | None:
@@ -124,7 +126,8 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
         detail = report.read_text() if stage.report and report.exists() else "\n".join(tail)
         code = _stage_exit_code(tail)
         raise StageFailed(f"stage '{stage.name}' failed (exit {code if code is not None else returncode}); "
-                          f"later stages were not run.\n{detail}", transient=code not in (1, 2))
+                          f"later stages were not run.\n{detail}", transient=code not in (1, 2),
+                          exit_code=code if code in (1, 2) else 1)
     skipped = any(SKIPPED in l for l in tail)
     _publish(stage, root, "skipped (unchanged)" if skipped else f"ran in {seconds}s")
     return {"stage": stage.name, "status": "skipped" if skipped else "ran", "seconds": seconds}

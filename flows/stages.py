@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from components.core.config import ConfigError
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -36,5 +38,5 @@ def select(names: list[str] | None) -> list[Stage]:
         return list(PIPELINE)
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
-        raise ValueError(f"unknown stage(s) {unknown}; stages are {list(NAMES)}.")
+        raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(NAMES)}.")
     return [s for s in PIPELINE if s.name in names]

@@ -10,6 +10,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+from components.core.errors import UserError
 from components.lm import runtime
 from components.lm import source as model_source
 from components.lm.runtime import LoadedModel
@@ -26,8 +27,9 @@ def load_under_test(spec: str, model_cfg: model_source.ModelConfig, workspace: s
         base_cfg = dataclasses.replace(model_cfg, source=meta["base_model_source"])
         resolved = model_source.resolve(base_cfg, workspace)
         if resolved.fingerprint != meta.get("base_model_fingerprint", resolved.fingerprint):
-            raise ValueError(f"{folder}: adapter was trained on base {meta['base_model_fingerprint']}, "
-                             f"but {meta['base_model_source']} is now {resolved.fingerprint}.")
+            raise UserError(f"{folder}: adapter was trained on base {meta['base_model_fingerprint']}, "
+                            f"but {meta['base_model_source']} is now {resolved.fingerprint}; restore that base "
+                            "model (model.source) or retrain the adapter with `craft run`.")
         lm = runtime.load(resolved, base_cfg)
         from peft import PeftModel
 

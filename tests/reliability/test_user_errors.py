@@ -1,0 +1,82 @@
+"""User mistakes are one line and exit 2, never a traceback; `craft run` passes a stage's 2 on."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows import cli
+
+
+def test_stage_name_typo_is_one_line_exit_2_before_prefect(capsys, monkeypatch):
+    import flows.pipeline
+
+    monkeypatch.setattr(flows.pipeline, "pipeline", lambda **kw: pytest.fail("the flow must not start"))
+    assert cli.main(["run", "--stages", "ingest,trian_rl"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown stage(s) ['trian_rl']" in err[0] and "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("stage_exit, expected", [(2, 2), (1, 1)])
+def test_craft_run_passes_a_stages_exit_code_on(capsys, monkeypatch, stage_exit, expected):
+    import flows.pipeline
+    from components.core import tracking
+
+    def failing(**kw):
+        raise flows.pipeline.StageFailed("stage 'curate' failed", exit_code=stage_exit)
+
+    monkeypatch.setattr(flows.pipeline, "pipeline", failing)
+    monkeypatch.setattr(tracking, "ensure_store", lambda: None)
+    assert cli.main(["run"]) == expected
+    assert "stage 'curate' failed" in capsys.readouterr().err
+
+
+def test_stage_exit_code_is_read_from_dvc_output():
+    from flows.pipeline import _stage_exit_code
+
+    assert _stage_exit_code(["ERROR: failed to reproduce 'curate': failed to run: python -m …, exited with 2"]) == 2
+    assert _stage_exit_code(["no code here"]) is None
+
+
+def test_adapter_on_another_base_is_a_user_error(tmp_path, tiny_model_dir):
+    from components.core.errors import UserError
+    from components.lm.source import ModelConfig
+    from components.lm.under_test import load_under_test
+
+    (tmp_path / "model.json").write_text(json.dumps({"base_model_source": str(tiny_model_dir),
+                                                     "base_model_fingerprint": "not-this-one"}))
+    with pytest.raises(UserError, match="retrain the adapter"):
+        load_under_test(str(tmp_path), ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu"))
+
+
+@pytest.mark.parametrize("validation, message", [
+    ({"success": False}, "failed validation"),
+    (None, "run `dvc repro validate`"),
+])
+def test_extract_refuses_a_dataset_that_failed_validation(tmp_path, capsys, validation, message):
+    """Even `dvc repro --single-item extract` stops after a failed validate: one line, exit 2."""
+    from components import extract, train_sft
+    from components.core.errors import guarded
+
+    result = tmp_path / "result.json"
+    if validation is not None:
+        result.write_text(json.dumps(validation))
+    for stage in (extract, train_sft):
+        argv = ["--data", str(tmp_path / "traces.parquet"), "--validation", str(result), "--out", str(tmp_path / "o"),
+                "--params", str(tmp_path / "params.yaml")]
+        (tmp_path / "params.yaml").write_text("{}\n")
+        assert guarded(stage.STAGE, lambda: stage.main(argv)) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+        assert not (tmp_path / "o").exists()
+
+
+def test_runtime_keys_under_model_are_a_config_error():
+    from components.core.config import ConfigError
+    from components.lm.source import model_config
+
+    with pytest.raises(ConfigError, match="belong in the 'runtime' section"):
+        model_config({"model": {"threads": 4}})
+    with pytest.raises(ConfigError, match=r"runtime: unknown setting\(s\) \['gpu'\]"):
+        model_config({"runtime": {"gpu": 1}})
+    assert model_config({"model": {"dtype": "float32"}, "runtime": {"threads": 3}}).threads == 3
