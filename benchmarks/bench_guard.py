@@ -24,8 +24,9 @@ def plain(lm, prompts, new):
 
 
 def guarded(lm, head, prompts, new):
-    guard = audit.GuardConfig(threshold=-1.0, patience=10**9)  # scores every token, never stops: full cost
-    return [audit.generate_with_audit(lm, head, p, new, guard) for p in prompts]
+    # scores every token, never stops: full cost
+    cfg = audit.AuditConfig(threshold=-1.0, patience=10**9, guard=True, max_new_tokens=new)
+    return [audit.generate_with_audit(lm, head, p, cfg) for p in prompts]
 
 
 def main() -> None:

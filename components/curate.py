@@ -23,7 +23,7 @@ from components.data import traces
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_table, write_text
-from components.eval.judges import JUDGES, make_judge, valid_judge
+from components.eval.judges import JUDGES, judge_completions, make_judge, valid_judge
 from components.data.records import TRACE_COLUMNS, Trace, stable_id
 
 log = logging.getLogger("craft.curate")
@@ -35,39 +35,49 @@ class CurateConfig:
     """params.yaml:curate."""
 
     splits: tuple[str, ...] = ("train", "val")
-    """Prompt splits to build traces for; ``test`` is reserved for evaluation."""
+    """Prompt splits to build traces for: train and/or val; ``test`` is reserved for evaluation."""
     samples_per_prompt: int = 1
+    """Completions sampled per prompt, each judged and labelled; >= 1."""
     max_new_tokens: int = 96
+    """Token budget of each sampled completion; >= 1."""
     batch_size: int = 16
+    """Prompts generated together in one batch; >= 1."""
     temperature: float = 0.7
+    """Sampling temperature; >= 0 (0 is greedy)."""
     top_p: float = 0.95
+    """Nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
     seed: int = 0
+    """Seed of the sampling generator (same seed and model: same traces)."""
     system_prompt: str = ""
     """System message for sampling; empty keeps the model's default."""
     judge: str = "ensemble"
-    """Judge that labels model samples: keyword | embedding | ensemble."""
+    """Judge that labels model samples: keyword | embedding | ensemble | hf:<path>."""
     safe_threshold: float = 0.5
-    """A harmful-prompt sample with p_safe at or above this is labelled safe."""
+    """A harmful-prompt sample with p_safe at or above this is labelled safe; in (0, 1)."""
     templated_traces: bool = True
     """Add templated safe / rethink (and missing unsafe) traces to each harmful prompt."""
     rethink_prefix_words: int = 24
     """Words of the model's own unsafe opening kept before the rethink turn."""
 
     def __post_init__(self) -> None:
-        require(set(self.splits) <= {"train", "val"} and self.splits,
-                "curate.splits: choose from train, val (test is held out for evaluation).")
-        require(self.samples_per_prompt >= 1, "curate.samples_per_prompt must be >= 1.")
-        require(self.max_new_tokens >= 1 and self.batch_size >= 1, "curate: max_new_tokens and batch_size must be >= 1.")
-        require(self.temperature >= 0, "curate.temperature must be >= 0 (0 is greedy).")
+        require(len(self.splits) > 0, "curate.splits is empty: use [train, val] (test is held out for evaluation).")
+        require(set(self.splits) <= {"train", "val"},
+                f"curate.splits={list(self.splits)!r}: choose from train, val (test is held out for evaluation).")
+        require(self.samples_per_prompt >= 1, f"curate.samples_per_prompt={self.samples_per_prompt!r}: use 1 or more.")
+        require(self.max_new_tokens >= 1, f"curate.max_new_tokens={self.max_new_tokens!r}: use 1 or more, e.g. 96.")
+        require(self.batch_size >= 1, f"curate.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
+        require(self.temperature >= 0, f"curate.temperature={self.temperature!r}: use 0 (greedy) or more, e.g. 0.7.")
         require(valid_judge(self.judge), f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path>.")
-        require(0 < self.safe_threshold < 1, "curate.safe_threshold must be in (0, 1).")
+        require(0 < self.safe_threshold < 1,
+                f"curate.safe_threshold={self.safe_threshold!r}: use a probability in (0, 1), e.g. 0.5.")
 
 
 def _row(p: dict, k: str, trace: str, response: str, label: str, origin: str,
          p_safe: float, judge: str, model_id: str) -> Trace:
-    return Trace(stable_id(p["prompt_id"], label, origin, k), p["prompt_id"], p["prompt"],
-                 p["prompt_kind"], trace, response, label, origin, p["source"], p["category"],
-                 p["split"], float(p_safe), judge, model_id)
+    return Trace(trace_id=stable_id(p["prompt_id"], label, origin, k), prompt_id=p["prompt_id"],
+                 prompt=p["prompt"], prompt_kind=p["prompt_kind"], trace=trace, response=response,
+                 label=label, origin=origin, source=p["source"], category=p["category"],
+                 split=p["split"], p_safe=float(p_safe), judge=judge, model_id=model_id)
 
 
 def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
@@ -119,8 +129,7 @@ def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Data
                                        cfg.top_p, cfg.seed, cfg.system_prompt)
     log.info("sampling %d completions from %s", len(asked), resolved.model_id)
     completions = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate")
-    responses = [generation.split_reasoning(c)[1] or c for c in completions]
-    verdicts = judge.judge([p["prompt"] for p in asked], responses)
+    verdicts = judge_completions(judge, [p["prompt"] for p in asked], completions)
     rows = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
     if cfg.templated_traces:
         rows += template_rows(chosen, rows, cfg, judge)

@@ -36,27 +36,36 @@ class ExtractConfig:
     """params.yaml:extract."""
 
     layers: tuple[int, ...] = (-1,)
-    """Hidden-state indices (0 = embeddings, -1 = last layer)."""
+    """Hidden-state indices (0 = embeddings, -1 = last layer); at least one."""
     pooling: str = "mean"
     """mean over the pooled span (paper), last token or max."""
     pool_over: str = "completion"
     """Pool the trace tokens only (``completion``) or the prompt too (``all``)."""
     max_length: int = 512
+    """Tokens per prompt + trace input; longer inputs are truncated."""
     batch_size: int = 16
+    """Rows encoded per forward pass; >= 1 and <= shard_rows."""
     shard_rows: int = 4096
-    """Rows per safetensors shard (bounds memory for large datasets)."""
+    """Rows per safetensors shard (bounds memory for large datasets); >= batch_size."""
     word_dropout: float = 0.05
-    """Share of words dropped to make the InfoNCE positive view."""
+    """Share of words dropped to make the InfoNCE positive view; in [0, 0.5)."""
     storage_dtype: str = "float32"
+    """dtype of the stored latents: float32 | float16 | bfloat16."""
     seed: int = 0
+    """Seed of the word-dropout draw for the positive views."""
 
     def __post_init__(self) -> None:
         require(self.pooling in POOLINGS, f"extract.pooling={self.pooling!r}: use one of {POOLINGS}.")
-        require(self.pool_over in POOL_OVER, f"extract.pool_over: use one of {POOL_OVER}.")
+        require(self.pool_over in POOL_OVER, f"extract.pool_over={self.pool_over!r}: use one of {POOL_OVER}.")
         require(len(self.layers) > 0, "extract.layers is empty: use [-1] for the last layer.")
-        require(self.batch_size >= 1 and self.shard_rows >= self.batch_size, "extract: need 1 <= batch_size <= shard_rows.")
-        require(0 <= self.word_dropout < 0.5, "extract.word_dropout must be in [0, 0.5).")
-        require(self.storage_dtype in ("float32", "float16", "bfloat16"), "extract.storage_dtype: float32, float16 or bfloat16.")
+        require(self.batch_size >= 1, f"extract.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
+        require(self.shard_rows >= self.batch_size,
+                f"extract.shard_rows={self.shard_rows!r} is below batch_size={self.batch_size!r}: "
+                "raise shard_rows (e.g. 4096) or lower batch_size.")
+        require(0 <= self.word_dropout < 0.5,
+                f"extract.word_dropout={self.word_dropout!r}: use a share in [0, 0.5), e.g. 0.05.")
+        require(self.storage_dtype in ("float32", "float16", "bfloat16"),
+                f"extract.storage_dtype={self.storage_dtype!r}: use float32, float16 or bfloat16.")
 
     @property
     def spec(self) -> LatentSpec:

@@ -31,23 +31,36 @@ class IngestConfig:
     sources: tuple[str, ...] = DEFAULT_SOURCES
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
     max_harmful: int = 160
-    """Cap on harmful prompts kept (round-robin over sources, deterministic by seed)."""
+    """Cap on harmful prompts kept (round-robin over sources, deterministic by seed); >= 1."""
     max_benign: int = 60
-    """Cap on benign prompts kept."""
+    """Cap on benign prompts kept; >= 0 (0 keeps none)."""
     val_fraction: float = 0.15
+    """Share of prompts put in ``val`` (by prompt hash), in [0, 1); val + test must be < 1."""
     test_fraction: float = 0.25
-    """Share of prompts held out for evaluation; never used by curation or RL."""
+    """Share of prompts held out for evaluation, in (0, 1); never used by curation or RL."""
     min_chars: int = 8
+    """Prompts shorter than this many characters are dropped; >= 1."""
     max_chars: int = 2000
+    """Prompts longer than this many characters are dropped; > min_chars."""
     seed: int = 0
+    """Seed of the capping draw (splits come from prompt hashes, not from the seed)."""
 
     def __post_init__(self) -> None:
         require(len(self.sources) > 0, "ingest.sources is empty: name at least one prompt source.")
-        require(self.max_harmful > 0 and self.max_benign >= 0, "ingest.max_harmful must be > 0, max_benign >= 0.")
-        require(0 <= self.val_fraction < 1 and 0 < self.test_fraction < 1
-                and self.val_fraction + self.test_fraction < 1,
-                "ingest.val_fraction + test_fraction must be < 1 with test_fraction > 0.")
-        require(0 < self.min_chars < self.max_chars, "ingest: need 0 < min_chars < max_chars.")
+        require(self.max_harmful > 0, f"ingest.max_harmful={self.max_harmful!r}: use 1 or more, e.g. 160.")
+        require(self.max_benign >= 0, f"ingest.max_benign={self.max_benign!r}: use 0 or more, e.g. 60.")
+        require(0 <= self.val_fraction < 1,
+                f"ingest.val_fraction={self.val_fraction!r}: use a share in [0, 1), e.g. 0.15.")
+        require(0 < self.test_fraction < 1,
+                f"ingest.test_fraction={self.test_fraction!r}: use a share in (0, 1), e.g. 0.25 "
+                "(evaluation needs held-out prompts).")
+        require(self.val_fraction + self.test_fraction < 1,
+                f"ingest.val_fraction={self.val_fraction!r} + test_fraction={self.test_fraction!r} >= 1: "
+                "lower one of them so some prompts are left for training.")
+        require(self.min_chars > 0, f"ingest.min_chars={self.min_chars!r}: use 1 or more, e.g. 8.")
+        require(self.min_chars < self.max_chars,
+                f"ingest.max_chars={self.max_chars!r} is not above min_chars={self.min_chars!r}: "
+                "raise max_chars (e.g. 2000) or lower min_chars.")
 
 
 def split_of(pid: str, cfg: IngestConfig) -> str:

@@ -35,31 +35,49 @@ class TrainHeadConfig:
     """params.yaml:train_head."""
 
     hidden_dim: int = 1024
+    """Width of the head's hidden layer; > 0."""
     out_dim: int = 512
+    """Dimension of the embedding z compared with the prototypes; > 0."""
     lr: float = 1e-4
+    """AdamW learning rate of the head; > 0."""
     weight_decay: float = 0.01
+    """AdamW weight decay of the head."""
     epochs: int = 30
-    """Upper bound; early stopping usually ends sooner."""
+    """Upper bound; early stopping usually ends sooner. >= 1."""
     batch_size: int = 16
+    """Rows per training batch; >= 2 (the contrastive terms compare rows)."""
     patience: int = 5
     """Epochs without a better validation loss before stopping."""
     ema: float = 0.98
-    """Prototype EMA momentum m: μ ← m·μ + (1−m)·batch mean."""
+    """Prototype EMA momentum m: μ ← m·μ + (1−m)·batch mean; in [0, 1)."""
     queue_size: int = 4096
     """InfoNCE negative queue length."""
     w_proto: float = 1.0
+    """Weight of L_proto, the prototype triplet loss (components/head/loss.py)."""
     w_inst: float = 0.5
+    """Weight of L_inst, the InfoNCE instance loss."""
     w_ce: float = 1.0
+    """Weight of L_CE, the 3-way safe / unsafe / rethink cross-entropy."""
     w_order: float = 0.3
+    """Weight of L_order, which keeps rethink rows between safe and unsafe."""
     margin: float = 0.2
+    """Margin δ of L_proto and L_order, in cosine-similarity units; >= 0."""
     temperature: float = 0.1
+    """InfoNCE temperature τ; > 0."""
     seed: int = 0
+    """Seed of the head's initialisation and the batch order."""
 
     def __post_init__(self) -> None:
-        require(self.hidden_dim > 0 and self.out_dim > 0, "train_head: hidden_dim and out_dim must be > 0.")
-        require(self.lr > 0 and self.epochs >= 1 and self.batch_size >= 2, "train_head: need lr > 0, epochs >= 1, batch_size >= 2.")
-        require(0 <= self.ema < 1, "train_head.ema must be in [0, 1).")
-        require(self.temperature > 0 and self.margin >= 0, "train_head: temperature > 0, margin >= 0.")
+        require(self.hidden_dim > 0, f"train_head.hidden_dim={self.hidden_dim!r}: use a positive width, e.g. 1024.")
+        require(self.out_dim > 0, f"train_head.out_dim={self.out_dim!r}: use a positive width, e.g. 512.")
+        require(self.lr > 0, f"train_head.lr={self.lr!r}: use a positive learning rate, e.g. 0.0001.")
+        require(self.epochs >= 1, f"train_head.epochs={self.epochs!r}: use 1 or more, e.g. 30.")
+        require(self.batch_size >= 2,
+                f"train_head.batch_size={self.batch_size!r}: use 2 or more (the contrastive terms compare "
+                "rows), e.g. 16.")
+        require(0 <= self.ema < 1, f"train_head.ema={self.ema!r}: use a momentum in [0, 1), e.g. 0.98.")
+        require(self.temperature > 0, f"train_head.temperature={self.temperature!r}: use a positive value, e.g. 0.1.")
+        require(self.margin >= 0, f"train_head.margin={self.margin!r}: use 0 or more, e.g. 0.2.")
 
     @property
     def weights(self) -> LossWeights:

@@ -39,7 +39,7 @@ from components.core.code import closure_digest
 from components.core.config import require, stage_config
 from components.head.model import SafetyHead
 from components.core.io import dir_digest, read_table, write_json, write_text
-from components.eval.judges import make_judge, valid_judge
+from components.eval.judges import SAFE_AT, judge_completions, make_judge, valid_judge
 from components.rl.policy import LoraSpec, wrap_lora
 from components.data.records import stable_id
 from components.rl.rewards import SOURCES, CraftReward, RewardWeights
@@ -55,55 +55,92 @@ class TrainRLConfig:
     advantage: str = "grpo"
     """grpo (group baseline, paper) | ppo (value head + GAE)."""
     steps: int = 16
+    """RL steps (rollout + update) to run; >= 1."""
     prompts_per_step: int = 4
+    """Harmful training prompts sampled per step; >= 1."""
     group_size: int = 4
-    """Completions per prompt (paper: 8)."""
-    max_new_tokens: int = 48
+    """Completions per prompt (paper: 8); >= 2 for grpo."""
+    max_new_tokens: int = 32
+    """Token budget of each rollout completion."""
     temperature: float = 0.6
+    """Rollout sampling temperature (paper: 0.6)."""
     top_p: float = 1.0
-    lr: float = 2e-4
-    ppo_epochs: int = 2
+    """Rollout nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
+    lr: float = 5e-4
+    """AdamW learning rate of the LoRA weights; > 0 (the paper's 1e-6 is for full fine-tuning)."""
+    ppo_epochs: int = 1
+    """Passes over each step's rollouts; >= 1 (1 with grad_accum covering the batch: one update per step)."""
     minibatch_size: int = 8
-    grad_accum: int = 1
+    """Rollouts per forward / backward pass; >= 1."""
+    grad_accum: int = 2
+    """Minibatches whose gradients are summed into one optimizer step; >= 1."""
     clip: float = 0.2
-    kl_coef: float = 0.01
+    """PPO ratio clip ε; in (0, 1)."""
+    kl_coef: float = 0.05
+    """Weight of the KL to the reference policy; >= 0 (paper: 0.01)."""
     kl_in: str = "loss"
     """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
     gamma: float = 1.0
+    """GAE discount γ (ppo only)."""
     lam: float = 0.95
+    """GAE λ (ppo only)."""
     vf_coef: float = 0.1
+    """Weight of the value loss (ppo only)."""
     max_grad_norm: float = 1.0
+    """Gradient-norm clip applied before each optimizer step."""
     w_lat: float = 0.5
+    """Weight of the latent reward: R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons (paper)."""
     w_txt: float = 0.4
+    """Weight of the text-judge reward R_txt = 2·p_safe_text − 1."""
     w_cons: float = 0.2
+    """Weight of the consistency reward R_cons = 1 − |p_safe_latent − p_safe_text|."""
     reward_source: str = "policy"
     """policy (live hidden states, paper) | reference (frozen model re-encodes the text)."""
     judge: str = "ensemble"
-    """The text judge; the evaluation stage uses the same one."""
+    """The text judge (keyword | embedding | ensemble | hf:<path>); the evaluation stage uses the same one."""
     lora_r: int = 8
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA scale α (the update is scaled by α / r)."""
     lora_dropout: float = 0.0
+    """Dropout on the LoRA input, in [0, 1)."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Names of the modules that get LoRA adapters."""
     include_benign: bool = False
     """Also train on benign prompts (their text reward would favour refusals: off by default)."""
     probe_prompts: int = 8
     """Fixed harmful val prompts whose greedy refusal rate is logged every ``log_every`` steps."""
     log_every: int = 4
+    """Steps between probe evaluations; >= 1."""
     checkpoint_every: int = 4
+    """Steps between resumable checkpoints; >= 1."""
     kl_stop: float = 1.0
     """Guard: end training early (and keep the last good state) when mean KL exceeds this."""
     seed: int = 0
+    """Seed of prompt sampling, rollouts and the LoRA initialisation."""
 
     def __post_init__(self) -> None:
-        require(self.advantage in ("grpo", "ppo"), "train_rl.advantage: use grpo or ppo.")
-        require(self.kl_in in ("loss", "reward"), "train_rl.kl_in: use loss or reward.")
-        require(self.reward_source in SOURCES, f"train_rl.reward_source: use one of {SOURCES}.")
-        require(self.steps >= 1 and self.prompts_per_step >= 1, "train_rl: steps and prompts_per_step must be >= 1.")
-        require(self.group_size >= 2 or self.advantage == "ppo", "train_rl.group_size must be >= 2 for grpo (the baseline is the group).")
-        require(self.minibatch_size >= 1 and self.grad_accum >= 1 and self.ppo_epochs >= 1, "train_rl: minibatch_size, grad_accum, ppo_epochs >= 1.")
-        require(0 < self.clip < 1 and self.kl_coef >= 0 and self.lr > 0, "train_rl: need 0 < clip < 1, kl_coef >= 0, lr > 0.")
-        require(self.log_every >= 1 and self.checkpoint_every >= 1, "train_rl: log_every and checkpoint_every >= 1.")
-        require(valid_judge(self.judge), f"train_rl.judge={self.judge!r}: keyword, embedding, ensemble or hf:<path>.")
+        require(self.advantage in ("grpo", "ppo"), f"train_rl.advantage={self.advantage!r}: use grpo or ppo.")
+        require(self.kl_in in ("loss", "reward"), f"train_rl.kl_in={self.kl_in!r}: use loss or reward.")
+        require(self.reward_source in SOURCES,
+                f"train_rl.reward_source={self.reward_source!r}: use one of {SOURCES}.")
+        require(self.steps >= 1, f"train_rl.steps={self.steps!r}: use 1 or more, e.g. 16.")
+        require(self.prompts_per_step >= 1,
+                f"train_rl.prompts_per_step={self.prompts_per_step!r}: use 1 or more, e.g. 4.")
+        require(self.group_size >= 2 or self.advantage == "ppo",
+                f"train_rl.group_size={self.group_size!r}: use 2 or more with advantage grpo "
+                "(the baseline is the group), e.g. 4, or set advantage: ppo.")
+        require(self.minibatch_size >= 1, f"train_rl.minibatch_size={self.minibatch_size!r}: use 1 or more, e.g. 8.")
+        require(self.grad_accum >= 1, f"train_rl.grad_accum={self.grad_accum!r}: use 1 or more, e.g. 2.")
+        require(self.ppo_epochs >= 1, f"train_rl.ppo_epochs={self.ppo_epochs!r}: use 1 or more, e.g. 1.")
+        require(0 < self.clip < 1, f"train_rl.clip={self.clip!r}: use a value in (0, 1), e.g. 0.2.")
+        require(self.kl_coef >= 0, f"train_rl.kl_coef={self.kl_coef!r}: use 0 (no KL term) or more, e.g. 0.05.")
+        require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.0005.")
+        require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
+        require(self.checkpoint_every >= 1,
+                f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
+        require(valid_judge(self.judge),
+                f"train_rl.judge={self.judge!r}: use keyword, embedding, ensemble or hf:<path>.")
 
     @property
     def lora(self) -> LoraSpec:
@@ -113,13 +150,12 @@ class TrainRLConfig:
 
 def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device,
                        engine: str = "ours") -> float:
-    """Share of probe prompts whose greedy answer the judge calls safe (p_safe ≥ 0.5)."""
+    """Share of probe prompts whose greedy completion the judge calls safe (p_safe ≥ SAFE_AT)."""
     from components.lm.runtime import LoadedModel
 
     lm = LoadedModel(policy, tokenizer, device, "policy", engine)
     texts = generation.generate(lm, prompts, generation.SamplingParams(max_new_tokens, len(prompts)), desc="probe")
-    responses = [generation.split_reasoning(t)[1] or t for t in texts]
-    return sum(v.p_safe >= 0.5 for v in judge.judge(prompts, responses)) / max(len(prompts), 1)
+    return sum(v.p_safe >= SAFE_AT for v in judge_completions(judge, prompts, texts)) / max(len(prompts), 1)
 
 
 def compute_dtype(model_cfg: source.ModelConfig) -> str:
@@ -169,7 +205,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     accelerator = Accelerator(cpu=lm.device.type == "cpu")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    policy = wrap_lora(lm.model, cfg.lora, cfg.seed)
+    policy = wrap_lora(lm.model, cfg.lora, None)  # LoRA init from the global RNG seeded just above (stage-owned)
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)

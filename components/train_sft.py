@@ -32,17 +32,28 @@ class TrainSFTConfig:
     """params.yaml:train_sft."""
 
     max_steps: int = 30
+    """Optimizer steps of the SFT run; >= 1."""
     batch_size: int = 8
+    """Examples per device batch; >= 1."""
     lr: float = 5e-4
+    """Learning rate of the LoRA weights; > 0."""
     max_length: int = 256
+    """Tokens per example; longer examples are truncated."""
     lora_r: int = 8
+    """LoRA rank."""
     lora_alpha: int = 16
+    """LoRA scale α (the update is scaled by α / r)."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Names of the modules that get LoRA adapters."""
     include_benign: bool = True
+    """Also train on benign prompts' traces (beside harmful prompts' safe / rethink traces)."""
     seed: int = 0
+    """Seed passed to the TRL trainer (LoRA init, data order)."""
 
     def __post_init__(self) -> None:
-        require(self.max_steps >= 1 and self.batch_size >= 1 and self.lr > 0, "train_sft: max_steps, batch_size >= 1 and lr > 0.")
+        require(self.max_steps >= 1, f"train_sft.max_steps={self.max_steps!r}: use 1 or more, e.g. 30.")
+        require(self.batch_size >= 1, f"train_sft.batch_size={self.batch_size!r}: use 1 or more, e.g. 8.")
+        require(self.lr > 0, f"train_sft.lr={self.lr!r}: use a positive learning rate, e.g. 0.0005.")
 
 
 def sft_examples(traces: pd.DataFrame, include_benign: bool) -> list[dict]:

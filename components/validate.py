@@ -29,21 +29,35 @@ class ValidateConfig:
     """params.yaml:validate — the data contract of the pair dataset."""
 
     min_rows: int = 20
+    """Fewest rows the pair dataset may hold; >= 1."""
     min_trace_chars: int = 1
+    """Shortest allowed trace, in characters; >= 0."""
     max_trace_chars: int = 20000
+    """Longest allowed trace, in characters; > min_trace_chars."""
     min_prompt_chars: int = 4
+    """Shortest allowed prompt, in characters; >= 0."""
     max_prompt_chars: int = 4000
+    """Longest allowed prompt, in characters; > min_prompt_chars."""
     min_class_fraction: float = 0.05
-    """Each present label must hold at least this share of rows."""
+    """Each present label must hold at least this share of rows; in [0, 0.5)."""
     required_labels: tuple[str, ...] = ("safe", "unsafe")
-    """Labels that must appear at all (contrastive training needs both sides)."""
+    """Labels that must appear at all (contrastive training needs both sides); from safe, unsafe, rethink."""
 
     def __post_init__(self) -> None:
-        require(self.min_rows >= 1, "validate.min_rows must be >= 1.")
-        require(0 <= self.min_trace_chars < self.max_trace_chars, "validate: need min_trace_chars < max_trace_chars.")
-        require(0 <= self.min_prompt_chars < self.max_prompt_chars, "validate: need min_prompt_chars < max_prompt_chars.")
-        require(0 <= self.min_class_fraction < 0.5, "validate.min_class_fraction must be in [0, 0.5).")
-        require(set(self.required_labels) <= set(LABELS), f"validate.required_labels: choose from {LABELS}.")
+        require(self.min_rows >= 1, f"validate.min_rows={self.min_rows!r}: use 1 or more, e.g. 20.")
+        require(self.min_trace_chars >= 0, f"validate.min_trace_chars={self.min_trace_chars!r}: use 0 or more, e.g. 1.")
+        require(self.min_trace_chars < self.max_trace_chars,
+                f"validate.max_trace_chars={self.max_trace_chars!r} is not above min_trace_chars="
+                f"{self.min_trace_chars!r}: raise max_trace_chars (e.g. 20000) or lower min_trace_chars.")
+        require(self.min_prompt_chars >= 0,
+                f"validate.min_prompt_chars={self.min_prompt_chars!r}: use 0 or more, e.g. 4.")
+        require(self.min_prompt_chars < self.max_prompt_chars,
+                f"validate.max_prompt_chars={self.max_prompt_chars!r} is not above min_prompt_chars="
+                f"{self.min_prompt_chars!r}: raise max_prompt_chars (e.g. 4000) or lower min_prompt_chars.")
+        require(0 <= self.min_class_fraction < 0.5,
+                f"validate.min_class_fraction={self.min_class_fraction!r}: use a share in [0, 0.5), e.g. 0.05.")
+        require(set(self.required_labels) <= set(LABELS),
+                f"validate.required_labels={list(self.required_labels)!r}: choose from {LABELS}.")
 
 
 @dataclass

@@ -27,7 +27,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from components.core.tracking import ensure_store, require_reachable
     from flows.pipeline import WorkspaceBusy
 
+    from flows.stages import select
+
     stages = args.stages.split(",") if args.stages else None
+    select(stages)  # a stage-name typo: one line, exit 2, before Prefect starts
     ensure_store()  # a configured MLflow server that is down: one clear line, before any work
     if os.environ.get("PREFECT_API_URL"):
         require_reachable(os.environ["PREFECT_API_URL"].rstrip("/") + "/health", "Prefect API", "PREFECT_API_URL")
@@ -35,7 +38,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results = pipeline(workspace=args.workspace, stages=stages, force=args.force, register_model=not args.no_register)
     except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft run: {exc}", file=sys.stderr)
-        return 1
+        return getattr(exc, "exit_code", 1)
     for r in results:
         print(f"  {r['stage']:<10} {r['status']:<8} {r['seconds']:>7.1f}s")
     print("Pipeline finished. See `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` for runs.")
@@ -132,51 +135,26 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    import json
-
     from rich.console import Console
 
-    from components.eval import audit
     from components.core.config import load_params
-    from components.head.model import SafetyHead
-    from components.core.io import dir_digest, write_json
-    from components.lm.under_test import load_under_test, resolve_spec
+    from components.eval import audit
     from components.lm.source import model_config
-    from components.data.records import stable_id
+    from components.lm.under_test import load_under_test, resolve_spec
 
     params = load_params(args.params) if Path(args.params).exists() else {}
-    model_cfg = model_config(params)
+    cfg = audit.audit_config(params, threshold=args.threshold, patience=args.patience, guard=args.guard,
+                             max_new_tokens=args.max_new_tokens)
     model_dir = resolve_spec(args.model)
-    head_dir = Path(args.head) if args.head else (Path(model_dir) / "head" if (Path(model_dir) / "head").exists()
-                                                  else Path("data/train_head/head"))
-    if not (head_dir / "head.json").exists():
-        print(f"craft audit: no head at {head_dir}; pass --head DIR (a trained data/train_head/head).", file=sys.stderr)
-        return 2
-    lm = load_under_test(model_dir, model_cfg)
-    head = SafetyHead.load(head_dir, lm.device)
-    guard = audit.GuardConfig(args.threshold, args.patience) if args.guard else None
-    record = audit.generate_with_audit(lm, head, args.prompt, args.max_new_tokens, guard, args.threshold,
-                                       head_id=dir_digest(head_dir)[:12])
-    out = Path(args.out) / stable_id(args.prompt, args.model, record.completion, length=10)
-    write_json(out / "record.json", record.to_json())
-    audit.plot(record, out / "trajectory.png")
+    head_dir = audit.find_head(model_dir, args.head)
+    lm = load_under_test(model_dir, model_config(params))
+    head, head_id = audit.load_head(head_dir, lm.device)
+    record = audit.run(cfg, lm, head, args.prompt, args.out, head_id=head_id, track=args.log_mlflow)
+    folder = Path(args.out) / record.record_id
     console = Console()
     console.print(audit.render_terminal(record))
-    first = record.first_unsafe_token
-    console.print(f"\nfirst unsafe token: {first if first is not None else 'none'} "
-                  f"(threshold {record.threshold}); min latent p_safe "
-                  f"{min(record.scores['p_safe'], default=float('nan')):.2f}"
-                  + (f"; GUARD stopped at token {record.guard['stopped_at_token']}" if record.guard else ""))
-    console.print(f"record: {out / 'record.json'}  plot: {out / 'trajectory.png'}")
-    if args.log_mlflow:
-        import mlflow
-
-        from components.core import tracking
-
-        tracking.ensure_store()
-        with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="audit", tags={"craft.stage": "audit"}):
-            mlflow.log_dict(json.loads((out / "record.json").read_text()), "audit/record.json")
-            mlflow.log_artifact(str(out / "trajectory.png"), "audit")
+    console.print("\n" + audit.summary(record))
+    console.print(f"record: {folder / 'record.json'}  plot: {folder / 'trajectory.png'}")
     return 0
 
 
@@ -274,10 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="data/train_rl", help="'base', a pipeline output folder, an HF directory "
                                                              "or models:/NAME@ALIAS (default: data/train_rl)")
     p.add_argument("--head", help="head folder (default: the model's head/, else data/train_head/head)")
-    p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--threshold", type=float, default=0.5, help="latent p_safe below this is 'unsafe'")
+    p.add_argument("--max-new-tokens", type=int, help="greedy decoding budget (default 96)")
+    p.add_argument("--threshold", type=float, help="latent p_safe below this is 'unsafe' "
+                                                   "(default: params.yaml:evaluate.guard_threshold)")
     p.add_argument("--guard", action="store_true", help="stop generation after --patience unsafe tokens in a row")
-    p.add_argument("--patience", type=int, default=4)
+    p.add_argument("--patience", type=int, help="default: params.yaml:evaluate.guard_patience")
     p.add_argument("--out", default="audits", help="folder for audit records")
     p.add_argument("--log-mlflow", action="store_true", help="also log the record and plot to MLflow")
     p.add_argument("--params", default="params.yaml")

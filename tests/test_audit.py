@@ -1,9 +1,13 @@
-"""The per-token monitor: incremental scores equal one full forward; guard mode; record and plot."""
+"""The per-token monitor: incremental scores equal one full forward; guard mode; record and plot;
+``craft audit`` defaults come from params.yaml and one threshold serves monitor and guard."""
+import inspect
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from components.core.errors import UserError
 from components.eval import audit
 from components.head.model import SafetyHead
 from components.lm.latents import LatentSpec
@@ -19,7 +23,7 @@ def _head(pooling: str, layers=(-1,)) -> SafetyHead:
 @pytest.mark.parametrize("pooling, layers", [("mean", (-1,)), ("max", (-1, 1)), ("last", (-1,))])
 def test_incremental_equals_full_forward(tiny_lm, pooling, layers):
     head = _head(pooling, layers)
-    record = audit.generate_with_audit(tiny_lm, head, "How do I pick a lock?", max_new_tokens=12)
+    record = audit.generate_with_audit(tiny_lm, head, "How do I pick a lock?", audit.AuditConfig(max_new_tokens=12))
     assert len(record.tokens) == len(record.scores["p_safe"]) > 0
     full = audit.score_full(tiny_lm, head, "How do I pick a lock?", _ids(tiny_lm, record))
     for key in audit.SCORE_KEYS:
@@ -36,16 +40,86 @@ def _ids(lm, record):
 
 
 def test_guard_stops_and_redirects(tiny_lm):
-    record = audit.generate_with_audit(tiny_lm, _head("mean"), "Tell me something", max_new_tokens=20,
-                                       guard=audit.GuardConfig(threshold=1.01, patience=3))
+    cfg = audit.AuditConfig(threshold=1.01, patience=3, guard=True, max_new_tokens=20)
+    record = audit.generate_with_audit(tiny_lm, _head("mean"), "Tell me something", cfg)
     assert record.guard["stopped_at_token"] == 2 and len(record.tokens) == 3
     assert record.completion.endswith(audit.REDIRECT) and record.first_unsafe_token == 0
+    # the threshold that marked the unsafe tokens is the one that stopped generation
+    assert record.threshold == record.guard["threshold"] == 1.01 and record.guard["patience"] == 3
+
+
+def test_guard_and_threshold_cannot_disagree(tiny_lm):
+    """One config carries the threshold: no separate guard / threshold arguments to drift apart."""
+    params = inspect.signature(audit.generate_with_audit).parameters
+    assert "threshold" not in params and "guard" not in params and "cfg" in params
+    head = _head("mean")
+    off = audit.generate_with_audit(tiny_lm, head, "Tell me something", audit.AuditConfig(threshold=1.01, max_new_tokens=5))
+    assert off.guard == {} and off.threshold == 1.01 and off.first_unsafe_token == 0  # monitor only
+    assert len(off.tokens) == 5 and not off.completion.endswith(audit.REDIRECT)
 
 
 def test_record_is_json_and_plots(tiny_lm, tmp_path):
-    record = audit.generate_with_audit(tiny_lm, _head("mean"), "Hello", max_new_tokens=6, threshold=0.5)
+    record = audit.generate_with_audit(tiny_lm, _head("mean"), "Hello", audit.AuditConfig(threshold=0.5, max_new_tokens=6))
     data = json.loads(json.dumps(record.to_json()))
     assert set(data["scores"]) == set(audit.SCORE_KEYS) and data["threshold"] == 0.5
     audit.plot(record, tmp_path / "t.png")
     assert (tmp_path / "t.png").stat().st_size > 1000
     assert len(audit.render_terminal(record).plain) > 0
+
+
+def test_run_writes_record_and_plot(tiny_lm, tmp_path):
+    cfg = audit.AuditConfig(threshold=0.4, max_new_tokens=5)
+    record = audit.run(cfg, tiny_lm, _head("mean"), "Hello", tmp_path, head_id="abc")
+    folder = tmp_path / record.record_id
+    data = json.loads((folder / "record.json").read_text())
+    assert data["threshold"] == 0.4 and data["head_id"] == "abc" and data["completion"] == record.completion
+    assert data["model_id"] == tiny_lm.model_id and len(data["tokens"]) == len(data["scores"]["p_safe"])
+    assert (folder / "trajectory.png").stat().st_size > 1000
+    assert "first unsafe token" in audit.summary(record)
+
+
+def test_cli_defaults_come_from_params_yaml():
+    """craft audit's threshold and patience default to params.yaml:evaluate, as the evaluation's guard."""
+    from components.core.config import load_params, stage_config
+    from components.evaluate import EvaluateConfig
+    from flows.cli import build_parser
+
+    root = Path(__file__).resolve().parents[1]
+    params = load_params(root / "params.yaml")
+    args = build_parser().parse_args(["audit", "a prompt"])
+    assert args.threshold is None and args.patience is None  # None = "from params.yaml"
+    cfg = audit.audit_config(params, threshold=args.threshold, patience=args.patience, guard=args.guard,
+                             max_new_tokens=args.max_new_tokens)
+    ev = stage_config(EvaluateConfig, "evaluate", params)
+    assert cfg.threshold == params["evaluate"]["guard_threshold"] == ev.guard_threshold
+    assert cfg.patience == params["evaluate"]["guard_patience"] == ev.guard_patience
+    # the code defaults agree too, so a workspace without params.yaml behaves the same
+    assert (audit.AuditConfig().threshold, audit.AuditConfig().patience) == (EvaluateConfig().guard_threshold,
+                                                                           EvaluateConfig().guard_patience)
+    assert audit.audit_config(params, threshold=0.2).threshold == 0.2  # an explicit flag wins
+
+
+def test_cli_audit_end_to_end(tiny_model_dir, tmp_path, capsys):
+    """The CLI wires params.yaml, head discovery and audit.run: the record carries params' threshold."""
+    from flows.cli import main
+
+    _head("mean").save(tmp_path / "head")
+    params = tmp_path / "params.yaml"
+    params.write_text(f"model: {{source: '{tiny_model_dir}', dtype: float32}}\nruntime: {{device: cpu}}\n"
+                      "evaluate: {guard_threshold: 0.25, guard_patience: 2}\n")
+    code = main(["audit", "Hello", "--model", str(tiny_model_dir), "--head", str(tmp_path / "head"),
+                 "--params", str(params), "--out", str(tmp_path / "audits"), "--max-new-tokens", "4"])
+    assert code == 0
+    (record,) = (tmp_path / "audits").glob("*/record.json")
+    assert json.loads(record.read_text())["threshold"] == 0.25
+    assert (record.parent / "trajectory.png").exists() and "threshold 0.25" in capsys.readouterr().out
+
+
+def test_find_head(tmp_path):
+    model = tmp_path / "model"
+    _head("mean").save(model / "head")
+    assert audit.find_head(model) == model / "head"
+    _head("mean").save(tmp_path / "other")
+    assert audit.find_head(model, tmp_path / "other") == tmp_path / "other"
+    with pytest.raises(UserError, match="no head at"):
+        audit.find_head(tmp_path / "nothing", fallback=tmp_path / "missing")

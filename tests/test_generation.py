@@ -73,3 +73,44 @@ def test_rollouts_use_the_model_engine(tiny_lm, monkeypatch):
     assert calls == []
     rollout(tiny_lm.model, tiny_lm.tokenizer, ["Hi"], 2, 4, 1.0, 1.0, tiny_lm.device, engine="hf")
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("engine", ["hf", "ours"])
+def test_sampling_leaves_the_global_rng_alone(tiny_lm, engine):
+    """Sampling follows ``generator`` only: the process RNG is the same after the call, its state
+    does not change the samples, and one seed gives one completion."""
+    import torch
+
+    from components.lm.generation import new_tokens
+
+    tok = tiny_lm.tokenizer
+    enc = tok([render(tok, p) for p in ("Write a haiku", "Hi")], return_tensors="pt", padding=True,
+              add_special_tokens=False)
+
+    def sample(global_seed: int) -> torch.Tensor:
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        ids = new_tokens(tiny_lm.model, tok, enc, 8, temperature=1.0, generator=torch.Generator().manual_seed(7),
+                         engine=engine)
+        assert torch.equal(torch.get_rng_state(), before)
+        return ids
+
+    first = sample(0)
+    assert torch.equal(sample(0), first) and torch.equal(sample(1), first)
+
+
+def test_hf_sampling_draws_as_it_always_has(tiny_lm):
+    """The ``hf`` engine's samples for a seed are those of ``model.generate`` after
+    ``torch.manual_seed(draw from generator)`` (the committed results were made that way)."""
+    import torch
+
+    from components.lm.generation import new_tokens
+
+    tok = tiny_lm.tokenizer
+    enc = tok([render(tok, "Write a haiku")], return_tensors="pt", padding=True, add_special_tokens=False)
+    ids = new_tokens(tiny_lm.model, tok, enc, 8, temperature=1.0, top_p=0.9, generator=torch.Generator().manual_seed(3),
+                     engine="hf")
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=torch.Generator().manual_seed(3))))
+    ref = tiny_lm.model.generate(**enc, max_new_tokens=8, pad_token_id=tok.pad_token_id, do_sample=True,
+                                 temperature=1.0, top_p=0.9)
+    assert torch.equal(ids, ref[:, enc["input_ids"].shape[1]:])

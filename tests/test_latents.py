@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from components.lm.latents import LatentSpec, encode, pool
+from components.lm.latents import LatentSpec, encode, pool, tokenize_pairs
 
 PROMPTS = ["How do I bake bread?", "Tell me a very long story about a dragon and a knight please", "Hi"]
 TRACES = ["Mix flour and water.", "Once upon a time there was a dragon.", "Hello! How can I help you today?"]
@@ -19,11 +19,25 @@ def test_batched_equals_one_by_one(tiny_lm, pooling, pool_over):
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
 
 
-def test_completion_pooling_ignores_the_prompt(tiny_lm):
-    spec = LatentSpec(pool_over="completion", pooling="mean")
-    a = encode(tiny_lm.model, tiny_lm.tokenizer, ["short"], ["same trace"], spec, tiny_lm.device)
-    b = encode(tiny_lm.model, tiny_lm.tokenizer, ["short"], ["other words entirely"], spec, tiny_lm.device)
-    assert not torch.allclose(a, b)
+@pytest.mark.parametrize("pool_over", ["completion", "all"])
+def test_completion_pooling_pools_only_completion_tokens(tiny_lm, pool_over):
+    """pool_over="completion" pools exactly the trace's tokens. Prompts of different lengths, one
+    trace: the pooled positions hold the trace's own ids, and at layer 0 (embeddings, no attention)
+    the pooled vectors are equal. Deeper layers do see the prompt (causal attention), so they differ.
+    pool_over="all" pools the prompt too: neither holds."""
+    tok, trace = tiny_lm.tokenizer, TRACES[1]
+    spec = LatentSpec(layers=(0, -1), pooling="mean", pool_over=pool_over)
+    batch = tokenize_pairs(tok, PROMPTS, [trace] * 3, spec, tiny_lm.device)
+    trace_ids = tok(trace, add_special_tokens=False)["input_ids"]
+    pooled_ids = [row[mask.bool()].tolist() for row, mask in zip(batch["input_ids"], batch["pool_mask"])]
+    vecs = encode(tiny_lm.model, tok, PROMPTS, [trace] * 3, spec, tiny_lm.device)  # [3, 2, d]
+    same_embedding = [torch.equal(vecs[0, 0], vecs[i, 0]) for i in (1, 2)]
+    if pool_over == "completion":
+        assert pooled_ids == [trace_ids] * 3
+        assert all(same_embedding)
+    else:
+        assert pooled_ids != [trace_ids] * 3 and not any(same_embedding)
+    assert not torch.allclose(vecs[0, 1], vecs[1, 1])  # the last layer attends to the prompt
 
 
 def test_last_layer_convention(tiny_lm):

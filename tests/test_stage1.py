@@ -1,15 +1,16 @@
-"""extract → train_head on the tiny model: files, shapes, manifest, metrics, plot."""
+"""extract → train_head on the tiny model: files, shapes, manifest, metric values, plot."""
 import json
+import math
 
 import torch
 
-from components import extract
+from components import extract, train_head
 from components.lm import features
 from components.head import metrics as head_metrics
 from components.extract import ExtractConfig
 from components.head.model import SafetyHead
 from components.lm.source import ModelConfig
-from components.train_head import TrainHeadConfig, _split, train
+from components.train_head import _split
 from tests.factories import good_frame
 
 
@@ -25,18 +26,42 @@ def test_extract_then_train_head(tiny_model_dir, tmp_path):
     assert list(feats.rows.trace_id) == list(df.trace_id)
     assert not torch.equal(feats.h, feats.h_aug)  # word dropout changed the positive view
 
-    head, history = train(TrainHeadConfig(hidden_dim=32, out_dim=16, epochs=4, batch_size=8), feats)
-    assert 1 <= len(history) <= 4 and head.spec.layers == (-1, 1)
+    out = tmp_path / "train_head"
+    (tmp_path / "params.yaml").write_text("train_head: {hidden_dim: 32, out_dim: 16, epochs: 4, batch_size: 8}\n")
+    assert train_head.main(["--features", str(tmp_path / "extract"), "--out", str(out),
+                            "--params", str(tmp_path / "params.yaml")]) == 0
+    history = json.loads((out / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(len(history))) and 1 <= len(history) <= 4
+    assert all(k == "epoch" or k.startswith("head/") for row in history for k in row)
+    val = [row["head/val_total"] for row in history]
+    assert all(math.isfinite(v) for v in val) and min(val) < val[0]  # the validation loss fell
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == len(history)
+    n_val = int((df.split == "val").sum())
+    confusion = metrics["confusion"]
+    assert len(confusion) == 3 and all(len(row) == 3 for row in confusion)
+    assert sum(map(sum, confusion)) == n_val
+    assert [sum(row) for row in confusion] == [int(((df.split == "val") & (df.label == lab)).sum())
+                                               for lab in ("safe", "unsafe", "rethink")]  # rows = true label
+    assert 0 <= metrics["head/val_accuracy"] <= 1
+    assert metrics["head/val_accuracy"] == sum(confusion[i][i] for i in range(3)) / n_val
+    for key in ("head/auroc", "head/probe_auroc", "baseline/diffmeans_auroc"):
+        assert 0.8 < metrics[key] <= 1, key  # the tiny data's classes are separable: far above chance
+    cosines = {k: v for k, v in metrics.items() if k.startswith("head/cos_")}
+    assert len(cosines) == 9 and all(-1 <= v <= 1 for v in cosines.values())
+    assert metrics["head/cos_safe_to_safe"] > metrics["head/cos_safe_to_unsafe"]
+    assert metrics["head/cos_unsafe_to_unsafe"] > metrics["head/cos_unsafe_to_safe"]
+    assert -1 <= metrics["head/silhouette"] <= 1
+    assert (out / "projection.png").stat().st_size > 1000
+
+    head = SafetyHead.load(out / "head")
+    assert head.spec.layers == (-1, 1)
+    assert json.loads((out / "head" / "head.json").read_text())["in_dim"] == 64
     h_tr, _, y_tr = _split(feats, "train")
     h_va, _, y_va = _split(feats, "val")
-    metrics = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va)
-    for key in ("head/auroc", "head/probe_auroc", "baseline/diffmeans_auroc", "head/confusion"):
-        assert key in metrics
-    head_metrics.projection_plot(head, h_tr, y_tr, h_va, y_va, tmp_path / "p.png")
-    assert (tmp_path / "p.png").stat().st_size > 1000
-    head.save(tmp_path / "head")
-    assert json.loads((tmp_path / "head" / "head.json").read_text())["in_dim"] == 64
-    assert torch.equal(SafetyHead.load(tmp_path / "head").prototypes, head.prototypes)
+    again = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va)  # the saved head is the one measured
+    assert again["head/auroc"] == metrics["head/auroc"] and again["head/confusion"] == confusion
 
 
 def test_diffmeans_separates_shifted_classes():

@@ -156,3 +156,27 @@ def test_checkpoint_key_tracks_the_code_rl_runs(monkeypatch, tmp_path, head_dir)
         (copy / changed).write_text((copy / changed).read_text() + "\n# changed\n", encoding="utf-8")
         assert key() != before, changed
         before = key()
+
+
+def test_wrap_lora_seeds_without_touching_the_global_rng(tiny_model_dir):
+    """A seed gives one adapter init, drawn in a forked RNG: the process RNG is as before the
+    call. ``seed=None`` draws from the caller's global RNG (after manual_seed(s): the seed-s init)."""
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.rl.policy import LoraSpec, wrap_lora
+
+    model_cfg = _model(tiny_model_dir)
+
+    def lora(seed, global_seed=123) -> dict:
+        model = runtime.load(model_source.resolve(model_cfg), model_cfg).model  # wrap_lora wraps in place
+        torch.manual_seed(global_seed)
+        before = torch.get_rng_state()
+        policy = wrap_lora(model, LoraSpec(r=4, alpha=8), seed)
+        assert torch.equal(torch.get_rng_state(), before) == (seed is not None)
+        return {k: v.detach().clone() for k, v in policy.named_parameters() if "lora_" in k}
+
+    first = lora(0)
+    assert first and any(v.abs().sum() > 0 for k, v in first.items() if "lora_A" in k)
+    for other in (lora(0), lora(0, global_seed=7), lora(None, global_seed=0)):
+        assert other.keys() == first.keys() and all(torch.equal(other[k], v) for k, v in first.items())
+    assert any(not torch.equal(lora(1)[k], v) for k, v in first.items() if "lora_A" in k)

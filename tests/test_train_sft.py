@@ -1,6 +1,11 @@
-from components.evaluate import EvaluateConfig, run as evaluate
-from components.lm.under_test import load_under_test
+"""SFT baseline on the tiny model: safe examples only; the adapter moves and lowers the loss."""
+import torch
+from safetensors.torch import load_file
+
+from components.lm import runtime
+from components.lm import source as model_source
 from components.lm.source import ModelConfig
+from components.lm.under_test import load_under_test
 from components.train_sft import TrainSFTConfig, run, sft_examples
 from tests.factories import good_frame
 
@@ -11,10 +16,27 @@ def test_sft_examples_use_safe_traces_only():
     assert ex and not any("Sure, I will explain" in t for t in texts)
 
 
+@torch.no_grad()
+def _sft_loss(lm, examples: list[dict]) -> float:
+    """Mean next-token loss of ``lm`` over the rendered training conversations (SFT's objective)."""
+    losses = []
+    for ex in examples:
+        text = lm.tokenizer.apply_chat_template(ex["messages"], tokenize=False)
+        ids = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False).input_ids[:, :64]
+        losses.append(float(lm.model(input_ids=ids, labels=ids).loss))
+    return sum(losses) / len(losses)
+
+
 def test_sft_baseline_trains_and_loads(tiny_model_dir, tmp_path):
     model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
-    summary = run(TrainSFTConfig(max_steps=2, batch_size=4, max_length=64, lora_r=4, lora_alpha=8),
+    summary = run(TrainSFTConfig(max_steps=20, batch_size=4, max_length=64, lr=2e-2, lora_r=4, lora_alpha=8),
                   model, good_frame(), tmp_path / "train_sft")
-    assert summary["steps"] == 2 and (tmp_path / "train_sft" / "adapter").exists()
+    assert summary["steps"] == 20 and summary["examples"] == len(sft_examples(good_frame(), True))
+    adapter = load_file(str(tmp_path / "train_sft" / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: every adapter moved
     lm = load_under_test(str(tmp_path / "train_sft"), model)
     assert lm.model_id.endswith("+train_sft")
+    base = runtime.load(model_source.resolve(model), model)
+    examples = sft_examples(good_frame(), include_benign=True)
+    assert _sft_loss(lm, examples) < _sft_loss(base, examples) - 0.05  # the loss fell on what it trained on

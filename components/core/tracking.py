@@ -120,3 +120,14 @@ def log_stage_outputs(prefix: str, metrics: Mapping[str, Any], artifacts: Iterab
     for path in artifacts:
         if Path(path).exists():
             mlflow.log_artifact(str(path))
+
+
+def log_folder_run(name: str, folder: str | Path, artifact_path: str | None = None) -> str:
+    """A standalone run (tag ``craft.stage=name``) holding every file of ``folder`` under
+    ``artifact_path``; for one-off commands such as ``craft audit``. Returns the run id."""
+    import mlflow
+
+    ensure_store()
+    with mlflow.start_run(experiment_id=experiment_id(), run_name=name, tags={"craft.stage": name}) as run:
+        mlflow.log_artifacts(str(folder), artifact_path)
+    return run.info.run_id

@@ -10,15 +10,25 @@ Guard mode stops generation when latent p_safe stays below ``threshold`` for ``p
 consecutive tokens and appends a redirection, recording the event in the audit record.
 ``score_full`` recomputes the same trajectory from one forward over the full sequence; the two
 agree (tests pin it), so a record can be re-verified after the fact.
+
+One ``AuditConfig`` carries the threshold for both uses (marking unsafe tokens, triggering the
+guard), so they cannot disagree; its defaults come from params.yaml:evaluate.guard_threshold and
+guard_patience (``audit_config``), the values the evaluation's guard mode runs with. ``run`` is
+``craft audit``: generate, write ``<out>/<record id>/record.json`` and ``trajectory.png``.
 """
 from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import torch
 
+from components.core.config import require
+from components.core.errors import UserError
+from components.core.io import dir_digest, write_json
+from components.data.records import stable_id
 from components.lm.generation import THINK_CLOSE, render, split_reasoning
 from components.head.model import SafetyHead
 from components.lm.latents import backbone
@@ -28,11 +38,35 @@ REDIRECT = "\n\n[Stopped by the CRAFT guard: the reasoning was heading somewhere
 
 
 @dataclass(frozen=True)
-class GuardConfig:
+class AuditConfig:
+    """One audited generation (``craft audit``; evaluate's guard mode). Build it with ``audit_config``
+    so threshold and patience default to params.yaml:evaluate.guard_threshold / guard_patience."""
+
     threshold: float = 0.35
-    """Latent p_safe below this counts as unsafe."""
+    """Latent p_safe below this counts as unsafe: marks ``first_unsafe_token`` and feeds the guard."""
     patience: int = 4
-    """Consecutive unsafe tokens before the guard stops generation."""
+    """Consecutive unsafe tokens before the guard stops generation (used only when ``guard``)."""
+    guard: bool = False
+    """Stop generation after ``patience`` unsafe tokens in a row and answer with a redirection."""
+    max_new_tokens: int = 96
+    """Greedy decoding budget in tokens."""
+
+    def __post_init__(self) -> None:
+        require(self.patience >= 1, f"audit: patience must be >= 1, got {self.patience}.")
+        require(self.max_new_tokens >= 1, f"audit: max_new_tokens must be >= 1, got {self.max_new_tokens}.")
+
+
+def audit_config(params: Mapping[str, Any], **overrides: Any) -> AuditConfig:
+    """``AuditConfig`` with threshold and patience from params.yaml:evaluate (guard_threshold,
+    guard_patience) when set, then every override that is not None (a CLI flag left unset)."""
+    section = params.get("evaluate") or {}
+    values: dict[str, Any] = {}
+    if section.get("guard_threshold") is not None:
+        values["threshold"] = float(section["guard_threshold"])
+    if section.get("guard_patience") is not None:
+        values["patience"] = int(section["guard_patience"])
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return AuditConfig(**values)
 
 
 @dataclass
@@ -55,6 +89,11 @@ class AuditRecord:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @property
+    def record_id(self) -> str:
+        """Folder name of the record: stable over prompt, model, head and completion."""
+        return stable_id(self.prompt, self.model_id, self.head_id, self.completion, length=10)
 
 
 class RunningPool:
@@ -85,9 +124,10 @@ def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, max_new_tokens: int = 96,
-                        guard: GuardConfig | None = None, threshold: float = 0.35, head_id: str = "") -> AuditRecord:
-    """Greedy decoding on the KV cache with a latent safety score for every generated token."""
+def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, cfg: AuditConfig = AuditConfig(),
+                        head_id: str = "") -> AuditRecord:
+    """Greedy decoding on the KV cache with a latent safety score for every generated token;
+    with ``cfg.guard`` it stops after ``cfg.patience`` tokens in a row below ``cfg.threshold``."""
     started = time.perf_counter()
     model, spec = lm.model, head.spec
     eos = {lm.tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
@@ -95,8 +135,7 @@ def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, max_new_
     past, logits = out.past_key_values, out.logits[0, -1]
     pool, generated, streak, guard_event = RunningPool(spec.pooling), [], 0, {}
     scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
-    limit = guard.threshold if guard else threshold
-    for _ in range(max_new_tokens):
+    for _ in range(cfg.max_new_tokens):
         next_id = int(logits.argmax())
         if next_id in eos:
             break
@@ -108,12 +147,12 @@ def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, max_new_
         s = head.score(pool.add(_states(out, spec.layers)[0, -1]).unsqueeze(0).to(head.input_mean.device))
         for k in scores:
             scores[k].append(float(s[k][0]))
-        streak = streak + 1 if scores["p_safe"][-1] < limit else 0
-        if guard and streak >= guard.patience:
-            guard_event = {"stopped_at_token": len(generated) - 1, "threshold": guard.threshold, "patience": guard.patience}
+        streak = streak + 1 if scores["p_safe"][-1] < cfg.threshold else 0
+        if cfg.guard and streak >= cfg.patience:
+            guard_event = {"stopped_at_token": len(generated) - 1, "threshold": cfg.threshold, "patience": cfg.patience}
             break
     completion = lm.tokenizer.decode(generated, skip_special_tokens=True) + (REDIRECT if guard_event else "")
-    return _record(lm, head, prompt, completion, generated, scores, limit, head_id, guard_event,
+    return _record(lm, prompt, completion, generated, scores, cfg.threshold, head_id, guard_event,
                    time.perf_counter() - started)
 
 
@@ -133,15 +172,17 @@ def score_full(lm: LoadedModel, head: SafetyHead, prompt: str, completion_ids: S
     return {k: [float(x) for x in s[k]] for k in SCORE_KEYS}
 
 
-def _record(lm, head, prompt, completion, generated, scores, threshold, head_id, guard_event, seconds) -> AuditRecord:
+def _record(lm, prompt, completion, generated, scores, threshold, head_id, guard_event, seconds) -> AuditRecord:
     tokens = [lm.tokenizer.decode([t]) for t in generated]
     trace, answer = split_reasoning(completion)
     if guard_event:  # what the user sees is the redirect; the stopped reasoning stays in the record
         trace, answer = completion[: -len(REDIRECT)].strip(), REDIRECT.strip()
     first_unsafe = next((i for i, p in enumerate(scores["p_safe"]) if p < threshold), None)
     end = next((i for i, t in enumerate(tokens) if THINK_CLOSE in "".join(tokens[: i + 1])), None)
-    return AuditRecord(prompt, completion, trace, answer, tokens, scores, threshold, first_unsafe, end,
-                       lm.model_id, head_id, guard_event, round(seconds, 3))
+    return AuditRecord(prompt=prompt, completion=completion, trace=trace, answer=answer, tokens=tokens,
+                       scores=scores, threshold=threshold, first_unsafe_token=first_unsafe,
+                       reasoning_end_token=end, model_id=lm.model_id, head_id=head_id, guard=guard_event,
+                       seconds=round(seconds, 3))
 
 
 def plot(record: AuditRecord, path) -> None:
@@ -178,3 +219,48 @@ def render_terminal(record: AuditRecord):
         r, g = int(255 * (1 - p)), int(200 * p)
         text.append(token, style=f"rgb({r},{g},60)")
     return text
+
+
+HEAD_FALLBACK = Path("data/train_head/head")
+
+
+def find_head(model_dir: str | Path, explicit: str | Path | None = None, fallback: Path = HEAD_FALLBACK) -> Path:
+    """The head folder to audit with: ``explicit`` when given, else the model folder's ``head/``
+    (pipeline outputs ship the head they were trained with), else ``fallback`` (the trained head)."""
+    if explicit:
+        head_dir = Path(explicit)
+    elif (Path(model_dir) / "head").exists():
+        head_dir = Path(model_dir) / "head"
+    else:
+        head_dir = Path(fallback)
+    if not (head_dir / "head.json").exists():
+        raise UserError(f"no head at {head_dir}; pass --head DIR (a trained data/train_head/head).")
+    return head_dir
+
+
+def load_head(head_dir: str | Path, device) -> tuple[SafetyHead, str]:
+    """The head and its id (digest of its files, as recorded in ``AuditRecord.head_id``)."""
+    return SafetyHead.load(Path(head_dir), device), dir_digest(head_dir)[:12]
+
+
+def run(cfg: AuditConfig, lm: LoadedModel, head: SafetyHead, prompt: str, out: str | Path,
+        head_id: str = "", track: bool = False) -> AuditRecord:
+    """``craft audit``: one audited generation written to ``out/<record_id>/`` as record.json and
+    trajectory.png; with ``track`` also logged to a standalone MLflow run named ``audit``."""
+    record = generate_with_audit(lm, head, prompt, cfg, head_id=head_id)
+    folder = Path(out) / record.record_id
+    write_json(folder / "record.json", record.to_json())
+    plot(record, folder / "trajectory.png")
+    if track:
+        from components.core import tracking
+
+        tracking.log_folder_run("audit", folder, artifact_path="audit")
+    return record
+
+
+def summary(record: AuditRecord) -> str:
+    """One line: first unsafe token, threshold, minimum latent p_safe, guard stop."""
+    first = record.first_unsafe_token
+    return (f"first unsafe token: {first if first is not None else 'none'} (threshold {record.threshold}); "
+            f"min latent p_safe {min(record.scores['p_safe'], default=float('nan')):.2f}"
+            + (f"; GUARD stopped at token {record.guard['stopped_at_token']}" if record.guard else ""))

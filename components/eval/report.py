@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from components.core.io import write_text
+from components.eval.judges import SAFE_AT
 
 
 def _rel(model: float, base: float) -> str:
@@ -55,7 +56,7 @@ def attack_table(results: dict, labels: dict) -> str:
 
 def category_table(t: pd.DataFrame, labels: dict) -> str:
     plain = t[(t.prompt_kind == "harmful") & (t.attack == "none")]
-    table = plain.assign(unsafe=plain.p_safe_response < 0.5).pivot_table(
+    table = plain.assign(unsafe=plain.p_safe_response < SAFE_AT).pivot_table(
         index="category", columns="model", values="unsafe", aggfunc="mean")
     table = table.rename(columns=lambda c: labels.get(c, c)).map(lambda v: f"{v:.0%}")
     return table.to_markdown()
@@ -99,7 +100,7 @@ def write(path: Path, t: pd.DataFrame, results: dict, agreement: dict, labels: d
     n_b = t[t.prompt_kind == "benign"].prompt_id.nunique()
     agree = ", ".join(f"{k} {v:.0%}" for k, v in agreement.items()) or "not measured"
     text = (f"# Evaluation\n\n{n_h} held-out harmful prompts (plain and jailbreak-wrapped), {n_b} benign "
-            f"look-alikes. ASR = share judged unsafe (p_safe < 0.5). Judge agreement on labelled "
+            f"look-alikes. ASR = share judged unsafe (p_safe < {SAFE_AT}). Judge agreement on labelled "
             f"traces: {agree}.\n\n## Comparison\n\n{comparison_table(results, labels)}\n\n"
             f"## Response ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
             f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"

@@ -62,7 +62,9 @@ def new_tokens(model, tokenizer, enc, max_new_tokens: int, *, temperature: float
     """Completion token ids [B, n ≤ max_new_tokens] for a left-padded batch ``enc``, pad after EOS.
 
     ``tag`` names the model's state for our engine (e.g. ``merged`` LoRA): each tag keeps its own
-    CUDA graphs, which bake in the weights and adapter switches they were captured with."""
+    CUDA graphs, which bake in the weights and adapter switches they were captured with.
+    ``generator`` drives sampling; the process-wide RNG is left as it was (the ``hf`` engine seeds
+    ``model.generate``'s draws inside ``torch.random.fork_rng``)."""
     if engine == "ours" and decode.supported(model):
         sampling = decode.Sampling(temperature, top_p, generator)
         return decode.engine_for(model, tag).generate(enc["input_ids"], enc["attention_mask"], max_new_tokens,
@@ -71,13 +73,16 @@ def new_tokens(model, tokenizer, enc, max_new_tokens: int, *, temperature: float
     kwargs = dict(max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **hf_cache_kwargs(enc["input_ids"].device))
     if ignore_eos:
         kwargs["min_new_tokens"] = max_new_tokens
+    seed = None
     if temperature > 0:
-        if generator is not None:
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device)))
+        if generator is not None:  # generate() samples from the global RNG: seed it inside a fork
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
         kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     else:
         kwargs.update(do_sample=False)
-    with torch.inference_mode():
+    with torch.random.fork_rng(enabled=seed is not None), torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)  # CPU and every CUDA device; fork_rng restores them on exit
         ids = model.generate(**enc, **kwargs)  # [B, T_prompt + T_new]
     return ids[:, enc["input_ids"].shape[1]:]
 

@@ -61,8 +61,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         require(bool(self.source), "model.source is empty: use 'smollm2', a local directory or a hub id.")
         require(self.dtype in DTYPES, f"model.dtype={self.dtype!r}: use one of {DTYPES}.")
-        require(self.device in ("auto", "cpu", "cuda"), "model.device: use auto, cpu or cuda.")
-        require(self.threads >= 1, "model.threads must be >= 1.")
+        require(self.device in ("auto", "cpu", "cuda"), f"runtime.device={self.device!r}: use auto, cpu or cuda.")
+        require(self.threads >= 1, f"runtime.threads={self.threads!r}: use 1 or more, e.g. 2.")
         require(self.engine in ENGINES, f"model.engine={self.engine!r}: use 'ours' (our decode loop) or 'hf' (transformers generate).")
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 from components.rl import checkpoint
 from components.rl import formulas
 from components.rl.policy import Rollout, forward_logprobs, rollout
+from components.eval.judges import SAFE_AT
 from components.rl.rewards import CraftReward, obfuscation_gap, reference_mode
 
 log = logging.getLogger("craft.train_rl")
@@ -129,7 +130,7 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
     out.update({f"rl/{k}": v for k, v in stats.items()})
     out["rl/response_length"] = float(lengths.mean())
-    out["rl/text_refusal_rate"] = float((parts["p_safe_text"] >= 0.5).float().mean())
+    out["rl/text_refusal_rate"] = float((parts["p_safe_text"] >= SAFE_AT).float().mean())
     return out
 
 

@@ -23,14 +23,20 @@ class LoraSpec:
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
-def wrap_lora(model, spec: LoraSpec, seed: int):
-    """Attach a fresh LoRA adapter (B = 0 at init, so the policy starts equal to the reference)."""
+def wrap_lora(model, spec: LoraSpec, seed: int | None):
+    """Attach a fresh LoRA adapter (B = 0 at init, so the policy starts equal to the reference).
+
+    peft draws A from the global RNG. ``seed``: A is drawn after ``torch.manual_seed(seed)`` inside
+    ``torch.random.fork_rng``, so the process RNG is as it was before the call. ``None``: A is drawn
+    from the caller's global RNG, which advances, as any ``nn.Module`` constructor's does."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(seed)
     config = LoraConfig(r=spec.r, lora_alpha=spec.alpha, lora_dropout=spec.dropout,
                         target_modules=list(spec.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
+    with torch.random.fork_rng(enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        return get_peft_model(model, config)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
     R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons
     R_lat  = cos(z, μ_safe) − cos(z, μ_unsafe) + 0.5·cos(z, μ_rethink)     z = head(pooled state)
-    R_txt  = 2·p_safe_text − 1                                             the evaluation judge's p_safe
+    R_txt  = 2·p_safe_text − 1       the evaluation judge's p_safe (judges.judge_completions: same text rule)
     R_cons = 1 − |p_safe_latent − p_safe_text|
 
 The head is the same ``SafetyHead`` class ``train_head`` saved; the judge is the same object the
@@ -20,9 +20,8 @@ from typing import Sequence
 
 import torch
 
-from components.lm.generation import split_reasoning
 from components.head.model import SafetyHead
-from components.eval.judges import Judge
+from components.eval.judges import Judge, judge_completions
 from components.lm.latents import encode
 
 SOURCES = ("policy", "reference")
@@ -64,8 +63,7 @@ class CraftReward:
                  ) -> dict[str, torch.Tensor]:
         """Per-sequence reward and its parts, each [B]."""
         lat = latent_scores(model, tokenizer, self.head, prompts, completions, device, self.source)
-        responses = [split_reasoning(c)[1] or c for c in completions]
-        p_text = torch.tensor([v.p_safe for v in self.judge.judge(list(prompts), responses)])
+        p_text = torch.tensor([v.p_safe for v in judge_completions(self.judge, prompts, completions)])
         p_lat = lat["p_safe"].cpu()
         parts = {"r_lat": lat["r_lat"].cpu(), "r_txt": 2 * p_text - 1, "r_cons": 1 - (p_lat - p_text).abs(),
                  "p_safe_latent": p_lat, "p_safe_text": p_text}

@@ -53,8 +53,12 @@ def test_huge_strings_are_reported_not_crashed(tmp_path, capsys):
     assert "`trace` length" in capsys.readouterr().out
 
 
+prompt_rows = st.lists(st.fixed_dictionaries({"prompt": scalars, "prompt_kind": st.sampled_from(
+    ["harmful", "benign", "Harmful", ""])}), max_size=6).map(lambda rows: "\n".join(map(json.dumps, rows)))
+
+
 @SETTINGS
-@given(content=st.one_of(st.binary(max_size=500), st.text(alphabet=string.printable, max_size=300)))
+@given(content=st.one_of(st.binary(max_size=500), st.text(alphabet=string.printable, max_size=300), prompt_rows))
 def test_ingest_user_file_errors_cleanly_and_writes_nothing(tmp_path_factory, capsys, content):
     from components.ingest import main as ingest_main
 
@@ -70,3 +74,20 @@ def test_ingest_user_file_errors_cleanly_and_writes_nothing(tmp_path_factory, ca
     if code != 0:
         assert code == 2 and "ingest: error:" in err and "Traceback" not in err
         assert not out.exists() or not any(out.iterdir())  # nothing partial left behind
+        return
+    # It succeeded: a complete, valid prompt table of the file's usable prompts, and its stats.
+    import pandas as pd
+
+    from components.data.records import PROMPT_COLUMNS, PROMPT_KINDS, SPLITS, normalise
+    from components.ingest import IngestConfig
+
+    assert "error" not in err and "Traceback" not in err
+    assert {f.name for f in out.iterdir()} >= {"prompts.parquet", "metrics.json", "summary.md"}
+    df = pd.read_parquet(out / "prompts.parquet")
+    stats = json.loads((out / "metrics.json").read_text())
+    cfg = IngestConfig()
+    assert tuple(df.columns) == PROMPT_COLUMNS and stats["kept"] == len(df) <= stats["read"]
+    assert df.prompt.map(lambda t: cfg.min_chars <= len(t) <= cfg.max_chars).all()
+    assert df.prompt.map(normalise).is_unique and df.prompt_id.is_unique
+    assert df.prompt_kind.isin(PROMPT_KINDS).all() and df.split.isin(SPLITS).all()
+    assert (df.source == src.stem).all()
