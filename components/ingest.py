@@ -1,7 +1,10 @@
-"""Stage ``ingest``: read harmful and benign prompt sets, de-duplicate, cap, split by prompt.
+"""Stage ``ingest``: read harmful and benign prompt sets, de-duplicate, split by prompt, cap.
 
 Splits are assigned from the hash of the normalised prompt, not from a shuffle: a prompt keeps
 its split when sources grow, so a new dataset version never moves a test prompt into training.
+Caps apply per pool after the split: ``max_harmful``/``max_benign`` bound the training pool
+(train + val: what curation, SFT and RL may see), ``max_test_harmful``/``max_test_benign`` the
+held-out evaluation set; both draw round-robin over sources so small sources are not drowned.
 """
 from __future__ import annotations
 
@@ -30,13 +33,17 @@ class IngestConfig:
 
     sources: tuple[str, ...] = DEFAULT_SOURCES
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
-    max_harmful: int = 160
-    """Cap on harmful prompts kept (round-robin over sources, deterministic by seed); >= 1."""
+    max_harmful: int = 120
+    """Cap on harmful train + val prompts (round-robin over sources, deterministic by seed); >= 1."""
     max_benign: int = 60
-    """Cap on benign prompts kept; >= 0 (0 keeps none)."""
+    """Cap on benign train + val prompts; >= 0 (0 keeps none)."""
+    max_test_harmful: int = 160
+    """Cap on held-out harmful test prompts (evaluation); >= 1."""
+    max_test_benign: int = 120
+    """Cap on held-out benign test prompts (over-refusal); >= 0."""
     val_fraction: float = 0.15
     """Share of prompts put in ``val`` (by prompt hash), in [0, 1); val + test must be < 1."""
-    test_fraction: float = 0.25
+    test_fraction: float = 0.3
     """Share of prompts held out for evaluation, in (0, 1); never used by curation or RL."""
     min_chars: int = 8
     """Prompts shorter than this many characters are dropped; >= 1."""
@@ -49,6 +56,10 @@ class IngestConfig:
         require(len(self.sources) > 0, "ingest.sources is empty: name at least one prompt source.")
         require(self.max_harmful > 0, f"ingest.max_harmful={self.max_harmful!r}: use 1 or more, e.g. 160.")
         require(self.max_benign >= 0, f"ingest.max_benign={self.max_benign!r}: use 0 or more, e.g. 60.")
+        require(self.max_test_harmful > 0,
+                f"ingest.max_test_harmful={self.max_test_harmful!r}: use 1 or more, e.g. 160.")
+        require(self.max_test_benign >= 0,
+                f"ingest.max_test_benign={self.max_test_benign!r}: use 0 or more, e.g. 120.")
         require(0 <= self.val_fraction < 1,
                 f"ingest.val_fraction={self.val_fraction!r}: use a share in [0, 1), e.g. 0.15.")
         require(0 < self.test_fraction < 1,
@@ -101,9 +112,12 @@ def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
                 continue
             seen[pid] = Prompt(pid, raw.text, raw.prompt_kind, raw.source, raw.category,
                                split_of(pid, cfg), raw.reference)
-    harmful = _cap([p for p in seen.values() if p.prompt_kind == "harmful"], cfg.max_harmful, cfg.seed)
-    benign = _cap([p for p in seen.values() if p.prompt_kind == "benign"], cfg.max_benign, cfg.seed)
-    rows = harmful + benign
+    rows: list[Prompt] = []
+    for kind, train_cap, test_cap in (("harmful", cfg.max_harmful, cfg.max_test_harmful),
+                                      ("benign", cfg.max_benign, cfg.max_test_benign)):
+        pool = [p for p in seen.values() if p.prompt_kind == kind]
+        rows += _cap([p for p in pool if p.split != "test"], train_cap, cfg.seed)
+        rows += _cap([p for p in pool if p.split == "test"], test_cap, cfg.seed)
     df = pd.DataFrame([p.__dict__ for p in rows], columns=list(PROMPT_COLUMNS))
     assert df["prompt"].map(normalise).is_unique
     stats = dict(stats, kept=len(df), **{

@@ -194,6 +194,14 @@ def _history(folder: Path, start: int) -> list[dict]:
     return [r for r in rows if r["step"] < start]
 
 
+def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[list[str], list[str]]:
+    """(training prompts: the ``train`` split, probe prompts: ``val`` harmful). Never ``test``."""
+    kinds = ("harmful", "benign") if cfg.include_benign else ("harmful",)
+    pool = sorted(prompts[(prompts.split == "train") & prompts.prompt_kind.isin(kinds)].prompt)
+    probe = sorted(prompts[(prompts.split == "val") & (prompts.prompt_kind == "harmful")].prompt)[: cfg.probe_prompts]
+    return pool, probe
+
+
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
         stop_after: int | None = None) -> dict | None:
@@ -213,9 +221,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     head = SafetyHead.load(head_dir, accelerator.device)
     judge = make_judge(cfg.judge)
     reward = CraftReward(head, judge, RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons), cfg.reward_source)
-    kinds = ("harmful", "benign") if cfg.include_benign else ("harmful",)
-    pool = sorted(prompts[(prompts.split == "train") & prompts.prompt_kind.isin(kinds)].prompt)
-    probe = sorted(prompts[(prompts.split == "val") & (prompts.prompt_kind == "harmful")].prompt)[: cfg.probe_prompts]
+    pool, probe = prompt_pools(prompts, cfg)
     require(len(pool) >= cfg.prompts_per_step, f"train_rl: {len(pool)} training prompts < prompts_per_step.")
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head)
     history = _history(ckpt, start)

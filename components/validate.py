@@ -1,8 +1,13 @@
 """Stage ``validate``: the pair dataset must pass every GX check before any training runs.
 
 ``craft validate PATH`` runs the same checks on any file in the pair-dataset schema (Parquet,
-JSONL, JSON array, CSV) and writes the same report. The full GX result JSON is kept as the record
-(Data Docs need CDNs, so we render our own markdown and HTML summary).
+JSONL, JSON array, CSV) and writes the same report. Columns are read with the schema's types
+whatever the format (``records.TRACE_TYPES``: CSV text is parsed, so a CSV ``p_safe`` is a
+number). The GX result JSON is kept as the record (Data Docs need CDNs, so we render our own
+markdown and HTML summary), cut to ``expectations.MAX_EXAMPLES`` values per list and
+``expectations.MAX_CHARS`` characters per string, so a huge cell cannot blow the record up. A check
+that crashed inside GX is reported as crashed, with its message. A path that does not exist is a
+user error (one line, exit 2) and nothing is written.
 """
 from __future__ import annotations
 
@@ -18,7 +23,7 @@ from components.core import tracking
 from components.core.config import require, stage_config
 from components.data.expectations import Finding, validate_frame
 from components.core.io import DataFileError, read_table, write_json, write_text
-from components.data.records import LABELS
+from components.data.records import LABELS, TRACE_TYPES
 
 log = logging.getLogger("craft.validate")
 STAGE = "validate"
@@ -80,10 +85,20 @@ class Report:
                 "failed_checks": len(self.failed)}
 
 
+def require_file(path: str | Path) -> Path:
+    """``path`` if it exists, else a ``DataFileError`` (checked before anything is written)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataFileError(f"{path}: file not found; give the path of a pair-dataset file "
+                            "(.parquet, .jsonl, .json or .csv).")
+    return path
+
+
 def run(path: str | Path, cfg: ValidateConfig) -> Report:
-    """Validate one file; an unreadable file is a failed report, not an exception."""
+    """Validate one file; an unreadable file is a failed report, a missing one a ``DataFileError``."""
+    require_file(path)
     try:
-        df = read_table(path)
+        df = read_table(path, TRACE_TYPES)
     except DataFileError as exc:
         finding = Finding("file", "file is a readable table", "(file)", False, 0, (str(exc),),
                           "write the file as Parquet or UTF-8 JSONL/CSV")
@@ -103,6 +118,10 @@ def to_markdown(report: Report) -> str:
         lines += ["## Problems", "", "| check | column | rows | examples | how to fix |", "|---|---|---|---|---|"]
         for f in report.failed:
             ex = "; ".join(_cell(e) for e in f.examples) or "—"
+            if f.crashed:
+                lines.append(f"| {_cell(f.check)} | {f.column} | crashed | check crashed: {_cell(f.error)} | "
+                             f"{f.hint} |")
+                continue
             lines.append(f"| {_cell(f.check)} | {f.column} | {f.unexpected} | {ex} | {f.hint} |")
         lines.append("")
     passed = [f for f in report.findings if f.success]
@@ -115,7 +134,8 @@ def to_html(report: Report) -> str:
     """A self-contained page (no CDN assets) of the same content."""
     rows = "".join(
         f"<tr class='{'ok' if f.success else 'bad'}'><td>{'✔' if f.success else '✘'}</td><td>{html.escape(f.check)}</td>"
-        f"<td>{html.escape(f.column)}</td><td>{f.unexpected}</td><td>{html.escape('; '.join(f.examples))}</td>"
+        f"<td>{html.escape(f.column)}</td><td>{'crashed' if f.crashed else f.unexpected}</td>"
+        f"<td>{html.escape('check crashed: ' + f.error if f.crashed else '; '.join(f.examples))}</td>"
         f"<td>{html.escape(f.hint if not f.success else '')}</td></tr>"
         for f in report.findings)
     verdict = "PASSED" if report.success else "FAILED"
@@ -146,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--out", True, "report folder (data/validate)"),
     ])
     cfg = stage_config(ValidateConfig, STAGE, params)
+    require_file(args.data)
     with tracking.stage_run(STAGE, cfg):
         report = run(args.data, cfg)
         files = write_report(report, args.out)

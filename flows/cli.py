@@ -83,7 +83,18 @@ def _promote_cfg(args):
     return cfg if not getattr(args, "name", None) else PromoteConfig(**{**cfg.__dict__, "model_name": args.name})
 
 
+def _registry_ready() -> None:
+    """Before any command that talks to MLflow: cut MLflow's HTTP retries short (seconds, not
+    minutes) and check a tracking server answers, so a down server is one line, exit 2, in seconds."""
+    from components.core.tracking import ensure_store, fail_fast_http
+
+    fail_fast_http()
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retry chatter; the error says it all
+    ensure_store()
+
+
 def _cmd_register(args: argparse.Namespace) -> int:
+    _registry_ready()  # before Prefect starts
     from flows.registration import register_flow
 
     version = register_flow(workspace=args.workspace, model_key=args.model_key)
@@ -94,6 +105,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
 def _cmd_promote(args: argparse.Namespace) -> int:
     from components.registry.promote import PromotionRefused, gate_table, promote
 
+    _registry_ready()
     try:
         result = promote(_promote_cfg(args), force=args.force, reason=args.reason or "")
     except PromotionRefused as exc:
@@ -109,6 +121,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 def _cmd_rollback(args: argparse.Namespace) -> int:
     from components.registry.promote import rollback
 
+    _registry_ready()
     result = rollback(_promote_cfg(args), reason=args.reason or "")
     print(f"champion is version {result['champion']} again (version {result['demoted']} demoted)")
     return 0
@@ -121,6 +134,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from components.registry.promote import list_versions
 
     cfg = _promote_cfg(args)
+    _registry_ready()
     rows = list_versions(cfg.model_name)
     if not rows:
         print(f"no versions of {cfg.model_name} registered yet (run `craft run` or `craft register`).")
@@ -145,7 +159,13 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = audit.audit_config(params, threshold=args.threshold, patience=args.patience, guard=args.guard,
                              max_new_tokens=args.max_new_tokens)
-    model_dir = resolve_spec(args.model)
+    if args.model.startswith("models:/") or args.log_mlflow:
+        _registry_ready()  # before loading a model: a down server is one line in seconds
+    from components.core.tracking import mlflow_errors
+
+    with mlflow_errors(f"download {args.model}", not_found=f"{args.model} is not in the model registry; "
+                       "`craft models` lists the registered versions."):
+        model_dir = resolve_spec(args.model)
     head_dir = audit.find_head(model_dir, args.head)
     lm = load_under_test(model_dir, model_config(params))
     head, head_id = audit.load_head(head_dir, lm.device)
@@ -155,6 +175,20 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     console.print(audit.render_terminal(record))
     console.print("\n" + audit.summary(record))
     console.print(f"record: {folder / 'record.json'}  plot: {folder / 'trajectory.png'}")
+    return 0
+
+
+def _cmd_gold_sample(args: argparse.Namespace) -> int:
+    from components.core.config import load_params
+    from components.core.io import read_table, write_table
+    from components.eval import gold
+    from components.lm.source import model_config
+
+    model_cfg = model_config(load_params(args.params))
+    models = {Path(m).name if m != "base" else "base": m for m in args.models.split(",") if m}
+    rows = gold.sample(models, read_table(args.prompts), gold.SampleSpec(seed=args.seed), model_cfg)
+    write_table(args.out, rows)
+    print(f"{len(rows)} transcripts to label in {args.out} (guidelines: data/gold/GUIDELINES.md)")
     return 0
 
 
@@ -269,6 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", default="1,2", help="comma-separated training seeds (default 1,2; ~12 min each on 2 CPU cores)")
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.set_defaults(func=_cmd_seeds)
+
+    p = sub.add_parser("gold-sample", help="sample transcripts of the pipeline's models to hand-label for the gold set",
+                       description="Greedy (and some sampled) completions of non-test prompts by each model, "
+                                   "written unlabelled; label them following data/gold/GUIDELINES.md and append "
+                                   "them to data/gold/labels.jsonl.")
+    p.add_argument("--models", default="base,data/train_sft,data/train_rl_text,data/train_rl",
+                   help="comma-separated models: base or pipeline output folders (default: the four the pipeline trains)")
+    p.add_argument("--prompts", default="data/ingest/prompts.parquet", help="ingest output (only non-test prompts are used)")
+    p.add_argument("--out", default="data/gold/unlabelled.jsonl", help="where to write the rows to label")
+    p.add_argument("--seed", type=int, default=0, help="prompt draw and sampling seed (default 0)")
+    p.add_argument("--params", default="params.yaml", help="settings file (model and runtime sections)")
+    p.set_defaults(func=_cmd_gold_sample)
 
     p = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)",
                        description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule. "

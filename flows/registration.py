@@ -7,10 +7,10 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
-from components.core import env
+from components.core import env, tracking
 from components.registry import register
 from components.registry import promote
-from components.core.config import load_params, stage_config
+from components.core.config import load_params, require, stage_config
 from components.lm.source import model_config
 from flows import lineage
 
@@ -19,17 +19,23 @@ from flows import lineage
 def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_id: str | None = None) -> str:
     """Register data/<model_key> with its evaluation metrics and lineage as the new challenger."""
     root = env.configure(workspace)
+    tracking.ensure_store()  # a tracking server that is down: one line in seconds, before any work
     params = load_params(root / "params.yaml")
     cfg = stage_config(promote.PromoteConfig, "promote", params)
     evaluation = json.loads((root / "data" / "evaluate" / "metrics.json").read_text())
+    eval_set = root / "data" / "evaluate" / "eval_set.json"
+    require(eval_set.is_file(), f"{eval_set} not found: re-run `craft run --stages evaluate` before registering.")
+    prompt_set = register.prompt_set_digest(json.loads(eval_set.read_text()))
     metrics, base = register.metrics_for(evaluation, model_key)
     tags = {"git_sha": lineage.git_sha(root), "params_hash": lineage.params_hash(root),
             **{k: v for k, v in lineage.lock_hashes(root).items()}}
     version = register.run(root / "data" / model_key, metrics, base, tags, cfg,
-                           model_config(params), parent_run_id)
+                           model_config(params), parent_run_id, prompt_set=prompt_set)
     get_run_logger().info("registered %s version %s as challenger", cfg.model_name, version)
+    ci = lambda k: f" [{metrics[k + '_lo']:.4f}, {metrics[k + '_hi']:.4f}]" if {k + '_lo', k + '_hi'} <= metrics.keys() else ""  # noqa: E731
+    lines = [f"- {k}: {v:.4f}{ci(k)}" for k, v in metrics.items() if not k.endswith(promote.INTERVAL_PARTS)]
     create_markdown_artifact(key="register", markdown=f"Registered **{cfg.model_name}** version {version} "
-                             f"as `challenger`.\n\n" + "\n".join(f"- {k}: {v:.4f}" for k, v in metrics.items()))
+                             f"as `challenger` (prompt set `{prompt_set[:12]}`).\n\n" + "\n".join(lines))
     return version
 
 
@@ -37,6 +43,7 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
 def promote_flow(workspace: str = ".", force: bool = False, reason: str = "") -> dict:
     """Gated promotion of the challenger (an auditable Prefect run with the gate table)."""
     root = env.configure(workspace)
+    tracking.ensure_store()
     cfg = stage_config(promote.PromoteConfig, "promote", load_params(root / "params.yaml"))
     result = promote.promote(cfg, force=force, reason=reason)
     if result["checks"]:

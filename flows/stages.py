@@ -26,6 +26,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("train_sft"),
     Stage("train_rl_text"),
     Stage("train_rl"),
+    Stage("train_judge", report="report.md"),
     Stage("evaluate", report="report.md"),
 )
 
@@ -39,4 +40,6 @@ def select(names: list[str] | None) -> list[Stage]:
     unknown = sorted(set(names) - set(NAMES))
     if unknown:
         raise ConfigError(f"unknown stage(s) {unknown}; stages are {list(NAMES)}.")
+    if "ingest" in names:  # ingest's dep (the source-file hashes) must be fresh whenever ingest may run
+        names = [*names, "sources"]
     return [s for s in PIPELINE if s.name in names]

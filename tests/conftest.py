@@ -47,6 +47,10 @@ def make_workspace(path: Path, params_text: str) -> Path:
     shutil.copytree(ROOT / "components", path / "components",
                     ignore=shutil.ignore_patterns("__pycache__"))  # dvc deps are hashed here
     (path / "params.yaml").write_text(params_text)
+    from tests.factories import gold_frame
+
+    (path / "data" / "gold").mkdir(parents=True, exist_ok=True)  # train_judge's input: a tiny gold set
+    gold_frame().to_json(path / "data" / "gold" / "labels.jsonl", orient="records", lines=True)
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(dvc + ["init", "-q"], cwd=path, check=True)

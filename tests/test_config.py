@@ -15,13 +15,15 @@ from components.lm.source import ModelConfig, model_config
 from components.registry.promote import PromoteConfig
 from components.train_head import TrainHeadConfig
 from components.train_rl import TrainRLConfig
+from components.train_judge import TrainJudgeConfig
 from components.train_sft import TrainSFTConfig
 from components.validate import ValidateConfig
 from tests.conftest import ROOT
 
 STAGE_CONFIGS = {"ingest": IngestConfig, "curate": CurateConfig, "validate": ValidateConfig,
                  "extract": ExtractConfig, "train_head": TrainHeadConfig, "train_sft": TrainSFTConfig,
-                 "train_rl": TrainRLConfig, "evaluate": EvaluateConfig, "promote": PromoteConfig}
+                 "train_rl": TrainRLConfig, "train_judge": TrainJudgeConfig, "evaluate": EvaluateConfig,
+                 "promote": PromoteConfig}
 """params.yaml section -> the config built from it by ``stage_config`` (the stage's own name)."""
 
 CONFIGS = [*STAGE_CONFIGS.values(), ModelConfig]
@@ -113,7 +115,7 @@ def test_validation_says_how_to_fix():
     (IngestConfig, {"test_fraction": 0.0}, "ingest.test_fraction", 0.0),
     (ExtractConfig, {"batch_size": 16, "shard_rows": 8}, "extract.shard_rows", 8),
     (TrainHeadConfig, {"ema": 1.0}, "train_head.ema", 1.0),
-    (EvaluateConfig, {"attacks": ["gcg"]}, "evaluate.attacks", "gcg"),
+    (EvaluateConfig, {"attacks": ["nope"]}, "evaluate.attacks", "nope"),
     (ValidateConfig, {"min_class_fraction": 0.5}, "validate.min_class_fraction", 0.5),
     (PromoteConfig, {"max_over_refusal": 1.5}, "promote.max_over_refusal", 1.5),
 ], ids=lambda v: v if isinstance(v, str) and "." in v else None)

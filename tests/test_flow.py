@@ -21,7 +21,8 @@ def harness():
 def _params(tiny_model_dir, **overrides) -> str:
     params = {
         "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
-        "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8},
+        "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8, "max_test_harmful": 4,
+                   "max_test_benign": 2},
         "curate": {"max_new_tokens": 6, "batch_size": 8, "temperature": 1.0, "judge": "keyword"},
         "validate": {"min_rows": 10},
         "extract": {"batch_size": 8},
@@ -32,7 +33,8 @@ def _params(tiny_model_dir, **overrides) -> str:
         "train_sft": {"max_steps": 2, "batch_size": 4, "max_length": 64, "lora_r": 4, "lora_alpha": 8},
         "train_rl_text": {"w_lat": 0.0, "w_cons": 0.0, "w_txt": 1.0},
         "evaluate": {"max_harmful": 4, "max_benign": 2, "max_new_tokens": 4, "attacks": ["past_tense"],
-                     "judge": "keyword"},
+                     "attack_prompts": 2, "guard_prompts": 1},
+        "train_judge": {"compare": ["keyword"]},
         "promote": {"model_name": "flow-test"},
     }
     for section, values in overrides.items():
@@ -46,11 +48,12 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
     assert [r["stage"] for r in first] == ["sources", "ingest", "curate", "validate", "extract", "train_head", "train_sft",
-                                           "train_rl_text", "train_rl", "evaluate", "register"]
+                                           "train_rl_text", "train_rl", "train_judge", "evaluate", "register"]
     assert all(r["status"] == "ran" for r in first[:-1]) and first[-1]["status"] == "version 1"
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 
     assert "| CRAFT |" in (ws / "data" / "evaluate" / "report.md").read_text()
+    assert (ws / "data" / "evaluate" / "eval_set.json").exists()
 
     again = pipeline(workspace=str(ws))
     assert again[0]["stage"] == "sources" and again[0]["status"] == "ran"  # always_changed: re-hashes the files
@@ -63,7 +66,8 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     parents = [r for r in runs if r.data.tags.get("craft.stage") == "pipeline"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
     assert sorted(r.info.run_name for r in children) == ["curate", "evaluate", "extract", "ingest", "register",
-                                                         "train_head", "train_rl", "train_rl_text", "train_sft", "validate"]
+                                                         "train_head", "train_judge", "train_rl", "train_rl_text",
+                                                         "train_sft", "validate"]
     assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
 
     def stage_runs(name):

@@ -16,8 +16,11 @@ def test_ingest_dedups_caps_and_splits():
     df, stats = run(cfg)
     assert list(df.columns) == list(PROMPT_COLUMNS)
     assert df["prompt"].map(normalise).is_unique and df["prompt_id"].is_unique
-    assert (df.prompt_kind == "harmful").sum() == 40 and (df.prompt_kind == "benign").sum() == 20
+    pool = df[df.split != "test"]  # the caps bound the training pool; the test set has its own
+    assert (pool.prompt_kind == "harmful").sum() == 40 and (pool.prompt_kind == "benign").sum() == 20
     assert set(df.split) == {"train", "val", "test"}
+    test = df[df.split == "test"]
+    assert 0 < (test.prompt_kind == "harmful").sum() <= cfg.max_test_harmful
     assert {"harmbench", "redharness"} <= set(df[df.prompt_kind == "harmful"].source)  # round-robin
 
 

@@ -36,7 +36,7 @@ def test_markdown_formats_rates_as_percent_and_auroc_as_decimal():
     runs = {"HEAD": seed_spread.headline({"evaluate": {"train_rl/response_asr": 0.4583},
                                           "train_head": {"head/auroc": 0.9634}})}
     text = seed_spread.markdown(seed_spread.spread(runs), ["HEAD"])
-    assert "| CRAFT response ASR | 45.8% | 45.8% ± 0.0% | 45.8%–45.8% |" in text
+    assert "| CRAFT response ASR | 45.8% | 45.8% ± 0.0% | —–— | 45.8%–45.8% |" in text  # one run: no CI
     assert "| head AUROC | 0.963 |" in text
     assert "| SFT over-refusal | — |" in text
 

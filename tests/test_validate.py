@@ -121,3 +121,120 @@ def test_traces_sharing_an_opening_are_not_a_conflict(tmp_path):
     df.loc[unsafe, "trace"] = "word " * 60
     df.loc[rethink, "trace"] = "word " * 60 + "Wait, this is harmful; I decline."
     assert _check(df, tmp_path).success
+
+
+# --- Reliability, round two (#6, #11) ----------------------------------------------------------
+
+
+def test_good_csv_passes(tmp_path):
+    """CSV holds only text: p_safe must still be read as a number (it used to fail `p_safe in [0, 1]`)."""
+    path = tmp_path / "pairs.csv"
+    good_frame().to_csv(path, index=False)
+    report = run(path, CFG)
+    assert report.success, to_markdown(report)
+
+
+def test_csv_with_a_bad_p_safe_names_the_value(tmp_path):
+    df = good_frame()
+    df["p_safe"] = df["p_safe"].astype(object)
+    df.loc[4, "p_safe"] = "high"
+    df.loc[5, "p_safe"] = ""  # an empty CSV cell is a null number
+    path = tmp_path / "pairs.csv"
+    df.to_csv(path, index=False)
+    report = run(path, CFG)
+    failed = {f.check: f for f in report.failed}
+    assert failed["`p_safe` is a number"].examples == ("high",)
+    assert failed["`p_safe` has no nulls"].unexpected == 1
+
+
+def test_a_check_that_crashes_inside_gx_is_reported_as_crashed(tmp_path):
+    """GX 1.x keys exception_info by metric id; the crash used to show as a failure with 0 rows."""
+    df = good_frame()
+    df["p_safe"] = df["p_safe"].astype(object)
+    df.loc[0, "p_safe"] = "abc"  # a str among floats: ExpectColumnValuesToBeBetween raises
+    report = _check(df, tmp_path, fmt="jsonl")
+    crashed = next(f for f in report.failed if f.check == "`p_safe` in [0, 1]")
+    assert crashed.crashed and "same type" in crashed.error
+    md = to_markdown(report)
+    row = next(line for line in md.splitlines() if line.startswith("| `p_safe` in [0, 1]"))
+    assert "| crashed |" in row and "check crashed: " in row and crashed.error[:40] in row
+    assert "crashed" in write_report(report, tmp_path / "out")["html"].read_text()
+    assert not any(f.crashed for f in report.findings if f.check != "`p_safe` in [0, 1]")
+
+
+def test_crash_message_reads_both_gx_shapes():
+    from components.data.expectations import crash_message
+
+    ok = {"raised_exception": False, "exception_traceback": None, "exception_message": None}
+    assert crash_message(ok) == "" and crash_message(None) == ""
+    assert crash_message({**ok, "raised_exception": True, "exception_message": "boom"}) == "boom"
+    nested = {"MetricConfigurationID(metric_name='column_values.between.condition', ...)":
+              {"raised_exception": "True", "exception_message": "Column values ... same type.",
+               "exception_traceback": "Traceback ..."}}
+    assert crash_message(nested) == "Column values ... same type."
+    assert crash_message({"m": {**ok, "raised_exception": "False"}}) == ""
+
+
+def test_huge_cells_do_not_blow_up_the_record(tmp_path):
+    """A 3 MB trace used to be stored several times over in result.json (50 MB → 157 MB)."""
+    import json
+
+    from components.data.expectations import MAX_CHARS, MAX_EXAMPLES
+
+    df = good_frame(20)
+    df.loc[0, "trace"] = "x" * 3_000_000
+    df.loc[1:30, "label"] = "maybe"  # 30 unexpected values: more than MAX_EXAMPLES
+    report = _check(df, tmp_path)
+    files = write_report(report, tmp_path / "out")
+    assert files["result"].stat().st_size < 300_000
+    assert files["markdown"].stat().st_size < 20_000 and files["html"].stat().st_size < 40_000
+    record = json.loads(files["result"].read_text())
+
+    def walk(obj):
+        if isinstance(obj, dict):
+            for v in obj.values():
+                walk(v)
+        elif isinstance(obj, list):
+            assert len(obj) <= MAX_EXAMPLES
+            for v in obj:
+                walk(v)
+        elif isinstance(obj, str):
+            assert len(obj) <= MAX_CHARS + 30
+
+    for suite in record["gx"].values():
+        for r in suite["results"]:
+            walk(r["result"])
+    label = next(r for r in record["gx"]["rows"]["results"]
+                 if r["expectation_config"]["type"] == "expect_column_values_to_be_in_set"
+                 and r["expectation_config"]["kwargs"]["column"] == "label")
+    assert label["result"]["unexpected_count"] == 30 and label["result"]["truncated_lists"]["unexpected_list"] == 30
+    assert "`trace` length in [1, 20000]" in _failed(report)
+
+
+def test_bounded_record_caps_lists_and_strings():
+    from components.data.expectations import bounded_record
+
+    raw = {"success": False, "results": [{"result": {"unexpected_list": ["y" * 1000] * 50, "observed_value": 3},
+                                          "exception_info": {"raised_exception": False},
+                                          "expectation_config": {"kwargs": {"column": "trace"}}}]}
+    out = bounded_record(raw)["results"][0]["result"]
+    assert len(out["unexpected_list"]) == 20 and out["unexpected_list"][0].startswith("y" * 200 + "…")
+    assert out["truncated_lists"] == {"unexpected_list": 50} and out["observed_value"] == 3
+
+
+@pytest.mark.parametrize("entry", ["cli", "stage"])
+def test_validating_a_missing_path_is_one_line_and_creates_nothing(tmp_path, capsys, entry):
+    from components import validate
+    from components.core.errors import guarded
+    from flows.cli import main as craft
+
+    missing = tmp_path / "nowhere" / "pairs.parquet"
+    if entry == "cli":
+        code = craft(["validate", str(missing)])
+    else:
+        (tmp_path / "params.yaml").write_text("{}\n")
+        code = guarded("validate", lambda: validate.main(["--data", str(missing), "--out", str(tmp_path / "out"),
+                                                          "--params", str(tmp_path / "params.yaml")]))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "file not found" in err[0] and str(missing) in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == (["params.yaml"] if entry == "stage" else [])

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 import pandas as pd
 
@@ -72,9 +73,49 @@ def write_table(path: str | Path, df: pd.DataFrame) -> Path:
     return path
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
-    """Read a table by suffix with a readable error for missing, empty or malformed files."""
-    path = Path(path)
+def read_table(path: str | Path, types: Mapping[str, type] | None = None) -> pd.DataFrame:
+    """Read a table by suffix with a readable error for missing, empty or malformed files.
+
+    ``types`` maps column names to ``str`` or ``float`` (the schema of the table): the same
+    columns come back with the same types whatever the format. CSV holds only text, so every CSV
+    column is read as ``str`` (an empty cell is ``""``) and ``float`` columns are then parsed;
+    JSON and Parquet keep their own types and only ``float`` columns are parsed (numeric strings
+    become numbers). Empty cells and nulls of a ``float`` column become NaN; values that are not
+    numbers are kept as they are, so a type check can name them.
+    """
+    df = _read_table(Path(path))
+    for col, kind in (types or {}).items():
+        if kind is float and col in df.columns:
+            df[col] = _as_float(df[col])
+    return df
+
+
+def _as_float(col: pd.Series) -> pd.Series:
+    """Parse a column as float; any value that is not a number keeps its original form."""
+    if pd.api.types.is_float_dtype(col.dtype):
+        return col
+    if pd.api.types.is_integer_dtype(col.dtype) and not pd.api.types.is_bool_dtype(col.dtype):
+        return col.astype(float)
+    values = [_float_or_raw(v) for v in col.tolist()]
+    if all(isinstance(v, float) for v in values):
+        return pd.Series(values, index=col.index, dtype=float, name=col.name)
+    return pd.Series(values, index=col.index, dtype=object, name=col.name)
+
+
+def _float_or_raw(value: Any) -> Any:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return float("nan")
+    if isinstance(value, bool) or not isinstance(value, (str, numbers.Real)):
+        return value  # True is an int in Python, not a number here; lists, dicts… stay for the type check
+    if isinstance(value, str) and not value.strip():
+        return float("nan")
+    try:
+        return float(value)
+    except (ValueError, OverflowError):
+        return value
+
+
+def _read_table(path: Path) -> pd.DataFrame:
     if not path.exists():
         raise DataFileError(f"{path}: file not found.")
     if path.suffix not in TABLE_SUFFIXES:

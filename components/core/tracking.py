@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping
 
@@ -42,23 +43,111 @@ def ensure_store() -> None:
     if uri.startswith("sqlite:///"):
         Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     elif uri.startswith(("http://", "https://")):
-        require_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", "MLFLOW_TRACKING_URI")
+        user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+        require_reachable(uri.rstrip("/") + "/health", "MLflow tracking server", "MLFLOW_TRACKING_URI",
+                          auth=(user, password) if user and password else None)
 
 
-def require_reachable(url: str, what: str, variable: str, timeout: float = 5.0) -> None:
-    """Raise ServiceUnavailable unless ``url`` answers (any HTTP status counts as up)."""
+_USERINFO = re.compile(r"""(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.\-]*://)[^\s'"<>]*@""")
+"""Up to the last ``@`` of a URI: a password with a raw ``/`` or ``@`` is hidden too (an ``@`` in a
+path or query hides a little more than needed)."""
+
+
+def redact(text: object) -> str:
+    """``text`` (a URI, or a message holding URIs) with the userinfo of every URI replaced by ``***``:
+    ``http://user:password@host/`` → ``http://***@host/``. Use it on every URI that is printed or logged."""
+    return _USERINFO.sub(r"\g<scheme>***@", str(text))
+
+
+def require_reachable(url: str, what: str, variable: str, timeout: float = 5.0,
+                      auth: tuple[str, str] | None = None) -> None:
+    """Raise ServiceUnavailable unless ``url`` answers (any HTTP status counts as up).
+
+    Userinfo in ``url`` (``http://user:password@host``), or else ``auth``, is sent as HTTP basic
+    auth, never left in the URL; messages show the URL redacted."""
+    import base64
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     from components.core.errors import ServiceUnavailable
 
+    parts = urllib.parse.urlsplit(url)
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    if at:
+        user, _, password = userinfo.partition(":")
+        auth = (urllib.parse.unquote(user), urllib.parse.unquote(password))
+    headers = {}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
     try:
-        urllib.request.urlopen(url, timeout=timeout).close()
+        request = urllib.request.Request(urllib.parse.urlunsplit(parts._replace(netloc=hostport)), headers=headers)
+        urllib.request.urlopen(request, timeout=timeout).close()
     except urllib.error.HTTPError:
         return
     except (OSError, ValueError) as exc:
-        raise ServiceUnavailable(f"{what} at {url} is unreachable ({getattr(exc, 'reason', exc)}); "
+        raise ServiceUnavailable(f"{what} at {redact(url)} is unreachable ({redact(getattr(exc, 'reason', exc))}); "
                                  f"start it or point {variable} elsewhere (unset it to use the local store).") from None
+
+
+FAST_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+"""MLflow's own HTTP retries for interactive commands (its defaults: 7 retries, backoff factor 2,
+timeout 120 s, which is minutes of waiting before a failure is reported); 2 retries, factor 1 and
+20 s per request here. Values the user set win."""
+
+
+def fail_fast_http() -> None:
+    """Cut MLflow's HTTP retries short for this process (see ``FAST_HTTP``)."""
+    for key, value in FAST_HTTP.items():
+        os.environ.setdefault(key, value)
+
+
+NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
+_NO_ANSWER = {"INTERNAL_ERROR", "TEMPORARILY_UNAVAILABLE", "DEADLINE_EXCEEDED", "ENDPOINT_NOT_FOUND",
+              "REQUEST_LIMIT_EXCEEDED", "RESOURCE_EXHAUSTED", "NOT_IMPLEMENTED", "INVALID_STATE", "DATA_LOSS"}
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether an MLflow error says the thing asked for does not exist (not that asking failed)."""
+    return getattr(exc, "error_code", None) == NOT_FOUND
+
+
+@contextlib.contextmanager
+def mlflow_errors(doing: str, not_found: str | None = None) -> Iterator[None]:
+    """Turn MLflow failures inside into one-line user errors naming what could not be done.
+
+    ``ServiceUnavailable`` when the store did not answer usefully (connection, timeout, 5xx, no such
+    endpoint), ``UserError`` when it refused (bad request, no permission); the URI is redacted. A
+    RESOURCE_DOES_NOT_EXIST ("not found", an answer) passes through unchanged for the caller to
+    interpret, unless ``not_found`` gives the message of the UserError to raise instead."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    from components.core.errors import ServiceUnavailable, UserError
+
+    try:
+        yield
+    except MlflowException as exc:
+        if is_not_found(exc):
+            if not_found is None:
+                raise
+            raise UserError(not_found) from None
+        code = str(getattr(exc, "error_code", "") or "")
+        cls = ServiceUnavailable if code in _NO_ANSWER else UserError
+        raise cls(_failure(doing, code, exc.message)) from None
+    except requests.RequestException as exc:
+        raise ServiceUnavailable(_failure(doing, "", exc)) from None
+
+
+def _failure(doing: str, code: str, detail: object) -> str:
+    import mlflow
+
+    lines = [line.strip() for line in redact(detail).splitlines() if line.strip()] or ["no details"]
+    text = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + "…"
+    return (f"could not {doing}: the MLflow tracking store at {redact(mlflow.get_tracking_uri())} failed"
+            f"{f' ({code})' if code else ''}: {text}. Check that the server is up and the URI and "
+            "credentials are right (MLFLOW_TRACKING_URI), then retry.")
 
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential", "auth")

@@ -31,6 +31,12 @@ class Finding:
     unexpected: int
     examples: tuple[str, ...]
     hint: str
+    error: str = ""
+    """The exception message when the check crashed inside GX (then ``unexpected`` means nothing)."""
+
+    @property
+    def crashed(self) -> bool:
+        return bool(self.error)
 
 
 @dataclass
@@ -77,6 +83,8 @@ def row_expectations(df: pd.DataFrame, limits: dict) -> list[tuple[Any, str, str
             out.append((gxe.ExpectColumnValueLengthsToBeBetween(column=c, min_value=lo, max_value=hi),
                         f"`{c}` length in [{lo}, {hi}]", "trim or drop out-of-bound rows"))
     if "p_safe" in present:
+        out.append((gxe.ExpectColumnValuesToBeInTypeList(column="p_safe", type_list=list(NUMBER_TYPES)),
+                    "`p_safe` is a number", "store p_safe as a number in [0, 1]"))
         out.append((gxe.ExpectColumnValuesToBeBetween(column="p_safe", min_value=0.0, max_value=1.0),
                     "`p_safe` in [0, 1]", "judges must return a probability of safety"))
     if "label" in present:
@@ -119,10 +127,68 @@ def derived_expectations(limits: dict) -> dict[str, list[tuple[Any, str, str]]]:
     }
 
 
+MAX_EXAMPLES = 20
+"""Most values kept per list in the stored GX record (result.json)."""
+MAX_CHARS = 200
+"""Longest string kept in the stored GX record; longer ones are cut and say how long they were."""
+NUMBER_TYPES = ("float", "float64", "float32", "int", "int64", "int32")
+"""Type names ``ExpectColumnValuesToBeInTypeList`` accepts for a numeric column."""
+
+
+def crash_message(exception_info: Any) -> str:
+    """The message of an expectation that crashed inside GX, else ``""``.
+
+    GX 1.x gives ``exception_info`` two shapes: ``{raised_exception, exception_message,
+    exception_traceback}`` when the expectation ran, and, when a metric it needs raised, a dict
+    keyed by the stringified ``MetricConfigurationID`` whose values have that shape. In JSON
+    (``to_json_dict``) ``raised_exception`` is the string ``"True"``/``"False"``.
+    """
+    if not isinstance(exception_info, dict):
+        return ""
+    entries = [exception_info] if "raised_exception" in exception_info else \
+        [v for v in exception_info.values() if isinstance(v, dict)]
+    for entry in entries:
+        if entry.get("raised_exception") in (True, "True", "true"):
+            return str(entry.get("exception_message") or "the check raised an error without a message")
+    return ""
+
+
+def _bounded(obj: Any, max_items: int = MAX_EXAMPLES, max_chars: int = MAX_CHARS) -> Any:
+    """``obj`` with every list cut to ``max_items`` and every string to ``max_chars`` (recursively)."""
+    if isinstance(obj, str):
+        return obj if len(obj) <= max_chars else f"{obj[:max_chars]}… [{len(obj)} chars]"
+    if isinstance(obj, dict):
+        out = {k: _bounded(v, max_items, max_chars) for k, v in obj.items()}
+        cut = {k: len(v) for k, v in obj.items() if isinstance(v, (list, tuple)) and len(v) > max_items}
+        if cut:
+            out["truncated_lists"] = cut  # original lengths of the lists cut above
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [_bounded(v, max_items, max_chars) for v in list(obj)[:max_items]]
+    return obj
+
+
+def bounded_record(raw: dict) -> dict:
+    """A GX suite result (``to_json_dict``) small enough to store: at most ``MAX_EXAMPLES`` values
+    per list of each expectation's ``result``, each string at most ``MAX_CHARS``; exception
+    messages and tracebacks are cut at 2,000 characters."""
+    out = dict(raw)
+    out["results"] = []
+    for r in raw.get("results") or []:
+        r = dict(r)
+        r["result"] = _bounded(r.get("result") or {})
+        r["exception_info"] = _bounded(r.get("exception_info") or {}, max_chars=2000)
+        r["expectation_config"] = _bounded(r.get("expectation_config") or {}, max_items=50)
+        out["results"].append(r)
+    return out
+
+
 def _examples(result: dict, frame: pd.DataFrame, suite: str) -> tuple[str, ...]:
     values = result.get("partial_unexpected_list") or []
-    if not values and "observed_value" in result and suite != "rows":
+    if not values and result.get("observed_value") is not None and suite != "rows":
         values = [result["observed_value"]]
+    elif not values and isinstance(result.get("observed_value"), str):
+        values = [f"observed: {result['observed_value']}"]  # e.g. the dtype of a column of the wrong type
     seen: list[str] = []
     for v in values:
         s = str(v)
@@ -153,13 +219,14 @@ def run_suite(context, name: str, frame: pd.DataFrame, specs) -> tuple[list[Find
         title, hint = titles.get(cfg.id, (cfg.type, ""))
         col = cfg.kwargs.get("column") or ",".join(cfg.kwargs.get("column_list") or []) or "(table)"
         res = r.result or {}
-        failed_to_run = bool((r.exception_info or {}).get("raised_exception")) if isinstance(r.exception_info, dict) else False
-        examples = _examples(res, frame, name)
-        if failed_to_run:
-            examples = (str(r.exception_info.get("exception_message", "check could not run"))[:160],)
+        error = crash_message(r.exception_info)
+        if error:
+            error = error if len(error) <= MAX_CHARS else error[:MAX_CHARS - 3] + "..."
+            findings.append(Finding(name, title, col, False, 0, (), hint, error=error))
+            continue
         findings.append(Finding(name, title, col, bool(r.success), int(res.get("unexpected_count") or 0),
-                                examples, hint))
-    return findings, result.to_json_dict()
+                                _examples(res, frame, name), hint))
+    return findings, bounded_record(result.to_json_dict())
 
 
 def validate_frame(df: pd.DataFrame, limits: dict) -> SuiteOutcome:

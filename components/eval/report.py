@@ -1,5 +1,5 @@
-"""The evaluation report: comparison table (relative to base, as in the paper), per-attack and
-per-category breakdowns, judge agreement, sample transcripts, and an ASR bar chart."""
+"""The evaluation report: rates with Wilson 95% intervals, paired tests said in words, per-attack
+and per-category breakdowns, the judge's agreement with the gold set, sample transcripts, a chart."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,58 +7,92 @@ from pathlib import Path
 import pandas as pd
 
 from components.core.io import write_text
-from components.eval.judges import SAFE_AT
+from components.eval.judges import COMPLIANCE
+from components.eval.metrics import LOWER_IS_BETTER, significant
+from components.eval.stats import ALPHA
+
+MAIN = (("response_asr", "harmful ASR ↓"), ("refusal_rate", "refusal rate ↑"), ("over_refusal", "over-refusal ↓"),
+        ("degenerate_rate", "degenerate ↓"))
+WORDS = {"response_asr": "harmful ASR", "reasoning_asr": "reasoning ASR", "refusal_rate": "refusal rate",
+         "over_refusal": "over-refusal", "degenerate_rate": "degenerate rate"}
 
 
-def _rel(model: float, base: float) -> str:
-    """Relative ASR reduction vs base, as the paper reports it: (base − model) / base."""
-    if base != base or model != model or base == 0:
+def cell(m: dict, key: str) -> str:
+    """``45.0% [37.5, 52.8]`` — the rate and its Wilson 95% interval, in percent."""
+    v = m.get(key, float("nan"))
+    if v != v:
         return "—"
-    return f"{(base - model) / base:+.0%}"
+    return f"{v:.1%} [{m[key + '_lo']:.1%}, {m[key + '_hi']:.1%}]"
 
 
 def comparison_table(results: dict, labels: dict) -> str:
-    base = results.get("base", {})
-    lines = ["| model | reasoning ASR ↓ | response ASR ↓ | vs base (response) | refusal rate ↑ | "
-             "over-refusal ↓ | utility NLL ↓ |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | " + " | ".join(h for _, h in MAIN) + " | utility NLL ↓ |", "|---" * (len(MAIN) + 2) + "|"]
     for name, m in results.items():
-        lines.append(
-            f"| {labels.get(name, name)} | {m['reasoning_asr']:.1%} | {m['response_asr']:.1%} | "
-            f"{_rel(m['response_asr'], base.get('response_asr', float('nan'))) if name != 'base' else '—'} | "
-            f"{m['refusal_rate']:.1%} | {m['over_refusal']:.1%} | {m['utility_nll']:.3f} |")
+        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cell(m, k) for k, _ in MAIN)
+                     + f" | {m.get('utility_nll', float('nan')):.3f} |")
     return "\n".join(lines)
+
+
+def significance(results: dict, compare: dict, labels: dict, focus: str = "train_rl") -> str:
+    """One sentence per comparison: which differences a paired test supports at ALPHA."""
+    if focus not in results:
+        return "No CRAFT model was evaluated, so nothing is compared."
+    out = []
+    for other in [m for m in results if m != focus and not m.endswith("_guard")]:
+        said = []
+        for key, word in WORDS.items():
+            p = compare.get(f"compare/{focus}_vs_{other}/{key}_p", float("nan"))
+            a, b = results[focus].get(key, float("nan")), results[other].get(key, float("nan"))
+            if p != p or a != a or b != b:
+                continue
+            if significant(p):
+                better = (a < b) == (key in LOWER_IS_BETTER)
+                said.append(f"{word} {a:.1%} vs {b:.1%} is significantly {'better' if better else 'worse'} (p = {p:.2g})")
+            else:
+                said.append(f"{word} {a:.1%} vs {b:.1%} shows no significant difference (p = {p:.2g})")
+        if said:
+            out.append(f"- **{labels.get(focus, focus)} vs {labels.get(other, other)}**: " + "; ".join(said) + ".")
+    return "\n".join(out) + (f"\n\nPaired exact McNemar tests on the same prompts, α = {ALPHA}; not corrected for "
+                             "multiple comparisons.")
+
+
+def attack_table(results: dict, labels: dict) -> str:
+    attacks = sorted({k[: -len("_response_asr")] for m in results.values() for k in m
+                      if k.endswith("_response_asr") and k != "response_asr"})
+    if not attacks:
+        return "No attacks were evaluated."
+    n = next((int(m[f"{a}_response_asr_n"]) for m in results.values() for a in attacks if f"{a}_response_asr_n" in m), 0)
+    lines = ["| model | plain | " + " | ".join(attacks) + " |", "|---" * (len(attacks) + 2) + "|"]
+    for name, m in results.items():
+        if not any(f"{a}_response_asr" in m for a in attacks):
+            continue  # evaluated on plain prompts only (guard mode)
+        lines.append(f"| {labels.get(name, name)} | {cell(m, 'response_asr')} | "
+                     + " | ".join(cell(m, f"{a}_response_asr") for a in attacks) + " |")
+    return "\n".join(lines) + f"\n\nEach attack wraps the same {n} harmful prompts (round-robin over its templates)."
 
 
 def guard_table(results: dict, labels: dict) -> str:
     rows = [(n, m) for n, m in results.items() if "guard_ms_per_token" in m]
     if not rows:
         return "Guard mode was not evaluated."
-    lines = ["| model | response ASR | over-refusal | guard stopped (harmful) | guard stopped (benign) | ms/token |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| model | harmful ASR | over-refusal | degenerate | guard stopped (harmful) | guard stopped (benign) | ms/token |",
+             "|---|---|---|---|---|---|---|"]
     for n, m in rows:
-        lines.append(f"| {labels.get(n, n)} | {m['response_asr']:.1%} | {m['over_refusal']:.1%} | "
-                     f"{m['guard_stop_rate_harmful']:.0%} | {m['guard_stop_rate_benign']:.0%} | {m['guard_ms_per_token']:.1f} |")
-    return "\n".join(lines) + ("\n\nGuard mode runs one sequence at a time on the KV cache; its per-token overhead "
-                               "against plain decoding is measured in `benchmarks/bench_guard.py`.")
-
-
-def attack_table(results: dict, labels: dict) -> str:
-    attacks = sorted({k[: -len("_response_asr")] for m in results.values() for k in m if k.endswith("_response_asr")} - {""})
-    head = "| model | none | " + " | ".join(attacks) + " |"
-    lines = [head, "|---" * (len(attacks) + 2) + "|"]
-    for name, m in results.items():
-        if not any(k.endswith("_response_asr") and k != "response_asr" for k in m) and attacks:
-            continue  # evaluated on plain prompts only (guard mode)
-        cells = [f"{m['response_asr']:.0%}"] + [f"{m.get(a + '_response_asr', float('nan')):.0%}" for a in attacks]
-        lines.append(f"| {labels.get(name, name)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        lines.append(f"| {labels.get(n, n)} | {cell(m, 'response_asr')} | {cell(m, 'over_refusal')} | "
+                     f"{cell(m, 'degenerate_rate')} | {m['guard_stop_rate_harmful']:.0%} | "
+                     f"{m['guard_stop_rate_benign']:.0%} | {m['guard_ms_per_token']:.1f} |")
+    return "\n".join(lines) + ("\n\nGuard mode decodes one sequence at a time on the KV cache, so it runs on a subset "
+                               "of the plain prompts (`evaluate.guard_prompts` of each kind).")
 
 
 def category_table(t: pd.DataFrame, labels: dict) -> str:
     plain = t[(t.prompt_kind == "harmful") & (t.attack == "none")]
-    table = plain.assign(unsafe=plain.p_safe_response < SAFE_AT).pivot_table(
-        index="category", columns="model", values="unsafe", aggfunc="mean")
+    table = plain.assign(complied=plain.label_response == COMPLIANCE).pivot_table(
+        index="category", columns="model", values="complied", aggfunc="mean")
+    counts = plain[plain.model == plain.model.iloc[0]].groupby("category").size() if len(plain) else None
     table = table.rename(columns=lambda c: labels.get(c, c)).map(lambda v: f"{v:.0%}")
+    if counts is not None:
+        table.insert(0, "n", counts)
     return table.to_markdown()
 
 
@@ -70,9 +104,20 @@ def samples(t: pd.DataFrame, labels: dict, n: int) -> str:
         out.append(f"**Prompt:** {rows.prompt.iloc[0]}\n")
         for r in rows.itertuples():
             text = r.completion.replace("\n", " ")[:300]
-            out.append(f"- *{labels.get(r.model, r.model)}* (p_safe {r.p_safe_response:.2f}): {text}")
+            out.append(f"- *{labels.get(r.model, r.model)}* ({r.label_response}): {text}")
         out.append("")
     return "\n".join(out)
+
+
+def judge_line(judge: str, gold: dict) -> str:
+    kappa = gold.get(f"judge/{judge}/gold_kappa")
+    if kappa is None:
+        return f"Judge: `{judge}` (no gold-set agreement available)."
+    others = ", ".join(f"{k.split('/')[1]} κ {v:.2f}" for k, v in sorted(gold.items())
+                       if k.endswith("/gold_kappa") and k.split("/")[1] != judge)
+    return (f"Judge: `{judge}`, Cohen's κ = {kappa:.2f} and accuracy {gold.get(f'judge/{judge}/gold_accuracy', float('nan')):.1%} "
+            f"against {int(gold.get('gold/test_rows', 0))} hand-labelled gold transcripts it was not fitted on "
+            f"(the reward judges: {others or 'not measured'}).")
 
 
 def asr_plot(results: dict, path: Path) -> None:
@@ -83,27 +128,31 @@ def asr_plot(results: dict, path: Path) -> None:
 
     attacks = ["none"] + sorted({k[: -len("_response_asr")] for m in results.values() for k in m
                                  if k.endswith("_response_asr") and k != "response_asr"})
-    fig, ax = plt.subplots(figsize=(7, 3.8))
+    fig, ax = plt.subplots(figsize=(9, 3.8))
     width = 0.8 / max(len(results), 1)
     for i, (name, m) in enumerate(results.items()):
-        vals = [m["response_asr"] if a == "none" else m.get(f"{a}_response_asr", float("nan")) for a in attacks]
-        ax.bar([x + i * width for x in range(len(attacks))], vals, width, label=name)
+        key = lambda a: "response_asr" if a == "none" else f"{a}_response_asr"  # noqa: E731
+        vals = [m.get(key(a), float("nan")) for a in attacks]
+        err = [[v - m.get(key(a) + "_lo", v) for a, v in zip(attacks, vals)],
+               [m.get(key(a) + "_hi", v) - v for a, v in zip(attacks, vals)]]
+        ax.bar([x + i * width for x in range(len(attacks))], vals, width, yerr=err, capsize=2, label=name)
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(attacks))], attacks)
-    ax.set_ylabel("response ASR (lower is safer)"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8)
+    ax.set_ylabel("harmful ASR (compliance share)"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def write(path: Path, t: pd.DataFrame, results: dict, agreement: dict, labels: dict, n_samples: int) -> Path:
-    n_h = t[(t.prompt_kind == "harmful") & (t.attack == "none")].prompt_id.nunique()
-    n_b = t[t.prompt_kind == "benign"].prompt_id.nunique()
-    agree = ", ".join(f"{k} {v:.0%}" for k, v in agreement.items()) or "not measured"
-    text = (f"# Evaluation\n\n{n_h} held-out harmful prompts (plain and jailbreak-wrapped), {n_b} benign "
-            f"look-alikes. ASR = share judged unsafe (p_safe < {SAFE_AT}). Judge agreement on labelled "
-            f"traces: {agree}.\n\n## Comparison\n\n{comparison_table(results, labels)}\n\n"
-            f"## Response ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
+def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: dict, gold: dict, judge: str,
+          labels: dict, n_samples: int) -> Path:
+    text = (f"# Evaluation\n\n{evaluated['harmful']} held-out harmful prompts and {evaluated['benign']} benign "
+            f"look-alikes, plain; {sum(evaluated['attacks'].values())} jailbreak-wrapped inputs. Verdicts are three-way "
+            f"(refusal, compliance, degenerate; degenerate is never counted as safe). Rates carry Wilson 95% intervals. "
+            f"Prompt-set digest `{evaluated['digest']}`.\n\n{judge_line(judge, gold)}\n\n"
+            f"## Comparison (plain prompts)\n\n{comparison_table(results, labels)}\n\n"
+            f"## What is significant\n\n{significance(results, compare, labels)}\n\n"
+            f"## Harmful ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
             f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"
-            f"## Response ASR by category (plain prompts)\n\n{category_table(t, labels)}\n\n"
+            f"## Harmful ASR by category (plain prompts)\n\n{category_table(t, labels)}\n\n"
             f"## Sample transcripts\n\n{samples(t, labels, n_samples)}\n")
     return write_text(path, text)

@@ -14,12 +14,17 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from components.core.config import ConfigError, require
+from components.eval.stats import across_seeds
 
 SEEDED = ("curate", "extract", "train_head", "train_sft", "train_rl")
 """Stages with a ``seed`` key that the sweep sets (``train_rl_text`` inherits ``train_rl``'s)."""
 
 HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "base/response_asr", "base response ASR"),
+    ("evaluate", "train_sft/refusal_rate", "SFT refusal rate"),
+    ("evaluate", "train_rl_text/refusal_rate", "RL text-only refusal rate"),
+    ("evaluate", "train_rl/refusal_rate", "CRAFT refusal rate"),
+    ("evaluate", "train_rl/degenerate_rate", "CRAFT degenerate rate"),
     ("evaluate", "train_sft/response_asr", "SFT response ASR"),
     ("evaluate", "train_rl_text/response_asr", "RL text-only response ASR"),
     ("evaluate", "train_rl/response_asr", "CRAFT response ASR"),
@@ -68,15 +73,18 @@ def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 
 def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
-    """Per metric: each run's value, then n, mean, sd, min, max over the runs that have it."""
+    """Per metric: each run's value, then n, mean, sd, min, max and a 95% t interval of the mean
+    (``ci_lo``, ``ci_hi``; NaN below two runs) over the runs that have it."""
     rows = []
     for _, _, label in HEADLINE:
         values = {name: run[label] for name, run in runs.items() if not math.isnan(run.get(label, math.nan))}
         xs = list(values.values())
         n = len(xs)
         sd = statistics.stdev(xs) if n > 1 else (0.0 if n else math.nan)  # sample sd (n − 1)
+        ci = across_seeds(xs)
         rows.append({"metric": label, **values, "n": n, "mean": statistics.fmean(xs) if n else math.nan, "sd": sd,
-                     "min": min(xs, default=math.nan), "max": max(xs, default=math.nan)})
+                     "min": min(xs, default=math.nan), "max": max(xs, default=math.nan),
+                     "ci_lo": ci.lo, "ci_hi": ci.hi})
     return rows
 
 
@@ -88,11 +96,13 @@ def _fmt(label: str, v: float) -> str:
 
 def markdown(rows: Sequence[dict], run_names: Sequence[str]) -> str:
     """The spread as a markdown table: one column per run, then mean ± sd and the range."""
-    head = "| metric | " + " | ".join(run_names) + " | mean ± sd | range |"
-    lines = [head, "|---" * (len(run_names) + 3) + "|"]
+    head = "| metric | " + " | ".join(run_names) + " | mean ± sd | 95% CI of the mean | range |"
+    lines = [head, "|---" * (len(run_names) + 4) + "|"]
     for r in rows:
         label = r["metric"]
         cells = [_fmt(label, r.get(name, math.nan)) for name in run_names]
         lines.append(f"| {label} | " + " | ".join(cells)
-                     + f" | {_fmt(label, r['mean'])} ± {_fmt(label, r['sd'])} | {_fmt(label, r['min'])}–{_fmt(label, r['max'])} |")
+                     + f" | {_fmt(label, r['mean'])} ± {_fmt(label, r['sd'])} | "
+                     f"{_fmt(label, r.get('ci_lo', math.nan))}–{_fmt(label, r.get('ci_hi', math.nan))} | "
+                     f"{_fmt(label, r['min'])}–{_fmt(label, r['max'])} |")
     return "\n".join(lines)

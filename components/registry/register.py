@@ -1,11 +1,15 @@
 """Step ``register`` (outside DVC: it mutates the registry): log the trained model as an MLflow
 pyfunc, register a new version under ``promote.model_name`` and point ``challenger`` at it.
 
-Version tags: ``eval.<metric>`` for the model's evaluation metrics (and ``eval.base.<metric>`` for
-the base model in the same evaluation), ``lineage.git_sha``, ``lineage.params_hash``,
+Version tags: ``eval.<metric>`` for the model's evaluation metrics (each rate with ``_lo``, ``_hi``
+and ``_n``, the per-attack response ASRs, the utility NLL; ``eval.base.<metric>`` for the base model
+in the same evaluation), ``eval.prompt_set`` (digest of the evaluation's prompt set, so the gate
+only compares models evaluated on the same prompts), ``lineage.git_sha``, ``lineage.params_hash``,
 ``lineage.dvc.<stage>.<out>`` (dvc.lock hashes), ``lineage.parent_run_id`` and
 ``content_digest``. Registering the same model folder with the same metrics again returns the
-existing version (a retried task never creates a duplicate).
+existing version (a retried task never creates a duplicate). Tag values are cut at MLflow's 5000
+characters. Registration holds the workspace's registry lock (``promote.registry_lock``), and every
+MLflow failure is one line naming the step (``tracking.mlflow_errors``), the URI redacted.
 """
 from __future__ import annotations
 
@@ -15,6 +19,8 @@ import tempfile
 from pathlib import Path
 
 from components.registry import promote
+from components.core import tracking
+from components.core.config import require
 from components.core.io import dir_digest
 from components.lm.source import ModelConfig
 from components.data.records import stable_id
@@ -24,27 +30,41 @@ PIP_REQUIREMENTS = ("torch==2.13.0", "transformers==5.23.0", "peft==0.21.0", "ml
 
 
 def _existing(name: str, digest: str):
-    for v in promote.client().search_model_versions(f"name='{name}'"):
+    with tracking.mlflow_errors(f"look up the versions of {name!r}"):
+        versions = promote.client().search_model_versions(f"name='{name}'")
+    for v in versions:
         if v.tags.get("content_digest") == digest:
             return v
     return None
 
 
 def run(model_dir: str | Path, metrics: dict[str, float], base_metrics: dict[str, float], lineage: dict[str, str],
-        cfg: promote.PromoteConfig, model_cfg: ModelConfig, parent_run_id: str | None = None) -> str:
-    """Register ``model_dir`` (a pipeline output folder) and return the version number."""
-    import mlflow
-
-    from components.core import tracking
-
+        cfg: promote.PromoteConfig, model_cfg: ModelConfig, parent_run_id: str | None = None, *,
+        prompt_set: str) -> str:
+    """Register ``model_dir`` (a pipeline output folder) evaluated on ``prompt_set`` (the digest in
+    data/evaluate/eval_set.json) and return the version number."""
+    require(bool(prompt_set), "no evaluation prompt-set digest: re-run `craft run --stages evaluate` (it writes "
+            "data/evaluate/eval_set.json) before registering.")
     model_dir = Path(model_dir)
     name = cfg.model_name
-    digest = stable_id(dir_digest(model_dir), json.dumps(metrics, sort_keys=True), length=32)
-    found = _existing(name, digest)
-    if found is not None:
-        promote.client().set_registered_model_alias(name, promote.CHALLENGER, found.version)
-        return str(found.version)
+    digest = stable_id(dir_digest(model_dir), json.dumps(metrics, sort_keys=True), prompt_set, length=32)
     tracking.ensure_store()
+    with promote.registry_lock():
+        found = _existing(name, digest)
+        if found is not None:
+            with tracking.mlflow_errors(f"point '{promote.CHALLENGER}' at version {found.version} of {name!r}"):
+                promote.client().set_registered_model_alias(name, promote.CHALLENGER, found.version)
+            return str(found.version)
+        with tracking.mlflow_errors(f"register {model_dir} as a new version of {name!r}"):
+            return _log_and_register(model_dir, metrics, base_metrics, lineage, name, model_cfg, parent_run_id,
+                                     prompt_set, digest)
+
+
+def _log_and_register(model_dir: Path, metrics: dict, base_metrics: dict, lineage: dict, name: str,
+                      model_cfg: ModelConfig, parent_run_id: str | None, prompt_set: str, digest: str) -> str:
+    """Log the pyfunc in a ``register`` run, register it, tag the version and alias it challenger."""
+    import mlflow
+
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path = Path(tmp) / "model_config.json"
         cfg_path.write_text(json.dumps(dataclasses.asdict(model_cfg)))
@@ -61,17 +81,26 @@ def run(model_dir: str | Path, metrics: dict[str, float], base_metrics: dict[str
     c = promote.client()
     tags = {**{f"eval.{k}": str(v) for k, v in metrics.items()},
             **{f"eval.base.{k}": str(v) for k, v in base_metrics.items()},
+            f"eval.{promote.PROMPT_SET}": prompt_set,
             **{f"lineage.{k}": v for k, v in lineage.items()},
             "lineage.run_id": run.info.run_id, "lineage.parent_run_id": parent_run_id or "",
             "content_digest": digest}
     for k, v in tags.items():
-        c.set_model_version_tag(name, version, k, v[:5000])
+        c.set_model_version_tag(name, version, k, v[:promote.MAX_TAG])
     c.set_registered_model_alias(name, promote.CHALLENGER, version)
     return version
 
 
 def metrics_for(evaluation: dict, model_key: str) -> tuple[dict, dict]:
-    """(model metrics, base metrics) from data/evaluate/metrics.json's ``<model>/<metric>`` keys."""
+    """(model metrics, base metrics) from data/evaluate/metrics.json's ``<model>/<metric>`` keys: every
+    rate with ``_lo``/``_hi``/``_n``, every ``<attack>_response_asr`` and the utility NLL."""
     pick = lambda key: {k.split("/", 1)[1]: float(v) for k, v in evaluation.items()  # noqa: E731
-                        if k.startswith(f"{key}/") and k.split("/", 1)[1] in promote.EVAL_KEYS}
+                        if k.startswith(f"{key}/") and promote.is_eval_key(k.split("/", 1)[1])}
     return pick(model_key), pick("base")
+
+
+def prompt_set_digest(eval_set: dict) -> str:
+    """The prompt-set digest from data/evaluate/eval_set.json's record; a how-to-fix error without one."""
+    digest = str(eval_set.get("digest") or "")
+    require(bool(digest), "data/evaluate/eval_set.json has no 'digest': re-run `craft run --stages evaluate` before registering.")
+    return digest

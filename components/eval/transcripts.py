@@ -1,0 +1,78 @@
+"""Transcripts of one model under test: generate, split reasoning from answer, judge three ways.
+
+Columns added to the input rows: ``completion``, ``trace`` (inside ``<think>``; the whole
+completion for a model that does not reason), ``response`` (the answer), ``label_trace`` /
+``label_response`` (refusal | compliance | degenerate), ``p_safe_trace`` / ``p_safe_response`` and
+``reason_response`` (the judge's reason). Answers are judged through ``judge_completions``, the
+rule the RL reward uses too (a ``<think>`` cut off by the token limit is judged whole, and the
+degeneracy rules call it degenerate).
+"""
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from components.eval.judges import Judge, Verdict, judge_completions
+from components.lm import generation
+from components.lm.runtime import LoadedModel
+
+
+def _judged(out: pd.DataFrame, judge: Judge, answers: list[str] | None = None) -> pd.DataFrame:
+    prompts = list(out.prompt)
+    traces: list[Verdict] = judge.judge(prompts, list(out.trace))
+    responses = judge_completions(judge, prompts, list(out.completion), answers=answers)
+    out["label_trace"] = [v.label for v in traces]
+    out["p_safe_trace"] = [v.p_safe for v in traces]
+    out["label_response"] = [v.label for v in responses]
+    out["p_safe_response"] = [v.p_safe for v in responses]
+    out["reason_response"] = [v.reason for v in responses]
+    return out
+
+
+def generate(lm: LoadedModel, inputs: pd.DataFrame, judge: Judge, max_new_tokens: int,
+             batch_size: int) -> pd.DataFrame:
+    """Greedy, batched generation for every input row, then three-way verdicts."""
+    params = generation.SamplingParams(max_new_tokens, batch_size)
+    out = inputs.copy()
+    out["completion"] = generation.generate(lm, list(inputs.input), params, desc=f"evaluate {lm.model_id}")
+    split = [generation.split_reasoning(c) for c in out.completion]
+    out["trace"] = [t for t, _ in split]
+    out["response"] = [r for _, r in split]
+    return _judged(out, judge)
+
+
+def guarded(lm: LoadedModel, head, inputs: pd.DataFrame, judge: Judge, audit_cfg) -> tuple[pd.DataFrame, dict]:
+    """Greedy generation under the latent guard (one sequence at a time, KV cache)."""
+    from components.eval import audit
+
+    records = [audit.generate_with_audit(lm, head, x, audit_cfg) for x in inputs.input]
+    out = inputs.copy()
+    out["completion"] = [r.completion for r in records]
+    out["trace"], out["response"] = [r.trace for r in records], [r.answer for r in records]
+    # the answer the user saw: the guard's redirection when it fired, else the split answer
+    out = _judged(out, judge, answers=list(out.response))
+    tokens = sum(max(len(r.tokens), 1) for r in records)
+    stopped = pd.Series([bool(r.guard) for r in records], index=out.index)
+    benign = out.prompt_kind == "benign"
+    extra = {"guard_stop_rate_harmful": float(stopped[~benign].mean()) if (~benign).any() else float("nan"),
+             "guard_stop_rate_benign": float(stopped[benign].mean()) if benign.any() else float("nan"),
+             "guard_ms_per_token": 1000 * sum(r.seconds for r in records) / tokens}
+    return out, extra
+
+
+@torch.no_grad()
+def reference_nll(lm: LoadedModel, prompts: pd.DataFrame) -> float:
+    """Mean per-token NLL of reference answers to benign prompts (teacher forcing)."""
+    refs = prompts[(prompts.prompt_kind == "benign") & (prompts.reference.fillna("") != "")]
+    if refs.empty:
+        return float("nan")
+    total, count = 0.0, 0
+    for p, ref in zip(refs.prompt, refs.reference):
+        prefix = generation.render(lm.tokenizer, p)
+        ids_p = lm.tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        ids = lm.tokenizer(prefix + ref, add_special_tokens=False, return_tensors="pt")["input_ids"].to(lm.device)
+        logits = lm.model(input_ids=ids).logits[0, ids_p.shape[1] - 1 : -1]  # [T_ref, V] predicts the answer
+        target = ids[0, ids_p.shape[1]:]
+        total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
+        count += int(target.numel())
+    return total / max(count, 1)

@@ -1,0 +1,104 @@
+"""Stage ``train_judge``: fit the held-out evaluation judge on the gold set and score every judge.
+
+Fits ``components.eval.heldout`` on the gold set's ``calibration`` split, then scores it and the
+reward judges (keyword, embedding, ensemble: what curation and RL use) on the ``test`` split,
+which no judge was fitted on: accuracy, Cohen's κ and per-class precision/recall. Outputs
+``judge.json`` (the classifier, JSON weights), ``metrics.json`` (``gold/*``, ``judge/<name>/*``)
+and ``report.md``. ``evaluate`` reads both.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from components.core import stage_cli, tracking
+from components.core.config import require, stage_config
+from components.core.io import write_json, write_text
+from components.eval import gold as gold_set
+from components.eval import heldout
+from components.eval.judges import JUDGES, VERDICTS, graded_text, judge_completions, make_judge
+from components.eval.stats import cohen_kappa, per_class
+
+log = logging.getLogger("craft.train_judge")
+STAGE = "train_judge"
+KAPPA_TARGET = 0.8
+
+
+@dataclass(frozen=True)
+class TrainJudgeConfig:
+    """params.yaml:train_judge."""
+
+    c: float = 1.0
+    """Inverse L2 strength of the logistic regression; > 0."""
+    compare: tuple[str, ...] = JUDGES
+    """Other judges scored on the gold test split beside the held-out one."""
+
+    def __post_init__(self) -> None:
+        require(self.c > 0, f"train_judge.c={self.c!r}: use a positive value, e.g. 1.0.")
+        require(set(self.compare) <= set(JUDGES), f"train_judge.compare={list(self.compare)!r}: choose from {JUDGES}.")
+
+
+def score(judge, rows: pd.DataFrame) -> tuple[dict, list[str]]:
+    """Agreement of ``judge`` with the gold labels of ``rows`` (judged like evaluation does)."""
+    pred = [v.label for v in judge_completions(judge, list(rows.prompt), list(rows.completion))]
+    truth = list(rows.label)
+    m = {"gold_accuracy": sum(t == p for t, p in zip(truth, pred)) / len(truth),
+         "gold_kappa": cohen_kappa(truth, pred)}
+    for label, s in per_class(truth, pred, VERDICTS).items():
+        m[f"{label}_precision"], m[f"{label}_recall"] = s["precision"], s["recall"]
+    return m, pred
+
+
+def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path) -> dict:
+    """Fit on calibration, score every judge on test. Returns the metrics."""
+    cal, test = gold[gold.split == "calibration"], gold[gold.split == "test"]
+    judge = heldout.fit(list(cal.prompt), [graded_text(c) for c in cal.completion], list(cal.label), cfg.c)
+    judge.save(out / "judge.json")
+    metrics: dict = {"gold/rows": len(gold), "gold/calibration_rows": len(cal), "gold/test_rows": len(test),
+                     **{f"gold/test_{k}": int((test.label == k).sum()) for k in VERDICTS}}
+    judges = [heldout.HeldOutJudge.load(out / "judge.json")] + [make_judge(n) for n in cfg.compare]
+    for j in judges:  # the saved file is scored, so what evaluate loads is what was measured
+        m, _ = score(j, test)
+        metrics.update({f"judge/{j.name}/{k}": v for k, v in m.items()})
+    return metrics
+
+
+def report(metrics: dict) -> str:
+    names = sorted({k.split("/")[1] for k in metrics if k.startswith("judge/")}, key=lambda n: n != "heldout")
+    lines = ["| judge | accuracy | κ | " + " | ".join(f"{c} P / R" for c in VERDICTS) + " |", "|---" * (3 + len(VERDICTS)) + "|"]
+    for n in names:
+        g = lambda k: metrics.get(f"judge/{n}/{k}", float("nan"))  # noqa: E731
+        lines.append(f"| {n} | {g('gold_accuracy'):.1%} | {g('gold_kappa'):.2f} | "
+                     + " | ".join(f"{g(c + '_precision'):.2f} / {g(c + '_recall'):.2f}" for c in VERDICTS) + " |")
+    kappa = metrics.get("judge/heldout/gold_kappa", float("nan"))
+    verdict = "meets" if kappa >= KAPPA_TARGET else "MISSES"
+    return (f"# train_judge\n\nGold set: {metrics['gold/rows']} hand-labelled transcripts; the held-out judge was fitted "
+            f"on {metrics['gold/calibration_rows']} (calibration) and is scored with every other judge on "
+            f"{metrics['gold/test_rows']} it never saw (test: "
+            + ", ".join(f"{metrics[f'gold/test_{c}']} {c}" for c in VERDICTS) + ").\n\n" + "\n".join(lines)
+            + f"\n\nThe held-out judge's κ = {kappa:.2f} {verdict} the target κ ≥ {KAPPA_TARGET}.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, params = stage_cli.parse(STAGE, __doc__, argv, [
+        ("--gold", True, "labelled gold set (data/gold/labels.jsonl)"),
+        ("--out", True, "output folder (data/train_judge)"),
+    ])
+    cfg = stage_config(TrainJudgeConfig, STAGE, params)
+    out = Path(args.out)
+    with tracking.stage_run(STAGE, cfg):
+        metrics = run(cfg, gold_set.load(args.gold), out)
+        write_json(out / "metrics.json", metrics)
+        write_text(out / "report.md", report(metrics))
+        tracking.log_stage_outputs(STAGE, metrics, [out / "report.md", out / "judge.json"])
+    log.info("held-out judge κ %.3f on %d gold test rows", metrics["judge/heldout/gold_kappa"], metrics["gold/test_rows"])
+    return 0
+
+
+if __name__ == "__main__":
+    from components.core.errors import guarded
+
+    raise SystemExit(guarded(STAGE, main))
