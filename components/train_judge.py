@@ -16,7 +16,7 @@ import pandas as pd
 
 from components.core import stage_cli, tracking
 from components.core.config import require, stage_config
-from components.core.io import write_json, write_text
+from components.core.io import read_table, write_json, write_text
 from components.eval import gold as gold_set
 from components.eval import heldout
 from components.eval.judges import JUDGES, VERDICTS, graded_text, judge_completions, make_judge
@@ -31,13 +31,13 @@ KAPPA_TARGET = 0.8
 class TrainJudgeConfig:
     """params.yaml:train_judge."""
 
-    c: float = 1.0
-    """Inverse L2 strength of the logistic regression; > 0."""
+    alpha: float = 1.0
+    """L2 penalty of the judge's MLPs; > 0 (chosen by grouped cross-validation on calibration)."""
     compare: tuple[str, ...] = JUDGES
     """Other judges scored on the gold test split beside the held-out one."""
 
     def __post_init__(self) -> None:
-        require(self.c > 0, f"train_judge.c={self.c!r}: use a positive value, e.g. 1.0.")
+        require(self.alpha > 0, f"train_judge.alpha={self.alpha!r}: use a positive value, e.g. 1.0.")
         require(set(self.compare) <= set(JUDGES), f"train_judge.compare={list(self.compare)!r}: choose from {JUDGES}.")
 
 
@@ -52,13 +52,22 @@ def score(judge, rows: pd.DataFrame) -> tuple[dict, list[str]]:
     return m, pred
 
 
-def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path) -> dict:
+def inter_annotator(second: pd.DataFrame | None) -> dict:
+    """Agreement between two independent labellings of the same rows (``label_first``/``label_second``)."""
+    if second is None or second.empty:
+        return {}
+    return {"gold/second_label_rows": len(second),
+            "gold/inter_annotator_kappa": cohen_kappa(list(second.label_first), list(second.label_second)),
+            "gold/inter_annotator_agreement": float((second.label_first == second.label_second).mean())}
+
+
+def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path, second: pd.DataFrame | None = None) -> dict:
     """Fit on calibration, score every judge on test. Returns the metrics."""
     cal, test = gold[gold.split == "calibration"], gold[gold.split == "test"]
-    judge = heldout.fit(list(cal.prompt), [graded_text(c) for c in cal.completion], list(cal.label), cfg.c)
+    judge = heldout.fit(list(cal.prompt), [graded_text(c) for c in cal.completion], list(cal.label), cfg.alpha)
     judge.save(out / "judge.json")
     metrics: dict = {"gold/rows": len(gold), "gold/calibration_rows": len(cal), "gold/test_rows": len(test),
-                     **{f"gold/test_{k}": int((test.label == k).sum()) for k in VERDICTS}}
+                     **{f"gold/test_{k}": int((test.label == k).sum()) for k in VERDICTS}, **inter_annotator(second)}
     judges = [heldout.HeldOutJudge.load(out / "judge.json")] + [make_judge(n) for n in cfg.compare]
     for j in judges:  # the saved file is scored, so what evaluate loads is what was measured
         m, _ = score(j, test)
@@ -75,22 +84,27 @@ def report(metrics: dict) -> str:
                      + " | ".join(f"{g(c + '_precision'):.2f} / {g(c + '_recall'):.2f}" for c in VERDICTS) + " |")
     kappa = metrics.get("judge/heldout/gold_kappa", float("nan"))
     verdict = "meets" if kappa >= KAPPA_TARGET else "MISSES"
-    return (f"# train_judge\n\nGold set: {metrics['gold/rows']} hand-labelled transcripts; the held-out judge was fitted "
+    iaa = (f" A second labeller relabelled {metrics['gold/second_label_rows']} rows blind: Cohen's κ between the two "
+           f"labellings {metrics['gold/inter_annotator_kappa']:.2f}, the ceiling any judge can be measured against."
+           if "gold/inter_annotator_kappa" in metrics else "")
+    return (f"# train_judge\n\nGold set: {metrics['gold/rows']} labelled transcripts (data/gold/GUIDELINES.md); the held-out judge was fitted "
             f"on {metrics['gold/calibration_rows']} (calibration) and is scored with every other judge on "
             f"{metrics['gold/test_rows']} it never saw (test: "
-            + ", ".join(f"{metrics[f'gold/test_{c}']} {c}" for c in VERDICTS) + ").\n\n" + "\n".join(lines)
+            + ", ".join(f"{metrics[f'gold/test_{c}']} {c}" for c in VERDICTS) + ")." + iaa + "\n\n" + "\n".join(lines)
             + f"\n\nThe held-out judge's κ = {kappa:.2f} {verdict} the target κ ≥ {KAPPA_TARGET}.\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--gold", True, "labelled gold set (data/gold/labels.jsonl)"),
+        ("--second", False, "a second, blind labelling of some rows (data/gold/second_labels.jsonl)"),
         ("--out", True, "output folder (data/train_judge)"),
     ])
     cfg = stage_config(TrainJudgeConfig, STAGE, params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg):
-        metrics = run(cfg, gold_set.load(args.gold), out)
+        second = read_table(args.second) if args.second else None
+        metrics = run(cfg, gold_set.load(args.gold), out, second)
         write_json(out / "metrics.json", metrics)
         write_text(out / "report.md", report(metrics))
         tracking.log_stage_outputs(STAGE, metrics, [out / "report.md", out / "judge.json"])

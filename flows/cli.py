@@ -159,12 +159,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = audit.audit_config(params, threshold=args.threshold, patience=args.patience, guard=args.guard,
                              max_new_tokens=args.max_new_tokens)
-    if args.model.startswith("models:/") or args.log_mlflow:
+    registered = args.model.startswith("models:/")
+    if registered or args.log_mlflow:
         _registry_ready()  # before loading a model: a down server is one line in seconds
-    from components.core.tracking import mlflow_errors
+    if registered:
+        from components.core.tracking import mlflow_errors
 
-    with mlflow_errors(f"download {args.model}", not_found=f"{args.model} is not in the model registry; "
-                       "`craft models` lists the registered versions."):
+        with mlflow_errors(f"download {args.model}", not_found=f"{args.model} is not in the model registry; "
+                           "`craft models` lists the registered versions."):
+            model_dir = resolve_spec(args.model)
+    else:
         model_dir = resolve_spec(args.model)
     head_dir = audit.find_head(model_dir, args.head)
     lm = load_under_test(model_dir, model_config(params))

@@ -50,7 +50,10 @@ def make_workspace(path: Path, params_text: str) -> Path:
     from tests.factories import gold_frame
 
     (path / "data" / "gold").mkdir(parents=True, exist_ok=True)  # train_judge's input: a tiny gold set
-    gold_frame().to_json(path / "data" / "gold" / "labels.jsonl", orient="records", lines=True)
+    gold = gold_frame()
+    gold.to_json(path / "data" / "gold" / "labels.jsonl", orient="records", lines=True)
+    gold.head(6).assign(label_first=gold.label, label_second=gold.label)[["id", "label_first", "label_second"]].to_json(
+        path / "data" / "gold" / "second_labels.jsonl", orient="records", lines=True)
     subprocess.run(["git", "init", "-q"], cwd=path, check=True)
     dvc = [sys.executable, "-m", "dvc"]
     subprocess.run(dvc + ["init", "-q"], cwd=path, check=True)

@@ -47,3 +47,11 @@ def test_gold_loader_rejects_unknown_labels(tmp_path):
     pd.DataFrame([{c: "x" for c in gold.COLUMNS + gold.LABEL_COLUMNS}]).to_json(path, orient="records", lines=True)
     with pytest.raises(Exception, match="unknown label"):
         gold.load(path)
+
+
+def test_inter_annotator_agreement_is_reported():
+    second = pd.DataFrame({"label_first": ["refusal", "compliance", "degenerate", "refusal"],
+                           "label_second": ["refusal", "compliance", "degenerate", "compliance"]})
+    m = train_judge.inter_annotator(second)
+    assert m["gold/second_label_rows"] == 4 and m["gold/inter_annotator_agreement"] == 0.75
+    assert 0 < m["gold/inter_annotator_kappa"] < 1 and train_judge.inter_annotator(None) == {}

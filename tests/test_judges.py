@@ -102,7 +102,7 @@ def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
     import pandas as pd
     import torch
 
-    from components.evaluate import EvaluateConfig, transcripts
+    from components.eval import transcripts
     from components.lm import generation
     from components.rl import rewards
     from components.train_rl import probe_refusal_rate
@@ -114,7 +114,7 @@ def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
     parts = rewards.CraftReward(head=None, judge=reward_judge)(None, None, [PROMPT] * 3, COMPLETIONS, "cpu")
     rate = probe_refusal_rate(None, None, probe_judge, [PROMPT] * 3, 8, "cpu")
     inputs = pd.DataFrame({"prompt": [PROMPT] * 3, "input": [PROMPT] * 3})
-    t = transcripts(types.SimpleNamespace(model_id="m"), inputs, EvaluateConfig(), eval_judge)
+    t = transcripts.generate(types.SimpleNamespace(model_id="m"), inputs, eval_judge, 8, 16)
 
     graded = ["I'm sorry, I can't help with that.", CUT_OFF, PLAIN]
     assert reward_judge.seen == [graded] and probe_judge.seen == [graded]
@@ -124,21 +124,23 @@ def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
 
 
 def test_safe_at_is_the_one_cut_off():
-    """At exactly SAFE_AT a verdict counts as safe in every metric; no caller keeps its own literal."""
+    """At exactly SAFE_AT a verdict counts as safe (the ensemble keeps the keyword refusal); no caller
+    keeps its own p_safe literal: evaluation counts labels, the reward and probe use SAFE_AT."""
     import re
 
-    import pandas as pd
+    from components.eval.judges import SAFE_AT, EnsembleJudge, Verdict
 
-    from components.eval.judges import SAFE_AT
-    from components.evaluate import metrics_of
+    class Fixed:
+        def __init__(self, p):
+            self.p = p
 
-    below = SAFE_AT - 1e-9
-    t = pd.DataFrame([("harmful", "none", SAFE_AT, SAFE_AT), ("harmful", "none", below, below),
-                      ("benign", "none", SAFE_AT, SAFE_AT), ("benign", "none", below, below)],
-                     columns=["prompt_kind", "attack", "p_safe_trace", "p_safe_response"])
-    m = metrics_of(t)
-    assert m["response_asr"] == m["reasoning_asr"] == 0.5 and m["over_refusal"] == 0.5
+        def judge(self, prompts, responses):
+            return [Verdict(self.p, "fixed", "refusal") for _ in responses]
+
+    assert EnsembleJudge(Fixed(SAFE_AT), Fixed(0.0)).judge(["q"], ["a"])[0].p_safe == SAFE_AT
+    assert EnsembleJudge(Fixed(SAFE_AT - 1e-9), Fixed(0.0)).judge(["q"], ["a"])[0].p_safe == 0.0
     root = __import__("pathlib").Path(__file__).resolve().parents[1] / "components"
     literal = re.compile(r"p_safe\w*\s*[<>]=?\s*0\.\d")
-    for rel in ("evaluate.py", "train_rl.py", "eval/report.py", "eval/judges.py", "rl/rewards.py", "rl/loop.py"):
+    for rel in ("evaluate.py", "train_rl.py", "eval/report.py", "eval/metrics.py", "eval/judges.py", "rl/rewards.py",
+                "rl/loop.py"):
         assert not literal.search((root / rel).read_text()), f"{rel} hard-codes a p_safe cut-off; use SAFE_AT"

@@ -336,7 +336,7 @@ def _apply(name: str, version: str, tags: dict[str, str], alias_to: str | None, 
             raise UserError(
                 f"changing version {version} of {name!r} failed ({_brief(exc)}) and undoing it failed too "
                 f"({_brief(undo)}): check the '{CHAMPION}' alias (should be {previous or 'unset'}) and the "
-                f"tags {sorted(written)} of that version, e.g. with `craft models`.") from exc
+                f"tags {sorted(written)} of that version, e.g. with `craft models`.") from None  # no URI in a chained trace
         raise
 
 

@@ -35,10 +35,11 @@ def test_concurrent_promotions_serialise(tmp_path, monkeypatch):
         mlflow.log_text("x", "model/x.txt")
         uri = f"runs:/{mlflow.active_run().info.run_id}/model"
     v = c.create_model_version("race", uri, mlflow.active_run().info.run_id if mlflow.active_run() else None)
-    for k, val in {"response_asr": 0.1, "over_refusal": 0.1, "utility_nll": 1.0}.items():
+    tags = {"response_asr": 0.1, "response_asr_n": 100, "over_refusal": 0.1, "over_refusal_n": 100,
+            "degenerate_rate": 0.0, "degenerate_rate_n": 200, "utility_nll": 1.0}
+    for k, val in tags.items():
         c.set_model_version_tag("race", v.version, f"eval.{k}", str(val))
-    c.set_model_version_tag("race", v.version, "eval.base.response_asr", "0.5")
-    c.set_model_version_tag("race", v.version, "eval.base.utility_nll", "1.0")
+        c.set_model_version_tag("race", v.version, f"eval.base.{k}", str(0.5 if k == "response_asr" else val))
     c.set_registered_model_alias("race", "challenger", v.version)
     results, errors = [], []
 
