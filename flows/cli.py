@@ -20,18 +20,21 @@ from components.core import env
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from flows.pipeline import StageFailed, pipeline
-
     import os
 
     from components.core.tracking import ensure_store, require_reachable
-    from flows.pipeline import WorkspaceBusy
-
+    from flows.settings import check_params
     from flows.stages import select
 
+    # Everything a user can get wrong is checked before Prefect starts: one line, exit 2.
     stages = args.stages.split(",") if args.stages else None
-    select(stages)  # a stage-name typo: one line, exit 2, before Prefect starts
-    ensure_store()  # a configured MLflow server that is down: one clear line, before any work
+    select(stages)  # a stage-name typo
+    check_params(Path(args.workspace) / "params.yaml")  # any bad value, in any section
+    from flows.pipeline import StageFailed, WorkspaceBusy, pipeline, workspace_lock
+
+    with workspace_lock(Path(args.workspace).resolve()):  # another run: refused at once (the flow re-takes it)
+        pass
+    ensure_store()  # a configured MLflow server that is down
     if os.environ.get("PREFECT_API_URL"):
         require_reachable(os.environ["PREFECT_API_URL"].rstrip("/") + "/health", "Prefect API", "PREFECT_API_URL")
     try:

@@ -21,6 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.core import env
+from components.core.errors import UserError
 from components.core import tracking
 from flows import lineage
 from flows.stages import Stage, select
@@ -61,8 +62,10 @@ def _retry_transient(task, task_run, state) -> bool:
     return False
 
 
-class WorkspaceBusy(RuntimeError):
-    """Another pipeline run holds this workspace's lock."""
+class WorkspaceBusy(UserError):
+    """Another pipeline run holds this workspace's lock (a user error: one line, exit 2)."""
+
+    exit_code = 2
 
 
 @contextlib.contextmanager

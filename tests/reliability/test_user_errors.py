@@ -18,7 +18,7 @@ def test_stage_name_typo_is_one_line_exit_2_before_prefect(capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("stage_exit, expected", [(2, 2), (1, 1)])
-def test_craft_run_passes_a_stages_exit_code_on(capsys, monkeypatch, stage_exit, expected):
+def test_craft_run_passes_a_stages_exit_code_on(tmp_path, capsys, monkeypatch, stage_exit, expected):
     import flows.pipeline
     from components.core import tracking
 
@@ -27,7 +27,8 @@ def test_craft_run_passes_a_stages_exit_code_on(capsys, monkeypatch, stage_exit,
 
     monkeypatch.setattr(flows.pipeline, "pipeline", failing)
     monkeypatch.setattr(tracking, "ensure_store", lambda: None)
-    assert cli.main(["run"]) == expected
+    (tmp_path / "params.yaml").write_text("{}\n")
+    assert cli.main(["run", "--workspace", str(tmp_path)]) == expected
     assert "stage 'curate' failed" in capsys.readouterr().err
 
 
@@ -80,3 +81,38 @@ def test_runtime_keys_under_model_are_a_config_error():
     with pytest.raises(ConfigError, match=r"runtime: unknown setting\(s\) \['gpu'\]"):
         model_config({"runtime": {"gpu": 1}})
     assert model_config({"model": {"dtype": "float32"}, "runtime": {"threads": 3}}).threads == 3
+
+
+def _run_in(ws, capsys, monkeypatch, params_text: str) -> tuple[int, list[str]]:
+    import flows.pipeline
+
+    (ws / "params.yaml").write_text(params_text)
+    monkeypatch.setattr(flows.pipeline, "pipeline", lambda **kw: pytest.fail("the flow must not start"))
+    code = cli.main(["run", "--workspace", str(ws)])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize("params_text, message", [
+    ("ingest: {max_harmful: lots}\n", "ingest.max_harmful: expected int, got 'lots'"),
+    ("ingest: [unclosed\n", "is not valid YAML"),
+    ("evaluate: {judge: ensemble}\ntrain_rl: {judge: ensemble}\n", "trained to please it"),
+    ("evaluat: {max_harmful: 3}\n", "unknown section(s) ['evaluat']"),
+    ("model: {threads: 4}\n", "belong in the 'runtime' section"),
+    ("train_rl_text: {w_lat: -1, w_txt: 1, wat: 2}\n", "unknown setting(s) ['wat']"),
+])
+def test_craft_run_checks_every_section_before_prefect(tmp_path, capsys, monkeypatch, params_text, message):
+    code, err = _run_in(tmp_path, capsys, monkeypatch, params_text)
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    assert not (tmp_path / ".prefect").exists()
+
+
+def test_a_second_craft_run_is_refused_at_once(tmp_path, capsys, monkeypatch):
+    import time
+
+    from flows.pipeline import workspace_lock
+
+    with workspace_lock(tmp_path.resolve()):
+        started = time.monotonic()
+        code, err = _run_in(tmp_path, capsys, monkeypatch, "ingest: {max_harmful: 5}\n")
+    assert code == 2 and len(err) == 1 and "another `craft run` is using" in err[0]
+    assert time.monotonic() - started < 5
