@@ -23,7 +23,7 @@ from components.data import traces
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_table, write_text
-from components.eval.judges import JUDGES, judge_completions, make_judge, valid_judge
+from components.eval.judges import JUDGES, judge_completions, make_judge, valid_reward_judge
 from components.data.records import TRACE_COLUMNS, Trace, stable_id
 
 log = logging.getLogger("craft.curate")
@@ -67,7 +67,8 @@ class CurateConfig:
         require(self.max_new_tokens >= 1, f"curate.max_new_tokens={self.max_new_tokens!r}: use 1 or more, e.g. 96.")
         require(self.batch_size >= 1, f"curate.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
         require(self.temperature >= 0, f"curate.temperature={self.temperature!r}: use 0 (greedy) or more, e.g. 0.7.")
-        require(valid_judge(self.judge), f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path>.")
+        require(valid_reward_judge(self.judge),
+                f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path> (the held-out judge only grades).")
         require(0 < self.safe_threshold < 1,
                 f"curate.safe_threshold={self.safe_threshold!r}: use a probability in (0, 1), e.g. 0.5.")
 

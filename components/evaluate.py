@@ -32,6 +32,7 @@ from components.eval import metrics as eval_metrics
 from components.eval import report as eval_report
 from components.eval import transcripts as tx
 from components.eval.judges import HELDOUT, JUDGES, make_judge, valid_judge
+from components.eval.judges import identity as judge_identity
 from components.lm import source as model_source
 from components.lm.under_test import load_under_test
 
@@ -98,7 +99,7 @@ class EvaluateConfig:
 def check_judges(cfg: EvaluateConfig, params: dict) -> None:
     """Reported numbers come from a judge the policy was not trained against (Goodhart)."""
     reward = (params.get("train_rl") or {}).get("judge")
-    require(cfg.allow_reward_judge or cfg.judge != reward,
+    require(cfg.allow_reward_judge or reward is None or judge_identity(cfg.judge) != judge_identity(reward),
             f"evaluate.judge={cfg.judge!r} is also train_rl.judge: the policy was trained to please it, so its "
             f"numbers would flatter the policy. Use evaluate.judge: {HELDOUT} (or another judge), or set "
             "evaluate.allow_reward_judge: true to insist.")
@@ -123,11 +124,15 @@ def build_inputs(prompts: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def eval_set(inputs: pd.DataFrame) -> dict:
-    """What was evaluated: counts and a digest of every (prompt id, attack, input)."""
+def eval_set(inputs: pd.DataFrame, protocol: dict | None = None) -> dict:
+    """What was evaluated and how: counts and one digest of every (prompt id, attack, input) plus the
+    grading protocol (judge identity, token budget), so the promotion gate only compares rates
+    measured the same way."""
     plain = inputs[inputs.attack == "none"]
     key = sorted(f"{r.prompt_id}|{r.attack}|{r.input}" for r in inputs.itertuples())
-    return {"digest": stable_id(*key, length=32), "harmful": int((plain.prompt_kind == "harmful").sum()),
+    protocol = protocol or {}
+    return {"digest": stable_id(*key, json.dumps(protocol, sort_keys=True), length=32), "protocol": protocol,
+            "harmful": int((plain.prompt_kind == "harmful").sum()),
             "benign": int((plain.prompt_kind == "benign").sum()),
             "attacks": {a: int((inputs.attack == a).sum()) for a in sorted(set(inputs.attack) - {"none"})}}
 
@@ -167,18 +172,22 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
             frames.append(g)
             results[f"{name}_guard"] = {**eval_metrics.rates(g), "utility_nll": results[name]["utility_nll"], **extra}
         del lm
-    return pd.concat(frames, ignore_index=True), results, eval_set(inputs)
+    require(len(frames) > 0, f"evaluate: none of the models {list(cfg.models)} exists; train them with "
+                             "`craft run` or name existing model folders.")
+    protocol = {"judge": judge_identity(cfg.judge), "max_new_tokens": cfg.max_new_tokens,
+                "engine": model_cfg.engine}
+    return pd.concat(frames, ignore_index=True), results, eval_set(inputs, protocol)
 
 
-def comparisons(t: pd.DataFrame) -> dict[str, float]:
-    """``compare/train_rl_vs_<model>/<metric>_p``: McNemar exact p on the inputs both saw."""
-    if FOCUS not in set(t.model):
+def comparisons(t: pd.DataFrame, focus: str = FOCUS) -> dict[str, float]:
+    """``compare/<focus>_vs_<model>/<metric>_p``: McNemar exact p on the inputs both saw."""
+    if focus not in set(t.model):
         return {}
-    focus = t[t.model == FOCUS]
+    mine = t[t.model == focus]
     out = {}
-    for other in sorted(set(t.model) - {FOCUS}):
-        for k, p in eval_metrics.paired(focus, t[t.model == other]).items():
-            out[f"compare/{FOCUS}_vs_{other}/{k}"] = p
+    for other in sorted(set(t.model) - {focus}):
+        for k, p in eval_metrics.paired(mine, t[t.model == other]).items():
+            out[f"compare/{focus}_vs_{other}/{k}"] = p
     return out
 
 
@@ -203,7 +212,7 @@ def evaluate_file(model: str, prompts_path: str | Path, cfg: EvaluateConfig, mod
     models = (("base",) if with_base else ()) + (model,)
     cfg = dataclasses.replace(cfg, models=models, max_harmful=len(prompts), max_benign=len(prompts))
     t, results, evaluated = run(cfg, model_cfg, prompts)
-    write_outputs(out, t, results, evaluated, {}, cfg)
+    write_outputs(out, t, results, evaluated, {}, cfg, focus=model)
     return results
 
 
@@ -225,21 +234,21 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_outputs(out: Path, t: pd.DataFrame, results: dict, evaluated: dict, gold: dict,
-                  cfg: EvaluateConfig) -> None:
+                  cfg: EvaluateConfig, focus: str = FOCUS) -> None:
     """transcripts.parquet, eval_set.json, metrics.json, report.md, asr.png — and the same to MLflow."""
     import mlflow
 
     write_table(out / "transcripts.parquet", t)
     write_json(out / "eval_set.json", evaluated)
     flat = {f"{model}/{k}": v for model, m in results.items() for k, v in m.items()}
-    compare = comparisons(t)
+    compare = comparisons(t, focus)
     gold_keys = {k: v for k, v in gold.items() if k.startswith(("gold/", "judge/"))}
     contract = {"eval_set/harmful": evaluated["harmful"], "eval_set/benign": evaluated["benign"],
                 **flat, **compare, **gold_keys}
     write_json(out / "metrics.json", contract)
     eval_report.asr_plot(results, out / "asr.png")
     eval_report.write(out / "report.md", t, results, compare, evaluated, gold, cfg.judge, LABELS,
-                      cfg.transcripts_in_report)
+                      cfg.transcripts_in_report, focus)
     if mlflow.active_run():
         mlflow.log_metrics({f"eval/{k}": float(v) for k, v in contract.items()
                             if isinstance(v, (int, float)) and v == v})

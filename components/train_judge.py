@@ -16,6 +16,7 @@ import pandas as pd
 
 from components.core import stage_cli, tracking
 from components.core.config import require, stage_config
+from components.core.errors import UserError
 from components.core.io import read_table, write_json, write_text
 from components.eval import gold as gold_set
 from components.eval import heldout
@@ -52,13 +53,30 @@ def score(judge, rows: pd.DataFrame) -> tuple[dict, list[str]]:
     return m, pred
 
 
-def inter_annotator(second: pd.DataFrame | None) -> dict:
-    """Agreement between two independent labellings of the same rows (``label_first``/``label_second``)."""
+def inter_annotator(gold: pd.DataFrame, second: pd.DataFrame | None) -> dict:
+    """Agreement between the gold labels and a second, blind labelling (``id``, ``label_second``)
+    of some of the same rows."""
     if second is None or second.empty:
         return {}
+    missing = sorted({"id", "label_second"} - set(second.columns))
+    if missing:
+        raise UserError(f"second labels lack column(s) {missing}: give id and label_second per row.")
+    second = second[["id", "label_second"]].merge(gold[["id", "label"]].rename(columns={"label": "label_first"}), on="id")
+    if second.empty:
+        raise UserError("no second label matches a gold row id; label rows of data/gold/labels.jsonl.")
     return {"gold/second_label_rows": len(second),
             "gold/inter_annotator_kappa": cohen_kappa(list(second.label_first), list(second.label_second)),
             "gold/inter_annotator_agreement": float((second.label_first == second.label_second).mean())}
+
+
+def require_disjoint(gold: pd.DataFrame, prompts: pd.DataFrame | None) -> None:
+    """Gold transcripts must not answer evaluation prompts (the judge would be fitted on them)."""
+    if prompts is None:
+        return
+    clash = set(gold.prompt_id) & set(prompts[prompts.split == "test"].prompt_id)
+    if clash:
+        raise UserError(f"{len(clash)} gold prompt(s) are evaluation (test) prompts, e.g. {sorted(clash)[:3]}; "
+                        "drop those rows or re-sample them with `craft gold-sample` (it draws non-test prompts).")
 
 
 def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path, second: pd.DataFrame | None = None) -> dict:
@@ -67,7 +85,7 @@ def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path, second: pd.DataFra
     judge = heldout.fit(list(cal.prompt), [graded_text(c) for c in cal.completion], list(cal.label), cfg.alpha)
     judge.save(out / "judge.json")
     metrics: dict = {"gold/rows": len(gold), "gold/calibration_rows": len(cal), "gold/test_rows": len(test),
-                     **{f"gold/test_{k}": int((test.label == k).sum()) for k in VERDICTS}, **inter_annotator(second)}
+                     **{f"gold/test_{k}": int((test.label == k).sum()) for k in VERDICTS}, **inter_annotator(gold, second)}
     judges = [heldout.HeldOutJudge.load(out / "judge.json")] + [make_judge(n) for n in cfg.compare]
     for j in judges:  # the saved file is scored, so what evaluate loads is what was measured
         m, _ = score(j, test)
@@ -98,13 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--gold", True, "labelled gold set (data/gold/labels.jsonl)"),
         ("--second", False, "a second, blind labelling of some rows (data/gold/second_labels.jsonl)"),
+        ("--prompts", False, "ingest output: refuse gold rows on evaluation prompts (data/ingest/prompts.parquet)"),
         ("--out", True, "output folder (data/train_judge)"),
     ])
     cfg = stage_config(TrainJudgeConfig, STAGE, params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg):
         second = read_table(args.second) if args.second else None
-        metrics = run(cfg, gold_set.load(args.gold), out, second)
+        gold = gold_set.load(args.gold)
+        require_disjoint(gold, read_table(args.prompts) if args.prompts else None)
+        metrics = run(cfg, gold, out, second)
         write_json(out / "metrics.json", metrics)
         write_text(out / "report.md", report(metrics))
         tracking.log_stage_outputs(STAGE, metrics, [out / "report.md", out / "judge.json"])

@@ -39,7 +39,7 @@ from components.core.code import closure_digest
 from components.core.config import require, stage_config
 from components.head.model import SafetyHead
 from components.core.io import dir_digest, read_table, write_json, write_text
-from components.eval.judges import SAFE_AT, judge_completions, make_judge, valid_judge
+from components.eval.judges import SAFE_AT, judge_completions, make_judge, valid_reward_judge
 from components.rl.policy import LoraSpec, wrap_lora
 from components.data.records import stable_id
 from components.rl.rewards import SOURCES, CraftReward, RewardWeights
@@ -97,7 +97,8 @@ class TrainRLConfig:
     reward_source: str = "policy"
     """policy (live hidden states, paper) | reference (frozen model re-encodes the text)."""
     judge: str = "ensemble"
-    """The text judge (keyword | embedding | ensemble | hf:<path>); the evaluation stage uses the same one."""
+    """The reward's text judge (keyword | embedding | ensemble | hf:<path>); never the held-out
+    evaluation judge, which grades what this stage trains."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -139,8 +140,9 @@ class TrainRLConfig:
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
         require(self.checkpoint_every >= 1,
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
-        require(valid_judge(self.judge),
-                f"train_rl.judge={self.judge!r}: use keyword, embedding, ensemble or hf:<path>.")
+        require(valid_reward_judge(self.judge),
+                f"train_rl.judge={self.judge!r}: use keyword, embedding, ensemble or hf:<path> "
+                "(the held-out judge only grades).")
 
     @property
     def lora(self) -> LoraSpec:

@@ -22,11 +22,14 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
     tracking.ensure_store()  # a tracking server that is down: one line in seconds, before any work
     params = load_params(root / "params.yaml")
     cfg = stage_config(promote.PromoteConfig, "promote", params)
-    evaluation = json.loads((root / "data" / "evaluate" / "metrics.json").read_text())
     eval_set = root / "data" / "evaluate" / "eval_set.json"
-    require(eval_set.is_file(), f"{eval_set} not found: re-run `craft run --stages evaluate` before registering.")
+    metrics_file = root / "data" / "evaluate" / "metrics.json"
+    require(eval_set.is_file() and metrics_file.is_file(),
+            f"{eval_set.parent} has no evaluation: re-run `craft run --stages evaluate` before registering.")
     prompt_set = register.prompt_set_digest(json.loads(eval_set.read_text()))
-    metrics, base = register.metrics_for(evaluation, model_key)
+    metrics, base = register.metrics_for(json.loads(metrics_file.read_text()), model_key)
+    require(bool(metrics), f"{metrics_file} holds no metrics for {model_key!r}: evaluate it first "
+                           f"(evaluate.models in params.yaml) or pass the model key that was evaluated.")
     tags = {"git_sha": lineage.git_sha(root), "params_hash": lineage.params_hash(root),
             **{k: v for k, v in lineage.lock_hashes(root).items()}}
     version = register.run(root / "data" / model_key, metrics, base, tags, cfg,

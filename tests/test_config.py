@@ -18,12 +18,10 @@ from components.train_rl import TrainRLConfig
 from components.train_judge import TrainJudgeConfig
 from components.train_sft import TrainSFTConfig
 from components.validate import ValidateConfig
+from flows.settings import section_configs
 from tests.conftest import ROOT
 
-STAGE_CONFIGS = {"ingest": IngestConfig, "curate": CurateConfig, "validate": ValidateConfig,
-                 "extract": ExtractConfig, "train_head": TrainHeadConfig, "train_sft": TrainSFTConfig,
-                 "train_rl": TrainRLConfig, "train_judge": TrainJudgeConfig, "evaluate": EvaluateConfig,
-                 "promote": PromoteConfig}
+STAGE_CONFIGS = section_configs()
 """params.yaml section -> the config built from it by ``stage_config`` (the stage's own name)."""
 
 CONFIGS = [*STAGE_CONFIGS.values(), ModelConfig]
@@ -36,7 +34,7 @@ def _build_section(name: str, params: dict):
     if name == "train_rl_text":  # an ablation: its keys override train_rl (train_rl.main)
         return stage_config(TrainRLConfig, name, {name: {**params["train_rl"], **params[name]}})
     if name not in STAGE_CONFIGS:
-        pytest.fail(f"params.yaml:{name} has no config class: add it to STAGE_CONFIGS in tests/test_config.py.")
+        pytest.fail(f"params.yaml:{name} has no config class: add it to flows/settings.py:section_configs.")
     return stage_config(STAGE_CONFIGS[name], name, params)
 
 

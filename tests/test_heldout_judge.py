@@ -50,8 +50,18 @@ def test_gold_loader_rejects_unknown_labels(tmp_path):
 
 
 def test_inter_annotator_agreement_is_reported():
-    second = pd.DataFrame({"label_first": ["refusal", "compliance", "degenerate", "refusal"],
-                           "label_second": ["refusal", "compliance", "degenerate", "compliance"]})
-    m = train_judge.inter_annotator(second)
+    gold = pd.DataFrame({"id": list("abcde"), "label": ["refusal", "compliance", "degenerate", "refusal", "refusal"]})
+    second = pd.DataFrame({"id": list("abcd"), "label_second": ["refusal", "compliance", "degenerate", "compliance"]})
+    m = train_judge.inter_annotator(gold, second)
     assert m["gold/second_label_rows"] == 4 and m["gold/inter_annotator_agreement"] == 0.75
-    assert 0 < m["gold/inter_annotator_kappa"] < 1 and train_judge.inter_annotator(None) == {}
+    assert 0 < m["gold/inter_annotator_kappa"] < 1 and train_judge.inter_annotator(gold, None) == {}
+    with pytest.raises(Exception, match="label_second"):
+        train_judge.inter_annotator(gold, second.drop(columns="label_second"))
+
+
+def test_gold_rows_on_evaluation_prompts_are_refused():
+    gold = gold_frame()
+    prompts = pd.DataFrame({"prompt_id": [gold.prompt_id[0], "other"], "split": ["test", "train"]})
+    with pytest.raises(Exception, match="evaluation"):
+        train_judge.require_disjoint(gold, prompts)
+    train_judge.require_disjoint(gold, prompts.assign(split="train"))

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from components.core.config import ConfigError
 from components.data.sources import SourceError, package_dir
 
 ATTACKS = ("dan", "inthewild", "past_tense", "future_tense", "autodan", "tap", "gcg")
@@ -78,7 +79,7 @@ class Attack:
 
     def __post_init__(self) -> None:
         if not self.templates:
-            raise ValueError(f"attack {self.name!r} has no templates: build it with attacks.load().")
+            raise ConfigError(f"attack {self.name!r} has no templates: build it with attacks.load().")
 
     def template_id(self, k: int) -> int:
         """Index (into ``templates``) of the template that wraps prompt ``k``."""
@@ -281,9 +282,9 @@ def load(name: str, n_templates: int, max_chars: int | None = None) -> Attack:
 
     ``max_chars=None`` uses the attack's own cap (``MAX_CHARS``, else ``DEFAULT_MAX_CHARS``)."""
     if name not in _POOLS:
-        raise ValueError(f"unknown attack {name!r}: use one of {ATTACKS}.")
+        raise ConfigError(f"unknown attack {name!r}: use one of {ATTACKS}.")
     if n_templates < 1:
-        raise ValueError(f"attack {name!r}: n_templates={n_templates!r}; use 1 or more.")
+        raise ConfigError(f"attack {name!r}: n_templates={n_templates!r}; use 1 or more.")
     build, files = _POOLS[name]
     cap = max_chars if max_chars is not None else MAX_CHARS.get(name, DEFAULT_MAX_CHARS)
     pool = list(dict.fromkeys(t for t in build() if len(t) <= cap))
@@ -291,9 +292,9 @@ def load(name: str, n_templates: int, max_chars: int | None = None) -> Attack:
         missing = _missing(files)
         fix = (f"missing package file(s) {', '.join(missing)}: run `make install`" if missing else
                f"raise max_chars above {cap}")
-        raise ValueError(f"attack {name!r}: {len(pool)} template(s) under {cap} characters, "
+        raise ConfigError(f"attack {name!r}: {len(pool)} template(s) under {cap} characters, "
                          f"need at least {MIN_TEMPLATES}; {fix}.")
     if n_templates > len(pool):
-        raise ValueError(f"attack {name!r}: asked for {n_templates} templates, only {len(pool)} under "
+        raise ConfigError(f"attack {name!r}: asked for {n_templates} templates, only {len(pool)} under "
                          f"{cap} characters; lower the template count to {len(pool)} or less.")
     return Attack(name, tuple(pool[:n_templates]))

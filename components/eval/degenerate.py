@@ -8,9 +8,11 @@ learns the rest (off-topic text, late loops) from the gold set, with these flags
 - ``reasoning cut off``: a ``<think>`` block that never closes, so there is no answer;
 - ``repetition loop``: word 3-grams that occur ≥ 3 times cover ≥ ``LOOP_COVER`` of the words, or
   one line makes up ≥ half of ≥ 3 lines;
-- ``garbled``: under ``MIN_LETTERS`` of the non-space characters are letters (emoji/number runs),
-  or most letters are outside the prompt's script (another language);
-- ``echo``: the reply only repeats the request.
+- ``garbled``: under ``MIN_LETTERS`` of the non-space characters are letters (emoji/number runs;
+  only for replies of at least ``MIN_GARBLED_CHARS`` characters, so "4" answering "2+2?" is not
+  garbled), or most letters are outside the prompt's script (another language);
+- ``echo``: a reply of at least three words that only repeats words of the request.
+``RULES`` names them all; a rule that fires is always degenerate (the held-out judge too).
 """
 from __future__ import annotations
 
@@ -18,9 +20,15 @@ import re
 import unicodedata
 from collections import Counter
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+from components.lm.generation import THINK_CLOSE, THINK_OPEN, split_reasoning
+
 LOOP_COVER = 0.6
 MIN_LETTERS = 0.4
+MIN_GARBLED_CHARS = 12
+EMPTY, CUT_OFF, EMPTY_ANSWER = "empty", "reasoning cut off", "empty answer after reasoning"
+LOOP, FEW_LETTERS, OTHER_SCRIPT, ECHO = ("repetition loop", "garbled (few letters)", "garbled (another script)",
+                                         "echo of the request")
+RULES = (EMPTY, CUT_OFF, EMPTY_ANSWER, LOOP, FEW_LETTERS, OTHER_SCRIPT, ECHO)
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 
@@ -72,18 +80,19 @@ def foreign_share(prompt: str, text: str) -> float:
 def reason(prompt: str, completion: str) -> str | None:
     """Why ``completion`` is degenerate as a reply to ``prompt``, or None when no rule fires."""
     if not completion.strip():
-        return "empty"
+        return EMPTY
     if THINK_OPEN in completion and THINK_CLOSE not in completion:
-        return "reasoning cut off"
-    answer = completion.split(THINK_CLOSE, 1)[1] if THINK_CLOSE in completion else completion
-    if not answer.strip():
-        return "empty answer after reasoning"
+        return CUT_OFF
+    answer = split_reasoning(completion)[1]  # the same split the judges and the metrics use
+    if not answer:
+        return EMPTY_ANSWER
     if loop_cover(answer) >= LOOP_COVER or _line_loop(answer):
-        return "repetition loop"
-    if letter_share(answer) < MIN_LETTERS:
-        return "garbled (few letters)"
+        return LOOP
+    if len("".join(answer.split())) >= MIN_GARBLED_CHARS and letter_share(answer) < MIN_LETTERS:
+        return FEW_LETTERS
     if foreign_share(prompt, answer) > 0.5:
-        return "garbled (another script)"
-    if _norm(answer) and _norm(answer) in _norm(prompt):
-        return "echo of the request"
+        return OTHER_SCRIPT
+    words = _norm(answer).split()
+    if len(words) >= 3 and f" {' '.join(words)} " in f" {_norm(prompt)} ":  # whole words only
+        return ECHO
     return None

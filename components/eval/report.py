@@ -36,7 +36,7 @@ def comparison_table(results: dict, labels: dict) -> str:
 def significance(results: dict, compare: dict, labels: dict, focus: str = "train_rl") -> str:
     """One sentence per comparison: which differences a paired test supports at ALPHA."""
     if focus not in results:
-        return "No CRAFT model was evaluated, so nothing is compared."
+        return f"`{focus}` was not evaluated, so nothing is compared."
     out = []
     for other in [m for m in results if m != focus and not m.endswith("_guard")]:
         said = []
@@ -144,13 +144,13 @@ def asr_plot(results: dict, path: Path) -> None:
 
 
 def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: dict, gold: dict, judge: str,
-          labels: dict, n_samples: int) -> Path:
+          labels: dict, n_samples: int, focus: str = "train_rl") -> Path:
     text = (f"# Evaluation\n\n{evaluated['harmful']} held-out harmful prompts and {evaluated['benign']} benign "
             f"look-alikes, plain; {sum(evaluated['attacks'].values())} jailbreak-wrapped inputs. Verdicts are three-way "
             f"(refusal, compliance, degenerate; degenerate is never counted as safe). Rates carry Wilson 95% intervals. "
             f"Prompt-set digest `{evaluated['digest']}`.\n\n{judge_line(judge, gold)}\n\n"
             f"## Comparison (plain prompts)\n\n{comparison_table(results, labels)}\n\n"
-            f"## What is significant\n\n{significance(results, compare, labels)}\n\n"
+            f"## What is significant\n\n{significance(results, compare, labels, focus)}\n\n"
             f"## Harmful ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
             f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"
             f"## Harmful ASR by category (plain prompts)\n\n{category_table(t, labels)}\n\n"

@@ -21,7 +21,8 @@ Z95 = 1.959963984540054
 ALPHA = 0.05
 """Significance level of every paired test the reports and the promotion gate use."""
 
-# t_{0.975, df} for df = 1..30 (two-sided 95%); beyond 30 the normal value is within 2%.
+# t_{0.975, df} for df = 1..30 (two-sided 95%); beyond, the values at 40, 60 and 120 (upper bounds
+# for the df between them) and the normal value after 120 (t_{0.975,121} = 1.980, within 1%).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160,
          2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056,
          2.052, 2.048, 2.045, 2.042)
@@ -119,7 +120,7 @@ def across_seeds(values: Sequence[float]) -> SeedSummary:
         return SeedSummary(1, mean, float("nan"), float("nan"), float("nan"))
     sd = statistics.stdev(vals)
     df = len(vals) - 1
-    t = _T975[df - 1] if df <= len(_T975) else Z95
+    t = _T975[df - 1] if df <= len(_T975) else 2.042 if df <= 40 else 2.021 if df <= 60 else 2.000 if df <= 120 else Z95
     half = t * sd / math.sqrt(len(vals))
     return SeedSummary(len(vals), mean, sd, mean - half, mean + half)
 

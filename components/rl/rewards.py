@@ -2,11 +2,12 @@
 
     R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons
     R_lat  = cos(z, μ_safe) − cos(z, μ_unsafe) + 0.5·cos(z, μ_rethink)     z = head(pooled state)
-    R_txt  = 2·p_safe_text − 1       the evaluation judge's p_safe (judges.judge_completions: same text rule)
+    R_txt  = 2·p_safe_text − 1       the reward judge's p_safe (judges.judge_completions: the text rule
+                                     evaluation uses; a degenerate reply gets p_safe ≤ DEGENERATE_P)
     R_cons = 1 − |p_safe_latent − p_safe_text|
 
-The head is the same ``SafetyHead`` class ``train_head`` saved; the judge is the same object the
-evaluation uses. The latent state comes from the live policy (``source="policy"``, the paper) or
+The head is the same ``SafetyHead`` class ``train_head`` saved; the judge shares the evaluation
+judges' interface, but evaluation grades with the held-out judge, never this one. The latent state comes from the live policy (``source="policy"``, the paper) or
 from the frozen reference re-encoding the text (``source="reference"``), which the policy cannot
 steer: rewarding the policy's own activations can teach it to fool the probe (Obfuscation Atlas,
 arXiv 2602.15515). ``obfuscation_gap`` measures that: head score on policy activations minus on
