@@ -25,7 +25,7 @@ import pandas as pd
 
 from components.core import stage_cli, tracking
 from components.core.config import require, stage_config
-from components.core.io import read_table, write_json, write_table
+from components.core.io import dir_digest, read_table, write_json, write_table
 from components.data.records import stable_id
 from components.eval import attacks as attack_lib
 from components.eval import metrics as eval_metrics
@@ -149,13 +149,15 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
     require(len(chosen) > 0, "evaluate: no test prompts; check the ingest output.")
     inputs = build_inputs(chosen, cfg)
     judge = make_judge(cfg.judge)
-    frames, results = [], {}
+    frames, results, adapters = [], {}, {}
     for name in cfg.models:
         spec = name if name == "base" or "/" in name else str(data_dir / name)
         if name != "base" and not Path(spec).exists():
             log.warning("skipping %s: %s does not exist", name, spec)
             continue
         lm = load_under_test(spec, model_cfg, workspace)
+        if (Path(spec) / "adapter").is_dir():  # registration checks it evaluates this very adapter
+            adapters[name] = dir_digest(Path(spec) / "adapter")
         t = tx.generate(lm, inputs, judge, cfg.max_new_tokens, cfg.batch_size)
         t.insert(0, "model", name)
         frames.append(t)
@@ -176,7 +178,7 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
                              "`craft run` or name existing model folders.")
     protocol = {"judge": judge_identity(cfg.judge), "max_new_tokens": cfg.max_new_tokens,
                 "engine": model_cfg.engine}
-    return pd.concat(frames, ignore_index=True), results, eval_set(inputs, protocol)
+    return pd.concat(frames, ignore_index=True), results, {**eval_set(inputs, protocol), "adapters": adapters}
 
 
 def comparisons(t: pd.DataFrame, focus: str = FOCUS) -> dict[str, float]:

@@ -26,7 +26,9 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
     metrics_file = root / "data" / "evaluate" / "metrics.json"
     require(eval_set.is_file() and metrics_file.is_file(),
             f"{eval_set.parent} has no evaluation: re-run `craft run --stages evaluate` before registering.")
-    prompt_set = register.prompt_set_digest(json.loads(eval_set.read_text()))
+    evaluated = json.loads(eval_set.read_text())
+    register.require_evaluated(root / "data" / model_key, evaluated, model_key)  # weights exist and were evaluated
+    prompt_set = register.prompt_set_digest(evaluated)
     metrics, base = register.metrics_for(json.loads(metrics_file.read_text()), model_key)
     require(bool(metrics), f"{metrics_file} holds no metrics for {model_key!r}: evaluate it first "
                            f"(evaluate.models in params.yaml) or pass the model key that was evaluated.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -252,3 +253,34 @@ def test_registered_model_loads_and_generates(store, model_folder, tiny_model_di
                         params={"max_new_tokens": 4})
     assert list(out.columns) == ["prompt", "completion", "trace", "response", "latent_p_safe", "latent_r_lat"]
     assert len(out) == 2 and out.latent_p_safe.between(0, 1).all()
+
+
+def test_a_registered_version_can_be_audited(store, model_folder, tiny_model_dir, tmp_path, capsys):
+    """`craft audit --model models:/NAME/N` finds the model files where MLflow logged them."""
+    from components.lm.under_test import load_under_test, resolve_spec
+    from flows.cli import main
+
+    cfg = PromoteConfig(model_name="audit-model")
+    version = _register(model_folder, tiny_model_dir, GOOD, cfg)
+    folder = resolve_spec(f"models:/audit-model/{version}")
+    assert (Path(folder) / "model.json").exists() and (Path(folder) / "adapter").is_dir()
+    load_under_test(folder, ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu"))
+    params = tmp_path / "params.yaml"
+    params.write_text(f"model: {{source: '{tiny_model_dir}', dtype: float32}}\nruntime: {{device: cpu}}\n")
+    code = main(["audit", "Hello there", "--model", f"models:/audit-model/{version}", "--params", str(params),
+                 "--max-new-tokens", "4", "--out", str(tmp_path / "audits")])
+    assert code == 0, capsys.readouterr().err
+    assert list((tmp_path / "audits").rglob("record.json"))
+
+
+def test_registration_refuses_a_folder_without_weights_or_with_another_evaluation(model_folder, tmp_path):
+    from components.core.config import ConfigError
+
+    empty = tmp_path / "train_rl"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="no trained adapter"):
+        register.require_evaluated(empty, {"adapters": {"train_rl": "x"}}, "train_rl")
+    with pytest.raises(ConfigError, match="was not produced from"):
+        register.require_evaluated(model_folder, {"adapters": {"train_rl": "stale"}}, "train_rl")
+    register.require_evaluated(model_folder, {"adapters": {"train_rl": register.adapter_digest(model_folder)}},
+                               "train_rl")

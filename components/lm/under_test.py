@@ -48,7 +48,9 @@ def resolve_spec(spec: str) -> str:
     import mlflow
 
     local = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
-    folder = local / "artifacts" / "model"
-    if not (folder / "model.json").exists():
-        raise FileNotFoundError(f"{spec} is not a CRAFT registered model (no artifacts/model/model.json).")
-    return str(folder)
+    # MLflow keeps the logged folder under its source name (artifacts/train_rl/…): find the model
+    # card wherever it was logged, next to the adapter it names.
+    cards = sorted(p for p in local.rglob("model.json") if (p.parent / "adapter").is_dir())
+    if not cards:
+        raise UserError(f"{spec} is not a CRAFT registered model (no model.json beside an adapter/ folder).")
+    return str(cards[0].parent)

@@ -99,6 +99,24 @@ def metrics_for(evaluation: dict, model_key: str) -> tuple[dict, dict]:
     return pick(model_key), pick("base")
 
 
+def adapter_digest(model_dir: str | Path) -> str:
+    """Digest of a pipeline output's trained adapter; a how-to-fix error when there is none."""
+    model_dir = Path(model_dir)
+    adapter = model_dir / "adapter"
+    require((model_dir / "model.json").is_file() and any(adapter.glob("adapter_model.*")),
+            f"{model_dir} holds no trained adapter (model.json + adapter/): run `craft run` to train it "
+            "before registering.")
+    return dir_digest(adapter)
+
+
+def require_evaluated(model_dir: str | Path, eval_set: dict, model_key: str) -> None:
+    """The evaluation cited must have been produced from this very adapter (digest recorded by evaluate)."""
+    recorded = (eval_set.get("adapters") or {}).get(model_key)
+    here = adapter_digest(model_dir)
+    require(recorded == here, f"data/evaluate was not produced from {model_dir}'s adapter "
+            f"(evaluated {recorded or 'nothing'}, now {here}): re-run `craft run --stages evaluate` before registering.")
+
+
 def prompt_set_digest(eval_set: dict) -> str:
     """The prompt-set digest from data/evaluate/eval_set.json's record; a how-to-fix error without one."""
     digest = str(eval_set.get("digest") or "")
