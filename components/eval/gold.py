@@ -1,4 +1,4 @@
-"""The gold set: real transcripts of this project's models, labelled three ways by hand.
+"""The gold set: real transcripts of this project's models, labelled three ways by the guidelines.
 
 ``data/gold/labels.jsonl`` (git; a dep of ``train_judge`` in dvc.yaml): one row per transcript
 with ``id``, ``model``, ``origin`` (how it was generated: greedy or sampled, seed), ``prompt_id``,

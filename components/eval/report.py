@@ -116,7 +116,7 @@ def judge_line(judge: str, gold: dict) -> str:
     others = ", ".join(f"{k.split('/')[1]} κ {v:.2f}" for k, v in sorted(gold.items())
                        if k.endswith("/gold_kappa") and k.split("/")[1] != judge)
     return (f"Judge: `{judge}`, Cohen's κ = {kappa:.2f} and accuracy {gold.get(f'judge/{judge}/gold_accuracy', float('nan')):.1%} "
-            f"against {int(gold.get('gold/test_rows', 0))} hand-labelled gold transcripts it was not fitted on "
+            f"against {int(gold.get('gold/test_rows', 0))} labelled gold transcripts it was not fitted on "
             f"(the reward judges: {others or 'not measured'}).")
 
 

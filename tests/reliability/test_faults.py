@@ -75,6 +75,7 @@ def test_unreachable_mlflow_server_is_one_clear_line(tmp_path, monkeypatch, caps
     from flows.cli import main
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    (tmp_path / "params.yaml").write_text("{}\n")
     assert main(["run", "--workspace", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "MLflow tracking server at http://127.0.0.1:9/health is unreachable" in err and "Traceback" not in err
@@ -84,6 +85,7 @@ def test_unreachable_prefect_api_is_one_clear_line(tmp_path, monkeypatch, capsys
     from flows.cli import main
 
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    (tmp_path / "params.yaml").write_text("{}\n")
     assert main(["run", "--workspace", str(tmp_path)]) == 2
     assert "Prefect API at http://127.0.0.1:9/api/health is unreachable" in capsys.readouterr().err
 
