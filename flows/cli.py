@@ -19,6 +19,16 @@ from pathlib import Path
 from components.core import env
 
 
+def _out_folder(path: str | Path) -> Path:
+    """An output folder argument: refused (one line, exit 2) when it names an existing file."""
+    from components.core.errors import UserError
+
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {path} is an existing file; give a folder to write the report into.")
+    return path
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
@@ -54,8 +64,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = stage_config(ValidateConfig, "validate", params)
+    out = _out_folder(args.out) if args.out else Path(args.path).with_name(Path(args.path).stem + "_validation")
     report = run(args.path, cfg)
-    out = Path(args.out) if args.out else Path(args.path).with_name(Path(args.path).stem + "_validation")
     files = write_report(report, out)
     print(to_markdown(report))
     print(f"Report: {files['markdown']} and {files['html']}")
@@ -70,7 +80,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = stage_config(EvaluateConfig, "evaluate", params)
     model_cfg = model_config(params)
-    out = Path(args.out)
+    out = _out_folder(args.out)
+    if args.model != "base" and not Path(args.model).exists():
+        from components.core.errors import UserError
+
+        raise UserError(f"--model {args.model}: no such folder; give `base`, a pipeline output such as "
+                        "data/train_rl, or an HF model directory.")
     results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
     print((out / "report.md").read_text())
     print(f"Report: {out / 'report.md'}; transcripts: {out / 'transcripts.parquet'}")
@@ -176,7 +191,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     head_dir = audit.find_head(model_dir, args.head)
     lm = load_under_test(model_dir, model_config(params))
     head, head_id = audit.load_head(head_dir, lm.device)
-    record = audit.run(cfg, lm, head, args.prompt, args.out, head_id=head_id, track=args.log_mlflow)
+    record = audit.run(cfg, lm, head, args.prompt, _out_folder(args.out), head_id=head_id, track=args.log_mlflow)
     folder = Path(args.out) / record.record_id
     console = Console()
     console.print(audit.render_terminal(record))
@@ -338,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     env.configure(getattr(args, "workspace", "."))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", force=True)
     from components.core.errors import guarded
 
     return guarded(f"craft {args.command}", lambda: args.func(args))

@@ -116,3 +116,27 @@ def test_a_second_craft_run_is_refused_at_once(tmp_path, capsys, monkeypatch):
         code, err = _run_in(tmp_path, capsys, monkeypatch, "ingest: {max_harmful: 5}\n")
     assert code == 2 and len(err) == 1 and "another `craft run` is using" in err[0]
     assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "--model", "base", "--prompts", "p.jsonl"],
+    ["validate", "pairs.jsonl"],
+])
+def test_out_naming_an_existing_file_is_one_line(tmp_path, capsys, monkeypatch, command):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("x")
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Hi there?", "prompt_kind": "benign"}\n')
+    (tmp_path / "pairs.jsonl").write_text("{}\n")
+    assert cli.main(command + ["--out", str(tmp_path / "taken")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an existing file" in err[0]
+    assert (tmp_path / "taken").read_text() == "x"
+
+
+def test_evaluating_a_model_that_does_not_exist_is_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.jsonl").write_text('{"prompt": "Hi there?", "prompt_kind": "benign"}\n')
+    (tmp_path / "params.yaml").write_text("evaluate: {judge: keyword}\n")
+    assert cli.main(["evaluate", "--model", "nope", "--prompts", "p.jsonl", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--model nope: no such folder" in err[0]
