@@ -21,6 +21,9 @@ def offline_env(tmp_path_factory):
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
     env.configure(ROOT)
+    # Prefect binds its console log handler to the sys.stderr of its first import: import it here,
+    # before any test, not inside a test whose captured stderr is closed afterwards.
+    from prefect import flow  # noqa: F401 - loads prefect.main, which sets up its logging
     yield
 
 
