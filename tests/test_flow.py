@@ -102,5 +102,5 @@ def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_mo
     lock_before = (ws / "dvc.lock").read_text()
     rows = {r["metric"]: r for r in seed_sweep([1], workspace=str(ws))}
     assert rows["head AUROC"]["n"] == 2 and {"HEAD", "seed-1"} <= set(rows["head AUROC"])
-    assert "| metric | HEAD | seed-1 | mean ± sd | range |" in (ws / "seeds" / "spread.md").read_text()
+    assert "| metric | HEAD | seed-1 | mean ± sd | 95% CI of the mean | range |" in (ws / "seeds" / "spread.md").read_text()
     assert (ws / "dvc.lock").read_text() == lock_before and git("status", "--porcelain", "--untracked-files=no") == ""
