@@ -40,7 +40,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stages = args.stages.split(",") if args.stages else None
     select(stages)  # a stage-name typo
     check_params(Path(args.workspace) / "params.yaml")  # any bad value, in any section
-    from flows.pipeline import StageFailed, WorkspaceBusy, pipeline, workspace_lock
+    from flows.pipeline import StageFailed, WorkspaceBusy, pipeline, workspace_lock  # prefect: import after the checks
 
     with workspace_lock(Path(args.workspace).resolve()):  # another run: refused at once (the flow re-takes it)
         pass
@@ -51,7 +51,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         results = pipeline(workspace=args.workspace, stages=stages, force=args.force, register_model=not args.no_register)
     except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft run: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
+        return exc.exit_code
     for r in results:
         print(f"  {r['stage']:<10} {r['status']:<8} {r['seconds']:>7.1f}s")
     print("Pipeline finished. See `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` for runs.")

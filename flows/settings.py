@@ -10,6 +10,11 @@ from pathlib import Path
 
 from components.core.config import ConfigError, load_params, stage_config
 
+SHARED = ("model", "runtime")
+"""Sections every stage reads (built together into ModelConfig)."""
+ABLATION = "train_rl_text"
+"""The ablation section: overrides applied on top of ``train_rl``."""
+
 
 def section_configs() -> dict[str, type]:
     """params.yaml section → its frozen config class (imported here, not at module import)."""
@@ -39,13 +44,13 @@ def check_params(path: str | Path) -> dict:
     except ConfigError as exc:  # a YAML parser error spans several lines: keep the one-line contract
         raise ConfigError(" ".join(str(exc).split())) from None
     configs = section_configs()
-    unknown = sorted(set(params) - set(configs) - {"model", "runtime", "train_rl_text"})
+    known = set(configs) | set(SHARED) | {ABLATION}
+    unknown = sorted(set(params) - known)
     if unknown:
-        raise ConfigError(f"{path}: unknown section(s) {unknown}; sections are "
-                          f"{sorted(set(configs) | {'model', 'runtime', 'train_rl_text'})}.")
+        raise ConfigError(f"{path}: unknown section(s) {unknown}; sections are {sorted(known)}.")
     model_config(params)
     built = {name: stage_config(cls, name, params) for name, cls in configs.items()}
-    ablation = {**(params.get("train_rl") or {}), **(params.get("train_rl_text") or {})}
-    stage_config(configs["train_rl"], "train_rl_text", {"train_rl_text": ablation})
+    ablation = {**(params.get("train_rl") or {}), **(params.get(ABLATION) or {})}
+    stage_config(configs["train_rl"], ABLATION, {ABLATION: ablation})
     check_judges(built["evaluate"], params)
     return params
