@@ -94,7 +94,7 @@ def run(cfg: TrainJudgeConfig, gold: pd.DataFrame, out: Path, second: pd.DataFra
 
 
 def report(metrics: dict) -> str:
-    names = sorted({k.split("/")[1] for k in metrics if k.startswith("judge/")}, key=lambda n: n != "heldout")
+    names = sorted({k.split("/")[1] for k in metrics if k.startswith("judge/")}, key=lambda n: (n != "heldout", n))  # set order varies by run
     lines = ["| judge | accuracy | κ | " + " | ".join(f"{c} P / R" for c in VERDICTS) + " |", "|---" * (3 + len(VERDICTS)) + "|"]
     for n in names:
         g = lambda k: metrics.get(f"judge/{n}/{k}", float("nan"))  # noqa: E731

@@ -20,9 +20,8 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from components.core import env
+from components.core import env, lifecycle, tracking
 from components.core.errors import UserError
-from components.core import tracking
 from flows import lineage
 from flows.stages import Stage, select
 
@@ -85,24 +84,80 @@ def workspace_lock(root: Path):
         lock.release()
 
 
+def stop_orphaned_servers(prefect_home: str | Path) -> list[int]:
+    """Stop temporary Prefect servers left behind by a ``craft run`` of this workspace that was
+    killed with SIGKILL (orphans: parent is init); returns their PIDs. Linux only (reads /proc)."""
+    import signal
+
+    home, stopped = str(Path(prefect_home).resolve()), []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"prefect.server.api.server:create_app" not in b" ".join(cmdline):
+                continue
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = dict(kv.split(b"=", 1) for kv in (proc / "environ").read_bytes().split(b"\0") if b"=" in kv)
+        except (OSError, ValueError):
+            continue  # gone meanwhile, or not ours to read
+        if ppid == 1 and environ.get(b"PREFECT_HOME", b"").decode(errors="replace") == home:
+            os.kill(int(proc.name), signal.SIGTERM)
+            stopped.append(int(proc.name))
+    return stopped
+
+
 def stage_env(parent_run_id: str | None) -> dict[str, str]:
+    """The stage's environment: this interpreter first on PATH, the MLflow parent run, the Prefect
+    flow run, and this process as the supervisor the stage stops without (lifecycle.py)."""
+    from prefect.runtime import flow_run
+
     bin_dir = str(Path(sys.executable).parent)  # so dvc's `python -m …` is this interpreter
-    out = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", "")}
+    out = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+           lifecycle.SUPERVISOR_ENV: lifecycle.process_token()}
     if parent_run_id:
         out[tracking.PARENT_ENV] = parent_run_id
+    if flow_run.id:
+        out[tracking.FLOW_RUN_ENV] = str(flow_run.id)
     return out
 
 
+STOP_GRACE_S = 30
+"""Seconds a stage gets to end its MLflow run and clean up after SIGTERM, before SIGKILL."""
+
+
+def stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the stage's process group (dvc and the stage under it), SIGKILL it after a grace."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, STOP_GRACE_S), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 def stream(cmd: list[str], cwd: Path, parent_run_id: str | None, label: str, logger) -> tuple[int, list[str]]:
-    """Run ``cmd``, logging each output line as ``[label] …``; (exit code, last 40 lines)."""
+    """Run ``cmd`` in its own process group, logging each output line as ``[label] …``; (exit code,
+    last 40 lines). Interrupted (Ctrl-C, SIGTERM), it stops the whole group before re-raising."""
     tail: list[str] = []
-    with subprocess.Popen(cmd, cwd=cwd, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, errors="replace") as proc:
+    proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+    try:
         for line in proc.stdout:  # type: ignore[union-attr]
             line = line.rstrip().split("\r")[-1]  # progress bars: keep the last redraw
             if line:
                 logger.info("[%s] %s", label, line)
                 tail = (tail + [line])[-40:]
+        proc.wait()
+    except BaseException:
+        stop_group(proc)
+        raise
+    finally:
+        proc.stdout.close()  # type: ignore[union-attr]
     return proc.returncode, tail
 
 
@@ -138,32 +193,50 @@ def run_stage(stage: Stage, workspace: str, parent_run_id: str | None, force: bo
 
 @flow(name="craft-pipeline", log_prints=True)
 def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool = False,
-             register_model: bool = True) -> list[dict]:
+             register_model: bool = True, push: bool = True) -> list[dict]:
     """Run the CRAFT pipeline's DVC stages in order under one MLflow parent run.
 
     When the run includes ``evaluate`` and ``register_model`` is true, the trained model is then
-    registered as the ``challenger`` (outside DVC); promotion stays a separate, gated step.
+    registered as the ``challenger`` (outside DVC); promotion stays a separate, gated step. With
+    ``push`` and a default DVC remote configured, the outputs are pushed there at the end.
     """
+    from prefect.runtime import flow_run
+
     root = env.configure(workspace)
     selected = select(stages)
     tracking.ensure_store()
-    results: list[dict] = []
-    with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="pipeline",
-                          tags={"craft.stage": "pipeline", "git.sha": lineage.git_sha(root)}) as run:
-        mlflow.log_params(lineage.params(root))
-        try:
-            for stage in selected:
-                results.append(run_stage(stage, str(root), run.info.run_id, force))
-            if register_model and "evaluate" in [s.name for s in selected]:
-                from flows.registration import register_flow
+    tags = {"craft.stage": "pipeline", "git.sha": lineage.git_sha(root), **tracking.owner_tags(),
+            **({"prefect.flow_run_id": str(flow_run.id)} if flow_run.id else {})}
+    with workspace_lock(root):
+        tracking.end_stale_runs()  # runs a killed pipeline left RUNNING
+        with mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="pipeline", tags=tags) as run, \
+                tracking.killed_on_interrupt():
+            results = _run_stages(root, selected, run.info.run_id, force, register_model)
+        if push:
+            from flows.remote import push_if_configured
 
-                version = register_flow(workspace=str(root), parent_run_id=run.info.run_id)
-                results.append({"stage": "register", "status": f"version {version}", "seconds": 0.0})
-        finally:
-            mlflow.set_tags(lineage.lock_hashes(root))
-            if (root / "dvc.lock").exists():
-                mlflow.log_artifact(str(root / "dvc.lock"))
-            if results:
-                create_table_artifact(key="pipeline-stages", table=results,
-                                      description=f"MLflow run {run.info.run_id}")
+            push_if_configured(root, get_run_logger())
+    return results
+
+
+def _run_stages(root: Path, selected: list[Stage], run_id: str, force: bool, register_model: bool) -> list[dict]:
+    """The stages in order under the open parent run, then registration; lineage and the stage
+    table are recorded even when a stage fails or the run is interrupted."""
+    results: list[dict] = []
+    mlflow.log_params(lineage.params(root))
+    try:
+        for stage in selected:
+            results.append(run_stage(stage, str(root), run_id, force))
+        if register_model and "evaluate" in [s.name for s in selected]:
+            from flows.registration import register_flow
+
+            version = register_flow(workspace=str(root), parent_run_id=run_id)
+            results.append({"stage": "register", "status": f"version {version}", "seconds": 0.0})
+    finally:
+        mlflow.set_tags(lineage.lock_hashes(root))
+        if (root / "dvc.lock").exists():
+            mlflow.log_artifact(str(root / "dvc.lock"))
+        if results:
+            create_table_artifact(key="pipeline-stages", table=results,
+                                  description=f"MLflow run {run_id} (experiment {tracking.experiment_id()})")
     return results

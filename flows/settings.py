@@ -37,7 +37,7 @@ def section_configs() -> dict[str, type]:
 def check_params(path: str | Path) -> dict:
     """Build every section of ``path`` (and the cross-section rules); returns the params."""
     from components.evaluate import check_judges
-    from components.lm.source import model_config
+    from components.lm.source import check_source, model_config
 
     try:
         params = load_params(path)
@@ -48,7 +48,7 @@ def check_params(path: str | Path) -> dict:
     unknown = sorted(set(params) - known)
     if unknown:
         raise ConfigError(f"{path}: unknown section(s) {unknown}; sections are {sorted(known)}.")
-    model_config(params)
+    check_source(model_config(params))  # a missing model directory, before any stage runs
     built = {name: stage_config(cls, name, params) for name, cls in configs.items()}
     ablation = {**(params.get("train_rl") or {}), **(params.get(ABLATION) or {})}
     stage_config(configs["train_rl"], ABLATION, {ABLATION: ablation})

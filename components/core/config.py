@@ -31,8 +31,11 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> dict[str, Any]:
         raise ConfigError(f"{path} not found: run from the project root or pass --params PATH.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    except yaml.YAMLError as exc:  # the parser's message spans lines (with a caret drawing): one line
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}; fix the file and run again.") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of stage names to settings.")
     return data

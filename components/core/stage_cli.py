@@ -11,9 +11,9 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from components.core import env
+from components.core import env, lifecycle
 from components.core.config import load_params
-from components.core.errors import UserError
+from components.core.errors import UserError, quiet_library_traces
 
 
 def parse(stage: str, doc: str | None, argv: Sequence[str] | None,
@@ -26,7 +26,10 @@ def parse(stage: str, doc: str | None, argv: Sequence[str] | None,
         parser.add_argument(flag, required=required, help=text)
     args = parser.parse_args(argv)
     env.configure()
+    lifecycle.stop_on_sigterm()  # SIGTERM ends MLflow runs as KILLED and removes temporary files
+    lifecycle.watch_supervisor()  # stop when the `craft run` that started this stage is gone
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    quiet_library_traces()
     return args, load_params(args.params)
 
 

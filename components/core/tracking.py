@@ -16,6 +16,8 @@ from typing import Any, Iterable, Iterator, Mapping
 
 EXPERIMENT = "craft"
 PARENT_ENV = "CRAFT_PARENT_RUN_ID"
+FLOW_RUN_ENV = "CRAFT_FLOW_RUN_ID"
+"""The Prefect flow run a stage belongs to (tagged on its MLflow run as ``prefect.flow_run_id``)."""
 
 
 def experiment_id() -> str:
@@ -144,10 +146,14 @@ def _failure(doing: str, code: str, detail: object) -> str:
     import mlflow
 
     lines = [line.strip() for line in redact(detail).splitlines() if line.strip()] or ["no details"]
-    text = lines[0] if len(lines[0]) <= 300 else lines[0][:300] + "…"
-    return (f"could not {doing}: the MLflow tracking store at {redact(mlflow.get_tracking_uri())} failed"
-            f"{f' ({code})' if code else ''}: {text}. Check that the server is up and the URI and "
-            "credentials are right (MLFLOW_TRACKING_URI), then retry.")
+    db_errors = [line for line in lines if line.startswith("(sqlite3.")]  # e.g. "(sqlite3.OperationalError) disk I/O error"
+    text = (db_errors or lines)[0]
+    text = text if len(text) <= 300 else text[:300] + "…"
+    uri = mlflow.get_tracking_uri()
+    advice = ("Check that its disk has space and is writable, then retry." if uri.startswith("sqlite:") else
+              "Check that the server is up and the URI and credentials are right (MLFLOW_TRACKING_URI), then retry.")
+    return (f"could not {doing}: the MLflow tracking store at {redact(uri)} failed"
+            f"{f' ({code})' if code else ''}: {text}. {advice}")
 
 
 SECRET_WORDS = ("token", "secret", "password", "passwd", "api_key", "apikey", "credential", "auth")
@@ -168,17 +174,74 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, str]:
     return {key: str(obj)[:500]}
 
 
+def owner_tags() -> dict[str, str]:
+    """Tags naming the process that owns a run, so a later start can tell it died."""
+    import socket
+
+    from components.core.lifecycle import process_token
+
+    flow_run = os.environ.get(FLOW_RUN_ENV)
+    return {"craft.host": socket.gethostname(), "craft.process": process_token(),
+            **({"prefect.flow_run_id": flow_run} if flow_run else {})}
+
+
+@contextlib.contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """End the active MLflow run as KILLED when the block is interrupted (Ctrl-C, SIGTERM via
+    ``lifecycle.stop_on_sigterm``, Prefect's termination signal); MLflow itself would say FAILED."""
+    import mlflow
+
+    try:
+        yield
+    except BaseException as exc:
+        if not isinstance(exc, Exception) and not isinstance(exc, SystemExit) and mlflow.active_run():
+            mlflow.set_tag("craft.ended_by", type(exc).__name__)
+            mlflow.end_run("KILLED")
+        raise
+
+
+def end_stale_runs() -> list[str]:
+    """Mark KILLED the runs of this experiment still RUNNING on this host whose process is gone
+    (killed with SIGKILL, or the machine lost power); returns their ids. A run without an owner
+    tag, or from another host, is left alone: it may be alive elsewhere."""
+    import socket
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from components.core.lifecycle import token_alive
+
+    running = mlflow.search_runs(experiment_ids=[experiment_id()], output_format="list",
+                                 filter_string=f"attributes.status = 'RUNNING' and tags.`craft.host` = '{socket.gethostname()}'")
+    client, ended = MlflowClient(), []
+    for run in running:
+        token = run.data.tags.get("craft.process")
+        if token and not token_alive(token):
+            client.set_tag(run.info.run_id, "craft.ended_by", "its process died; marked at the next start")
+            client.set_terminated(run.info.run_id, "KILLED")
+            ended.append(run.info.run_id)
+    return ended
+
+
 @contextlib.contextmanager
 def stage_run(stage: str, *configs: Any, tags: Mapping[str, str] | None = None) -> Iterator[Any]:
-    """Open the MLflow run of one stage (child of the pipeline run when there is one)."""
+    """Open the MLflow run of one stage (child of the pipeline run when there is one).
+
+    Runs left RUNNING by dead processes are marked KILLED first; this run ends KILLED if the
+    stage is interrupted."""
     import mlflow
 
     ensure_store()
     parent = os.environ.get(PARENT_ENV) or None
-    all_tags = {"craft.stage": stage, **(tags or {})}
-    retry_of = unfinished_child(parent, stage) if parent else None
-    start = dict(run_id=retry_of) if retry_of else dict(experiment_id=experiment_id(), run_name=stage, parent_run_id=parent)
-    with mlflow.start_run(**start, tags=all_tags) as run:
+    all_tags = {"craft.stage": stage, **owner_tags(), **(tags or {})}
+    with contextlib.ExitStack() as stack:
+        with mlflow_errors(f"open the MLflow run of {stage}"):  # e.g. the store's disk is full
+            end_stale_runs()
+            retry_of = unfinished_child(parent, stage) if parent else None
+            start = (dict(run_id=retry_of) if retry_of else
+                     dict(experiment_id=experiment_id(), run_name=stage, parent_run_id=parent))
+            run = stack.enter_context(mlflow.start_run(**start, tags=all_tags))
+        stack.enter_context(killed_on_interrupt())
         params: dict[str, str] = {}
         for cfg in configs:
             params.update(flatten(cfg, f"{type(cfg).__name__}."))
@@ -217,6 +280,7 @@ def log_folder_run(name: str, folder: str | Path, artifact_path: str | None = No
     import mlflow
 
     ensure_store()
-    with mlflow.start_run(experiment_id=experiment_id(), run_name=name, tags={"craft.stage": name}) as run:
+    with mlflow.start_run(experiment_id=experiment_id(), run_name=name,
+                          tags={"craft.stage": name, **owner_tags()}) as run, killed_on_interrupt():
         mlflow.log_artifacts(str(folder), artifact_path)
     return run.info.run_id

@@ -27,7 +27,7 @@ import torch
 
 from components.core.config import require
 from components.core.errors import UserError
-from components.core.io import dir_digest, write_json
+from components.core.io import dir_digest, save_figure, write_json
 from components.data.records import stable_id
 from components.lm.generation import THINK_CLOSE, render, split_reasoning
 from components.head.model import SafetyHead
@@ -206,7 +206,7 @@ def plot(record: AuditRecord, path) -> None:
     ax.set_xlabel("generated token"), ax.set_ylim(-1.6, 1.6), ax.legend(fontsize=7, loc="lower left")
     ax.set_title(f"Latent safety trajectory — {record.prompt[:70]}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

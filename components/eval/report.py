@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.core.io import write_text
+from components.core.io import save_figure, write_text
 from components.eval.judges import COMPLIANCE
 from components.eval.metrics import LOWER_IS_BETTER, significant
 from components.eval.stats import ALPHA
@@ -139,7 +139,7 @@ def asr_plot(results: dict, path: Path) -> None:
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(attacks))], attacks)
     ax.set_ylabel("harmful ASR (compliance share)"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     plt.close(fig)
 
 

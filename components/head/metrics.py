@@ -15,6 +15,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, roc_auc_score, silhouette_score
 
+from components.core.io import save_figure
 from components.head.model import LABEL_INDEX, SAFE, UNSAFE, SafetyHead
 from components.data.records import LABELS
 
@@ -80,5 +81,5 @@ def projection_plot(head: SafetyHead, h_train, y_train, h_val, y_val, path) -> N
     ax.set_title("CRAFT head embeddings (PCA of z; stars = prototypes)")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)

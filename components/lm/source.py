@@ -16,6 +16,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,8 +147,43 @@ def convert_gguf(gguf: Path, target: Path, gguf_sha: str) -> None:
     os.replace(tmp, target)
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+"""``org/name`` as the hub spells repo ids (one slash, no leading ``/``, ``.`` or ``~``)."""
+
+
+def check_source(cfg: ModelConfig) -> None:
+    """Fail with one line, without loading anything, when ``cfg.source`` cannot be resolved here:
+    a packaged model whose package is missing, a path that does not exist or holds no
+    ``config.json``, or (offline) a hub id that is not in the local Hugging Face cache."""
+    if cfg.source in PACKAGED:
+        packaged_gguf(cfg.source)
+        return
+    local = Path(cfg.source).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise ConfigError(f"model.source={cfg.source!r} is a folder without config.json: "
+                              "point it at a Hugging Face model directory.")
+        return
+    if not _HUB_ID.match(cfg.source):
+        raise ConfigError(f"model.source={cfg.source!r}: no such directory (and not a hub id of the form "
+                          f"org/name); give an existing Hugging Face model directory, a hub id, or "
+                          f"{sorted(PACKAGED)}.")
+    if cfg.offline and not _in_hub_cache(cfg.source):
+        raise ConfigError(f"model.source={cfg.source!r} is not in the local Hugging Face cache and "
+                          "model.offline is true: download it once (`hf download "
+                          f"{cfg.source}`), set model.offline: false, or give a local directory.")
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "config.json")
+    return isinstance(found, str)
+
+
 def resolve(cfg: ModelConfig, workspace: str | Path = ".") -> ResolvedModel:
     """Turn ``cfg.source`` into a local directory (converting the packaged GGUF once)."""
+    check_source(cfg)
     if cfg.source in PACKAGED:
         gguf = packaged_gguf(cfg.source)
         sha = _sha256(gguf)
@@ -157,12 +193,6 @@ def resolve(cfg: ModelConfig, workspace: str | Path = ".") -> ResolvedModel:
         return ResolvedModel(str(target.resolve()), PACKAGED[cfg.source][2], sha[:12])
     local = Path(cfg.source).expanduser()
     if local.exists():
-        if not (local / "config.json").exists():
-            raise ConfigError(f"model.source={cfg.source!r} is a folder without config.json: "
-                              "point it at a Hugging Face model directory.")
         cfg_sha = _sha256(local / "config.json")[:12]
         return ResolvedModel(str(local.resolve()), local.name, cfg_sha)
-    if "/" in cfg.source:
-        return ResolvedModel(cfg.source, cfg.source, "hub")
-    raise ConfigError(f"model.source={cfg.source!r} is neither 'smollm2', an existing directory, "
-                      "nor a hub id of the form org/name.")
+    return ResolvedModel(cfg.source, cfg.source, "hub")

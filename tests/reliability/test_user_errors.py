@@ -140,3 +140,29 @@ def test_evaluating_a_model_that_does_not_exist_is_one_line(tmp_path, capsys, mo
     assert cli.main(["evaluate", "--model", "nope", "--prompts", "p.jsonl", "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--model nope: no such folder" in err[0]
+
+
+@pytest.mark.parametrize("source, message", [
+    ("/nonexistent/model", "no such directory"),
+    ("./models/mine", "no such directory"),
+    ("no-such-org/no-such-model", "not in the local Hugging Face cache"),
+])
+def test_a_model_source_that_cannot_be_found_is_one_line(tmp_path, capsys, monkeypatch, source, message):
+    code, err = _run_in(tmp_path, capsys, monkeypatch, f"model: {{source: {source}}}\n")
+    assert code == 2 and len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_stage_given_a_missing_model_directory_is_one_line(tmp_path, capsys):
+    """The stage module itself (`dvc repro` without craft) says the same, before loading anything."""
+    from components import curate
+    from components.core.errors import guarded
+
+    import pandas as pd
+
+    (tmp_path / "params.yaml").write_text("model: {source: /nonexistent/model}\n")
+    pd.DataFrame({"prompt_id": ["a"], "prompt": ["Harm?"], "prompt_kind": ["harmful"], "split": ["train"],
+                  "source": ["x"]}).to_parquet(tmp_path / "p.parquet")
+    argv = ["--prompts", str(tmp_path / "p.parquet"), "--out", str(tmp_path / "o"), "--params", str(tmp_path / "params.yaml")]
+    assert guarded(curate.STAGE, lambda: curate.main(argv)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "no such directory" in err[-1] and "Traceback" not in "\n".join(err)
