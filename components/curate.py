@@ -18,7 +18,7 @@ import pandas as pd
 from components.lm import generation
 from components.lm import source as model_source
 from components.lm import runtime
-from components.core import stage_cli
+from components.core import datasets, stage_cli
 from components.data import traces
 from components.core import tracking
 from components.core.config import require, stage_config
@@ -167,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage_config(CurateConfig, STAGE, params)
     model_cfg = model_source.model_config(params)
     with tracking.stage_run(STAGE, cfg, model_cfg):
-        df = run(cfg, model_cfg, read_table(args.prompts))
+        prompts = read_table(args.prompts)
+        datasets.log_splits(prompts[prompts["split"].isin(cfg.splits)], args.prompts, "prompts")
+        df = run(cfg, model_cfg, prompts)
         s = stats(df)
         out = Path(args.out)
         write_table(out / "traces.parquet", df)
+        datasets.log_splits(df, out / "traces.parquet", "traces")
         write_json(out / "metrics.json", s)
         write_text(out / "summary.md", summary_markdown(df, s))
         tracking.log_stage_outputs(STAGE, s, [out / "summary.md"])

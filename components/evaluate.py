@@ -12,7 +12,8 @@ them (``components.eval.metrics``): response/reasoning ASR (compliance share on 
 refusal rate, over-refusal (refusal share on benign), degenerate rate, per-attack ASR, each with
 a Wilson 95% interval, plus utility NLL. ``compare/train_rl_vs_<model>/<metric>_p`` are exact
 McNemar p-values on the same inputs. ``eval_set.json`` records the prompt set's digest, which the
-promotion gate compares across registered versions.
+promotion gate compares across registered versions. The MLflow run also records the inputs as its
+``evaluation`` dataset (digest: that same digest) and every transcript as the table ``transcripts.json``.
 """
 from __future__ import annotations
 
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.core import stage_cli, tracking
+from components.core import datasets, stage_cli, tracking
 from components.core.config import require, stage_config
 from components.core.io import dir_digest, read_table, write_json, write_table
-from components.data.records import stable_id
+from components.data.records import PROMPT_COLUMNS, stable_id
 from components.eval import attacks as attack_lib
 from components.eval import metrics as eval_metrics
 from components.eval import report as eval_report
@@ -42,6 +43,10 @@ LABELS = {"base": "base", "train_sft": "SFT on safe traces", "train_rl_text": "R
           "train_rl": "CRAFT", "train_rl_guard": "CRAFT + latent guard"}
 FOCUS = "train_rl"
 """The model every other one is compared with (paired tests)."""
+TABLE_CHARS = 2000
+"""Longest text cell of the MLflow transcripts table (transcripts.parquet keeps every character)."""
+INPUT_COLUMNS = (*PROMPT_COLUMNS, "attack", "template", "input")
+"""Columns of one evaluated input (the rest of a transcript row is the model's output and verdicts)."""
 
 
 @dataclass(frozen=True)
@@ -214,7 +219,7 @@ def evaluate_file(model: str, prompts_path: str | Path, cfg: EvaluateConfig, mod
     models = (("base",) if with_base else ()) + (model,)
     cfg = dataclasses.replace(cfg, models=models, max_harmful=len(prompts), max_benign=len(prompts))
     t, results, evaluated = run(cfg, model_cfg, prompts)
-    write_outputs(out, t, results, evaluated, {}, cfg, focus=model)
+    write_outputs(out, t, results, evaluated, {}, cfg, focus=model, source=prompts_path)
     return results
 
 
@@ -231,13 +236,14 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         t, results, evaluated = run(cfg, model_cfg, read_table(args.prompts))
-        write_outputs(out, t, results, evaluated, gold, cfg)
+        write_outputs(out, t, results, evaluated, gold, cfg, source=args.prompts)
     return 0
 
 
 def write_outputs(out: Path, t: pd.DataFrame, results: dict, evaluated: dict, gold: dict,
-                  cfg: EvaluateConfig, focus: str = FOCUS) -> None:
-    """transcripts.parquet, eval_set.json, metrics.json, report.md, asr.png — and the same to MLflow."""
+                  cfg: EvaluateConfig, focus: str = FOCUS, source: str | Path | None = None) -> None:
+    """transcripts.parquet, eval_set.json, metrics.json, report.md, asr.png — and the same to MLflow,
+    with the evaluated inputs (read from ``source``) as the run's evaluation dataset."""
     import mlflow
 
     write_table(out / "transcripts.parquet", t)
@@ -257,6 +263,25 @@ def write_outputs(out: Path, t: pd.DataFrame, results: dict, evaluated: dict, go
         mlflow.set_tag("eval.prompt_set", evaluated["digest"])
         for f in ("report.md", "asr.png", "metrics.json", "eval_set.json"):
             mlflow.log_artifact(str(out / f))
+        log_evaluation_data(t, evaluated, source or out / "transcripts.parquet")
+
+
+def log_evaluation_data(t: pd.DataFrame, evaluated: dict, source: str | Path) -> None:
+    """The active run's evaluation dataset (every input once, digest = the eval-set digest the
+    promotion gate compares) and ``transcripts.json``, an MLflow table of all transcripts."""
+    import mlflow
+
+    first = t[t.model == t.model.iloc[0]]  # every model saw the same inputs; guard rows come later
+    inputs = first[[c for c in INPUT_COLUMNS if c in first.columns]].reset_index(drop=True)
+    datasets.log_dataset(inputs, source, "eval_set", "evaluation", digest=evaluated["digest"])
+    mlflow.log_table(t.apply(_capped), artifact_file="transcripts.json")
+
+
+def _capped(col: pd.Series) -> pd.Series:
+    """Text cells cut to ``TABLE_CHARS`` (a cut one ends in …), so the table stays small enough to browse."""
+    if not (col.dtype == object or pd.api.types.is_string_dtype(col)):
+        return col
+    return col.map(lambda v: v[:TABLE_CHARS - 1] + "…" if isinstance(v, str) and len(v) > TABLE_CHARS else v)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from components.core import stage_cli
+from components.core import datasets, stage_cli
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import write_json, write_table, write_text
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         df, stats = run(cfg)
         out = Path(args.out)
         write_table(out / "prompts.parquet", df)
+        datasets.log_splits(df, out / "prompts.parquet", "prompts")
         write_json(out / "metrics.json", stats)
         write_text(out / "summary.md", summary_markdown(df, stats))
         tracking.log_stage_outputs(STAGE, stats, [out / "summary.md"])

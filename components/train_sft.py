@@ -5,11 +5,18 @@ TRL's ``SFTTrainer`` with a LoRA adapter (same rank and targets as ``train_rl``)
 training prompts (to keep helpfulness). The assistant turn is ``<think>trace</think>response`` where
 the trace differs from the response, else the response. Output: ``adapter/`` + ``model.json`` in
 the same layout as ``train_rl``, so evaluation and registration treat both alike.
+
+Inside the stage's MLflow run, TRL reports every logged step (``loss``, ``grad_norm``,
+``learning_rate``, …, every ``logging_steps``) to that run through transformers' MLflowCallback,
+and the trainer's arguments as params; the callback never opens a run of its own, nor logs
+checkpoints (``MLFLOW_CALLBACK_ENV``). Called without an active run, ``run`` reports nowhere.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +25,16 @@ import pandas as pd
 
 from components.lm import source
 from components.lm import runtime
-from components.core import stage_cli
+from components.core import datasets, stage_cli
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_text
 
 log = logging.getLogger("craft.train_sft")
 STAGE = "train_sft"
+MLFLOW_CALLBACK_ENV = {"HF_MLFLOW_LOG_ARTIFACTS": "FALSE", "MLFLOW_NESTED_RUN": "FALSE", "MLFLOW_FLATTEN_PARAMS": "TRUE"}
+"""Settings transformers' MLflowCallback reads when training starts: log into the active stage run
+(not a nested one), no checkpoint artifacts (the adapter is a DVC output), nested args as flat params."""
 
 
 @dataclass(frozen=True)
@@ -82,13 +92,15 @@ def run(cfg: TrainSFTConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame
     work = out.with_name(out.name + ".work")
     args = SFTConfig(output_dir=str(work), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
                      learning_rate=cfg.lr, max_length=cfg.max_length, logging_steps=5, save_strategy="no",
-                     report_to=[], seed=cfg.seed, use_cpu=lm.device.type == "cpu", bf16=False,
+                     report_to=["mlflow"] if _mlflow_active() else [], seed=cfg.seed,
+                     use_cpu=lm.device.type == "cpu", bf16=False,
                      gradient_checkpointing=False, assistant_only_loss=False, disable_tqdm=False)
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules=list(cfg.lora_targets),
                       task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=Dataset.from_list(examples),
                          processing_class=lm.tokenizer, peft_config=lora)
-    result = trainer.train()
+    with _mlflow_callback_env():
+        result = trainer.train()
     lm.tokenizer.padding_side = "left"
     if out.exists():
         shutil.rmtree(out)
@@ -99,6 +111,33 @@ def run(cfg: TrainSFTConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame
         "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "method": "sft"}, indent=2))
     shutil.rmtree(work, ignore_errors=True)
     return {"examples": len(examples), "train_loss": float(result.training_loss), "steps": cfg.max_steps}
+
+
+def _mlflow_active() -> bool:
+    """Whether TRL should report: a run is active and MLflow reporting is not switched off
+    (``DISABLE_MLFLOW_INTEGRATION``, which transformers honours)."""
+    import mlflow
+    from transformers.integrations import is_mlflow_available
+
+    return mlflow.active_run() is not None and is_mlflow_available()
+
+
+@contextlib.contextmanager
+def _mlflow_callback_env():
+    """``MLFLOW_CALLBACK_ENV`` while training, and no ``MLFLOW_RUN_ID`` (with it the callback would
+    start that run on top of the active one, which fails); the caller's values come back after."""
+    keys = (*MLFLOW_CALLBACK_ENV, "MLFLOW_RUN_ID")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(MLFLOW_CALLBACK_ENV)
+    os.environ.pop("MLFLOW_RUN_ID", None)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -113,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     model_cfg = source.model_config(params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
-        summary = run(cfg, model_cfg, read_table(args.data), out)
+        traces = read_table(args.data)
+        datasets.log_splits(traces[traces["split"] == "train"], args.data, "traces")  # SFT reads train only
+        summary = run(cfg, model_cfg, traces, out)
         write_json(out / "metrics.json", summary)
         write_text(out / "summary.md", f"# train_sft\n\nLoRA SFT on {summary['examples']} safe examples, "
                                        f"{summary['steps']} steps, final train loss {summary['train_loss']:.3f}.\n")

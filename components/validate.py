@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from components.core import stage_cli
+from components.core import datasets, stage_cli
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.data.expectations import Finding, validate_frame
@@ -169,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     require_file(args.data)
     with tracking.stage_run(STAGE, cfg):
         report = run(args.data, cfg)
+        if report.rows:  # a readable file: record what was checked, split by split
+            datasets.log_splits(read_table(args.data, TRACE_TYPES), args.data, "traces")
         files = write_report(report, args.out)
         tracking.log_stage_outputs(STAGE, report.metrics(), files.values())
     if not report.success:

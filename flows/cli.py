@@ -8,12 +8,20 @@
     craft audit "PROMPT" [--guard]              # per-token latent safety trace
     craft schedule --cron "0 3 * * 0"           # scheduled retraining
     craft seeds --seeds 1,2                      # how much the results move with the training seed
+    craft models --json                          # models, evaluate, promote: one JSON document on stdout
+    craft promote --dry-run                      # the gate's decision and evidence; nothing changes
+    craft --version                              # package version and the workspace's git commit
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import logging
+import math
+import re
 import sys
+import textwrap
 from pathlib import Path
 
 from components.core import env
@@ -27,6 +35,41 @@ def _out_folder(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is an existing file; give a folder to write the report into.")
     return path
+
+
+def _jsonable(value):
+    """Strict JSON: NaN and infinities as null, numpy scalars as numbers, anything else unknown as text."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "item"):  # numpy / torch scalar
+        return _jsonable(value.item())
+    return str(value)
+
+
+def _emit_json(args: argparse.Namespace, doc: dict) -> None:
+    """``--json``: the command's one document, on the stdout ``main`` set aside (everything else went to stderr)."""
+    print(json.dumps(_jsonable(doc), indent=2, ensure_ascii=False, allow_nan=False),
+          file=getattr(args, "stdout", None) or sys.stdout, flush=True)
+
+
+def version_text(root: str | Path = ".") -> str:
+    """``craft --version``: the installed package's version and, inside a git checkout, its commit."""
+    from importlib import metadata
+
+    from flows.lineage import git_sha
+
+    try:
+        version = metadata.version("craft-pipeline")
+    except metadata.PackageNotFoundError:
+        version = "(package not installed: pip install -e .)"
+    sha = git_sha(Path(root))
+    return f"craft {version}" + (f" (git {sha})" if sha != "unknown" else "")
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -47,11 +90,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     ensure_store()  # a configured MLflow server that is down
     if os.environ.get("PREFECT_API_URL"):
         require_reachable(os.environ["PREFECT_API_URL"].rstrip("/") + "/health", "Prefect API", "PREFECT_API_URL")
+    from components.core import lifecycle
+    from flows.pipeline import stop_orphaned_servers
+
+    stop_orphaned_servers(os.environ["PREFECT_HOME"])  # left by a run killed with SIGKILL
+    lifecycle.stop_on_sigterm()  # a scheduler's SIGTERM stops the stage and marks its runs KILLED
     try:
-        results = pipeline(workspace=args.workspace, stages=stages, force=args.force, register_model=not args.no_register)
+        results = pipeline(workspace=args.workspace, stages=stages, force=args.force,
+                           register_model=not args.no_register, push=not args.no_push)
     except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft run: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BaseException as exc:  # Ctrl-C, SIGTERM, Prefect's termination signal
+        if isinstance(exc, (Exception, SystemExit)):
+            raise
+        print("\ncraft run: interrupted; the running stage was stopped and its MLflow runs marked KILLED. "
+              "Run `craft run` again to go on (finished stages are skipped, RL resumes from its checkpoint).",
+              file=sys.stderr)
+        return 130
     for r in results:
         print(f"  {r['stage']:<10} {r['status']:<8} {r['seconds']:>7.1f}s")
     print("Pipeline finished. See `mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db` for runs.")
@@ -72,6 +128,15 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0 if report.success else 1
 
 
+def _require_model(spec: str) -> None:
+    """A --model that is neither 'base', a registry URI nor an existing folder: one line."""
+    if spec != "base" and not spec.startswith("models:/") and not Path(spec).exists():
+        from components.core.errors import UserError
+
+        raise UserError(f"--model {spec}: no such folder; give base, a pipeline output such as "
+                        "data/train_rl, an HF model directory or models:/NAME@ALIAS.")
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from components.core.config import load_params, stage_config
     from components.evaluate import EvaluateConfig, evaluate_file
@@ -81,12 +146,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = stage_config(EvaluateConfig, "evaluate", params)
     model_cfg = model_config(params)
     out = _out_folder(args.out)
-    if args.model != "base" and not Path(args.model).exists():
-        from components.core.errors import UserError
-
-        raise UserError(f"--model {args.model}: no such folder; give `base`, a pipeline output such as "
-                        "data/train_rl, or an HF model directory.")
+    _require_model(args.model)
     results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
+    if args.json:
+        _emit_json(args, {"model": args.model, "results": results,
+                          "eval_set": json.loads((out / "eval_set.json").read_text()),
+                          "report": str(out / "report.md"), "transcripts": str(out / "transcripts.parquet"),
+                          "metrics": str(out / "metrics.json")})
+        return 0 if results else 1
     print((out / "report.md").read_text())
     print(f"Report: {out / 'report.md'}; transcripts: {out / 'transcripts.parquet'}")
     return 0 if results else 1
@@ -120,19 +187,45 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
+def _promote_decision(result: dict) -> str:
+    """``promote``, ``force`` (over a failed gate) or ``none`` (the challenger already is champion)."""
+    return "none" if result.get("note") else "force" if result["forced"] else "promote"
+
+
+def _promote_message(result: dict) -> str:
+    if result.get("note"):
+        return result["note"]
+    previous = result["previous"] or "none"
+    if not result["dry_run"]:
+        return f"version {result['version']} is now champion (previous: {previous})"
+    how = " by --force, over the failed gate" if result["forced"] else ""
+    return (f"dry run: version {result['version']} would become champion{how} (previous: {previous}); "
+            "nothing changed in the registry.")
+
+
 def _cmd_promote(args: argparse.Namespace) -> int:
     from components.registry.promote import PromotionRefused, gate_table, promote
 
     _registry_ready()
+    cfg = _promote_cfg(args)
+    doc = {"model": cfg.model_name, "dry_run": args.dry_run}
     try:
-        result = promote(_promote_cfg(args), force=args.force, reason=args.reason or "")
+        result = promote(cfg, force=args.force, reason=args.reason or "", dry_run=args.dry_run)
     except PromotionRefused as exc:
-        print(f"craft promote: REFUSED. {exc}", file=sys.stderr)
+        if args.json:
+            _emit_json(args, {**doc, "decision": "refuse", "changed": False, "message": str(exc).split("\n")[0],
+                              "checks": exc.checks})
+        print(f"craft promote: REFUSED{' (dry run)' if args.dry_run else ''}. {exc}", file=sys.stderr)
         print("Nothing changed in the registry. Use --force --reason '…' to override.", file=sys.stderr)
         return 1
+    if args.json:
+        _emit_json(args, {**doc, "decision": _promote_decision(result), "changed": result["promoted"],
+                          "version": result["version"], "previous": result.get("previous"),
+                          "message": _promote_message(result), "checks": result["checks"]})
+        return 0
     if result["checks"]:
         print(gate_table(result["checks"]))
-    print(result.get("note") or f"version {result['version']} is now champion (previous: {result['previous'] or 'none'})")
+    print(_promote_message(result))
     return 0
 
 
@@ -149,10 +242,13 @@ def _cmd_models(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from components.registry.promote import list_versions
+    from components.registry.promote import list_versions, version_records
 
     cfg = _promote_cfg(args)
     _registry_ready()
+    if args.json:
+        _emit_json(args, {"model": cfg.model_name, "versions": version_records(cfg.model_name)})
+        return 0
     rows = list_versions(cfg.model_name)
     if not rows:
         print(f"no versions of {cfg.model_name} registered yet (run `craft run` or `craft register`).")
@@ -177,6 +273,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     params = load_params(args.params) if Path(args.params).exists() else {}
     cfg = audit.audit_config(params, threshold=args.threshold, patience=args.patience, guard=args.guard,
                              max_new_tokens=args.max_new_tokens)
+    _require_model(args.model)
     registered = args.model.startswith("models:/")
     if registered or args.log_mlflow:
         _registry_ready()  # before loading a model: a down server is one line in seconds
@@ -214,40 +311,109 @@ def _cmd_gold_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_schedule(args: argparse.Namespace) -> int:
-    from flows.schedule import serve
+def _cmd_pull(args: argparse.Namespace) -> int:
+    from components.core.errors import UserError
+    from flows.remote import pull
 
-    return serve(args.workspace, args.cron, args.stages.split(",") if args.stages else None, args.name)
+    root = Path(args.workspace)
+    if not (root / "dvc.yaml").is_file():
+        raise UserError(f"--workspace {root}: no dvc.yaml there; run from the project folder or pass --workspace.")
+    print(pull(root, logging.getLogger("craft"), args.targets))
+    return 0
+
+
+def _cmd_schedule(args: argparse.Namespace) -> int:
+    from flows.schedule import ScheduleConfig, serve
+    from flows.stages import select
+
+    # A bad time zone, cron expression, limit or stage name: one line, exit 2, before a server starts.
+    cfg = ScheduleConfig(cron=args.cron, timezone=args.timezone, limit=args.limit, overlap=args.overlap)
+    stages = args.stages.split(",") if args.stages else None
+    select(stages)
+    return serve(args.workspace, cfg, stages, args.name)
 
 
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from components.eval.seed_spread import SweepConfig, parse_seeds
 
     cfg = SweepConfig(parse_seeds(args.seeds))  # a bad list: one line, exit 2, before Prefect loads
-    from flows.pipeline import StageFailed, WorkspaceBusy
+    from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
     from flows.seeds import OUT, require_committed, seed_sweep
 
     require_committed(Path(args.workspace))  # before the flow starts: one line, exit 2
+    with workspace_lock(Path(args.workspace).resolve()):  # a run or sweep in progress: refused at once
+        pass
     try:
         seed_sweep(list(cfg.seeds), workspace=args.workspace)
     except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft seeds: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     print((Path(args.workspace) / OUT / "spread.md").read_text())
     return 0
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """An option's default appended unless its help states one in words (options whose default is
+    None say where the value comes from, e.g. params.yaml; flags are off). A description or epilog
+    with line breaks is kept as written (as RawDescriptionHelpFormatter does); one paragraph is wrapped."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text.strip():
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return super()._fill_text(text, width, indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if re.search(r"\bdefault\b", text) or action.default is None or action.nargs == 0:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every craft parser (subparsers are built with the parent's class): defaults shown, and no reST
+    ``markup`` in the help, some of which is written as docstrings."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def format_help(self) -> str:
+        return super().format_help().replace("``", "")
+
+
+class _Version(argparse.Action):
+    """``--version``: computed when asked (it runs git), printed to stdout, exit 0."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
+def _stages_epilog() -> str:
+    from flows.stages import NAMES
+
+    return "stages, in order:\n" + textwrap.fill(", ".join(NAMES), width=78, initial_indent="  ",
+                                                  subsequent_indent="  ")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="craft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="craft", description=__doc__)
+    parser.add_argument("--version", action=_Version,
+                        help="print the installed version and the git commit of the current folder, and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run the pipeline end to end (or some stages)",
-                       description="Run the DVC stages in order as a Prefect flow with MLflow tracking.")
+                       description="Run the DVC stages in order as a Prefect flow with MLflow tracking.",
+                       epilog=_stages_epilog())
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
-    p.add_argument("--stages", help="comma-separated stage names (default: all, in order)")
+    p.add_argument("--stages", help="comma-separated stage names, listed below (default: all, in order)")
     p.add_argument("--force", action="store_true", help="re-run stages even if DVC sees no change")
     p.add_argument("--no-register", action="store_true", help="do not register the trained model as challenger")
+    p.add_argument("--no-push", action="store_true",
+                   help="do not push the outputs to the default DVC remote (dvc push runs only when one is set)")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("validate", help="validate a pair-dataset file and write a report",
@@ -268,11 +434,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="evaluation", help="report folder (default: ./evaluation)")
     p.add_argument("--with-base", action="store_true", help="also evaluate the base model for comparison")
     p.add_argument("--params", default="params.yaml", help="settings from params.yaml:evaluate/model")
+    p.add_argument("--json", action="store_true", help="print the results as one JSON document (logs go to stderr)")
     p.set_defaults(func=_cmd_evaluate)
 
-    def registry_args(p):
+    def registry_args(p, json_output: bool = False):
         p.add_argument("--workspace", default=".", help="project folder (params.yaml:promote, mlruns/)")
         p.add_argument("--name", help="registered model name (default: params.yaml:promote.model_name)")
+        if json_output:
+            p.add_argument("--json", action="store_true", help="print one JSON document (logs go to stderr)")
 
     p = sub.add_parser("register", help="register data/train_rl as the new challenger",
                        description="Log the trained model (adapter, base reference, heads, tokenizer) as an MLflow "
@@ -283,22 +452,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("promote", help="gated promotion of the challenger to champion",
                        description="Compare challenger with champion against params.yaml:promote; move the "
-                                   "'champion' alias only if every rule passes (or --force with --reason).")
-    registry_args(p)
+                                   "'champion' alias only if every rule passes (or --force with --reason). "
+                                   "Exit 0 when promoted, 1 when the gate refuses.")
+    registry_args(p, json_output=True)
     p.add_argument("--force", action="store_true", help="promote despite a failed gate (needs --reason)")
-    p.add_argument("--reason", help="why (recorded on the version)")
+    p.add_argument("--reason", help="why, recorded on the version (default: none; --force needs one)")
+    p.add_argument("--dry-run", action="store_true", help="run the gate and print the decision and evidence, "
+                                                          "change nothing (exit 1 when it would refuse)")
     p.set_defaults(func=_cmd_promote)
 
     p = sub.add_parser("rollback", help="give champion back to the previous version",
                        description="Move 'champion' back to the version the current champion replaced.")
     registry_args(p)
-    p.add_argument("--reason", help="why (recorded on the demoted version)")
+    p.add_argument("--reason", help="why, recorded on the demoted version (default: \"rollback\")")
     p.set_defaults(func=_cmd_rollback)
 
     p = sub.add_parser("models", help="list registered versions with aliases, metrics and lineage",
                        description="Table of every version: aliases, response/reasoning ASR, over-refusal, "
                                    "utility NLL, git sha, run id, creation time.")
-    registry_args(p)
+    registry_args(p, json_output=True)
     p.set_defaults(func=_cmd_models)
 
     p = sub.add_parser("audit", help="generate with a per-token latent safety trace (audit record + plot)",
@@ -315,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, help="default: params.yaml:evaluate.guard_patience")
     p.add_argument("--out", default="audits", help="folder for audit records")
     p.add_argument("--log-mlflow", action="store_true", help="also log the record and plot to MLflow")
-    p.add_argument("--params", default="params.yaml")
+    p.add_argument("--params", default="params.yaml", help="settings file (model, runtime and evaluate sections)")
     p.set_defaults(func=_cmd_audit)
 
     p = sub.add_parser("seeds", help="re-run the pipeline under other training seeds and report the spread",
@@ -331,18 +503,35 @@ def build_parser() -> argparse.ArgumentParser:
                                    "written unlabelled; label them following data/gold/GUIDELINES.md and append "
                                    "them to data/gold/labels.jsonl.")
     p.add_argument("--models", default="base,data/train_sft,data/train_rl_text,data/train_rl",
-                   help="comma-separated models: base or pipeline output folders (default: the four the pipeline trains)")
+                   help="comma-separated models: base or pipeline output folders (the four the pipeline trains)")
     p.add_argument("--prompts", default="data/ingest/prompts.parquet", help="ingest output (only non-test prompts are used)")
     p.add_argument("--out", default="data/gold/unlabelled.jsonl", help="where to write the rows to label")
     p.add_argument("--seed", type=int, default=0, help="prompt draw and sampling seed (default 0)")
     p.add_argument("--params", default="params.yaml", help="settings file (model and runtime sections)")
     p.set_defaults(func=_cmd_gold_sample)
 
+    p = sub.add_parser("pull", help="fetch a pushed run's outputs from the default DVC remote",
+                       description="dvc pull the outputs of every stage dvc.lock records (or the given stages "
+                                   "or paths), so that dvc repro recomputes nothing (docs/data-steward.md).")
+    p.add_argument("targets", nargs="*", help="stages or paths (default: every stage dvc.lock records)")
+    p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml")
+    p.set_defaults(func=_cmd_pull)
+
     p = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)",
-                       description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule. "
-                                   "Uses PREFECT_API_URL when set; otherwise starts a local Prefect server on "
-                                   "127.0.0.1. Runs until interrupted.")
-    p.add_argument("--cron", required=True, help='cron expression, e.g. "0 3 * * 0" (Sundays 03:00)')
+                       description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule "
+                                   "read in --timezone (default UTC). At most --limit runs at once; a run due "
+                                   "meanwhile is queued or skipped (--overlap), never refused by the workspace "
+                                   "lock. Uses PREFECT_API_URL when set; otherwise starts a local Prefect server "
+                                   "on 127.0.0.1. Runs until interrupted. To run on a work pool instead, see "
+                                   "prefect.yaml and docs/deployment.md.")
+    p.add_argument("--cron", required=True, help='cron expression read in --timezone, e.g. "0 3 * * 0" '
+                                                 "(Sundays 03:00)")
+    p.add_argument("--timezone", default="UTC", help="IANA time zone of --cron, e.g. Europe/Berlin; daylight-saving "
+                                                     "shifts follow it (default: UTC, not this machine's zone)")
+    p.add_argument("--limit", type=int, default=1, help="most runs of the deployment at once (default 1: a "
+                                                        "second run of one workspace fails on its lock)")
+    p.add_argument("--overlap", choices=["queue", "skip"], default="queue",
+                   help="a run due while --limit runs are active: queue it until one ends, or skip it (default queue)")
     p.add_argument("--workspace", default=".", help="project folder the scheduled runs use")
     p.add_argument("--stages", help="comma-separated stages (default: all)")
     p.add_argument("--name", default="craft-retrain", help="deployment name")
@@ -370,6 +559,9 @@ def _log_to_stderr() -> None:
         root.addHandler(handler)
     if root.level == logging.NOTSET or root.level > logging.WARNING:
         root.setLevel(logging.WARNING)
+    from components.core.errors import quiet_library_traces
+
+    quiet_library_traces()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -378,7 +570,17 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     from components.core.errors import guarded
 
-    return guarded(f"craft {args.command}", lambda: args.func(args))
+    return guarded(f"craft {args.command}", lambda: _dispatch(args))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the command. With ``--json`` whatever it (or a library) prints goes to stderr, so stdout
+    carries nothing but the one document; an error still prints one line on stderr and exits 2."""
+    if not getattr(args, "json", False):
+        return args.func(args)
+    args.stdout = sys.stdout
+    with contextlib.redirect_stdout(sys.stderr):
+        return args.func(args)
 
 
 if __name__ == "__main__":

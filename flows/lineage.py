@@ -18,17 +18,43 @@ def head_commit(root: Path) -> str:
         return "unknown"
 
 
-def git_sha(root: Path) -> str:
-    """HEAD for lineage, with ``-dirty`` when tracked files differ (not a revision: never pass it to git/DVC)."""
-    sha = head_commit(root)
-    if sha == "unknown":
-        return sha
+def pipeline_outputs(root: Path) -> set[str]:
+    """Paths a pipeline run writes itself: ``dvc.lock`` and every out, metric and plot in dvc.yaml."""
+    owned, path = {"dvc.lock"}, root / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages", {}) if path.exists() else {}
+    for body in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            owned |= {next(iter(o)) if isinstance(o, dict) else str(o) for o in body.get(kind) or []}
+    return owned
+
+
+def dirty_paths(root: Path) -> list[str]:
+    """Tracked files that differ from HEAD, except the pipeline's own outputs.
+
+    A run rewrites dvc.lock and its git-tracked metrics and reports; those are recorded by their
+    dvc.lock hashes, so they do not make the code or params differ from the commit."""
     try:
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True).stdout.strip()
-    except FileNotFoundError:
-        return sha
-    return sha + ("-dirty" if dirty else "")
+        out = subprocess.run(["git", "diff", "--name-only", "-z", "HEAD", "--"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return []
+    owned = pipeline_outputs(root)
+    return sorted(p for p in out.split("\0") if p and p not in owned
+                  and not any(p.startswith(o.rstrip("/") + "/") for o in owned))
+
+
+def git_state(root: Path) -> dict[str, str]:
+    """Lineage tags: ``git.sha`` (HEAD, always a revision) and ``git.dirty`` (changed inputs,
+    comma-separated; empty when the code and params are those of the commit)."""
+    return {"git.sha": head_commit(root), "git.dirty": ",".join(dirty_paths(root))}
+
+
+def git_sha(root: Path) -> str:
+    """HEAD for lineage, with ``-dirty`` when tracked inputs differ (not a revision: never pass it to git/DVC).
+
+    The pipeline's own outputs do not count: a run that rewrote dvc.lock is still the commit's code."""
+    sha = head_commit(root)
+    return sha if sha == "unknown" or not dirty_paths(root) else sha + "-dirty"
 
 
 def params(root: Path) -> dict[str, str]:

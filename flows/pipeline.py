@@ -143,15 +143,21 @@ def stop_group(proc: subprocess.Popen) -> None:
 def stream(cmd: list[str], cwd: Path, parent_run_id: str | None, label: str, logger) -> tuple[int, list[str]]:
     """Run ``cmd`` in its own process group, logging each output line as ``[label] …``; (exit code,
     last 40 lines). Interrupted (Ctrl-C, SIGTERM), it stops the whole group before re-raising."""
+    from flows.logs import ProgressThrottle
+
     tail: list[str] = []
+    throttle = ProgressThrottle()  # tqdm bars: first line, then one per 10 s, then the 100% line
     proc = subprocess.Popen(cmd, cwd=cwd, env=stage_env(parent_run_id), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
             line = line.rstrip().split("\r")[-1]  # progress bars: keep the last redraw
-            if line:
+            if line and throttle.keep(line):  # throttled redraws stay out of the tail too
                 logger.info("[%s] %s", label, line)
                 tail = (tail + [line])[-40:]
+        for line in throttle.pending():  # bars a failing stage left unfinished: their last state
+            logger.info("[%s] %s", label, line)
+            tail = (tail + [line])[-40:]
         proc.wait()
     except BaseException:
         stop_group(proc)
@@ -205,7 +211,7 @@ def pipeline(workspace: str = ".", stages: list[str] | None = None, force: bool 
     root = env.configure(workspace)
     selected = select(stages)
     tracking.ensure_store()
-    tags = {"craft.stage": "pipeline", "git.sha": lineage.git_sha(root), **tracking.owner_tags(),
+    tags = {"craft.stage": "pipeline", **lineage.git_state(root), **tracking.owner_tags(),
             **({"prefect.flow_run_id": str(flow_run.id)} if flow_run.id else {})}
     with workspace_lock(root):
         tracking.end_stale_runs()  # runs a killed pipeline left RUNNING

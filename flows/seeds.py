@@ -3,14 +3,17 @@
 Each seed is one DVC experiment, ``dvc exp run --temp --name seed-<s> -S curate.seed=<s> …``: the
 whole pipeline in a temporary copy of the committed workspace, one seed at a time (DVC's run
 cache restores the unchanged ``ingest``). The stages log into this workspace's MLflow store as
-children of one parent run ``seeds``. The experiments stay in the repository afterwards:
-``dvc exp show`` lists them, ``dvc exp apply seed-1`` brings one's outputs into the workspace.
-The committed run (the seeds in ``params.yaml``) is the column ``HEAD``. Written: ``seeds/spread.md``,
-``seeds/spread.json``, and the table as a Prefect artifact.
+children of one parent run ``seeds``; each stage run is tagged ``craft.seed=<s>`` and the parent
+``craft.seed=<s1>,<s2>,…`` (find one seed's runs with the filter ``tags.`craft.seed` = '1'``). The
+experiments stay in the repository afterwards: ``dvc exp show`` lists them, ``dvc exp apply seed-1``
+brings one's outputs into the workspace. The committed run (the seeds in ``params.yaml``) is the
+column ``HEAD``. Written: ``seeds/spread.md``, ``seeds/spread.json``, and the table as a Prefect artifact.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -30,6 +33,9 @@ from flows import lineage
 from flows.pipeline import StageFailed, stage_env, stream, workspace_lock
 
 OUT = "seeds"
+SEED_TAG = "craft.seed"
+RUN_CONTEXT = "MLFLOW_RUN_CONTEXT"
+"""JSON tags MLflow adds to every run it creates (its SystemEnvironmentContext); stage processes inherit it."""
 ABOUT = ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with "
          "every training stage's seed set to N. The held-out prompts are the same in every run, so the spread is "
          "training randomness alone. Standard deviation with n − 1.")
@@ -58,6 +64,21 @@ def require_committed(root: Path) -> None:
                                  "data/*/metrics.json, then sweep.")
 
 
+@contextlib.contextmanager
+def seed_tagged(seed: int):
+    """While inside, every MLflow run a stage process creates is tagged ``craft.seed=<seed>`` (at
+    creation, so a stage that fails is tagged too); tags the user put in ``MLFLOW_RUN_CONTEXT`` stay."""
+    saved = os.environ.get(RUN_CONTEXT)
+    os.environ[RUN_CONTEXT] = json.dumps({**(json.loads(saved) if saved else {}), SEED_TAG: str(seed)})
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop(RUN_CONTEXT, None)
+        else:
+            os.environ[RUN_CONTEXT] = saved
+
+
 @task(name="seed-experiment", task_run_name="seed-{seed}", cache_policy=NO_CACHE)
 def run_seed(seed: int, workspace: str, parent_run_id: str) -> None:
     """One full pipeline run with every training seed set to ``seed`` (a DVC experiment)."""
@@ -67,7 +88,8 @@ def run_seed(seed: int, workspace: str, parent_run_id: str) -> None:
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name]
     for assignment in seed_spread.overrides(seed):
         cmd += ["-S", assignment]
-    returncode, tail = stream(cmd, Path(workspace), parent_run_id, name, logger)
+    with seed_tagged(seed):
+        returncode, tail = stream(cmd, Path(workspace), parent_run_id, name, logger)
     if returncode != 0:
         raise StageFailed(f"experiment {name} failed (exit {returncode}):\n" + "\n".join(tail))
 
@@ -104,8 +126,9 @@ def seed_sweep(seeds: list[int], workspace: str = ".") -> list[dict]:
     root = env.configure(workspace)
     require_committed(root)
     tracking.ensure_store()
+    tags = {"craft.stage": "seeds", SEED_TAG: ",".join(map(str, cfg.seeds))}
     with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="seeds",
-                                                tags={"craft.stage": "seeds"}) as run:
+                                                tags=tags) as run:
         baseline = lineage.head_commit(root)  # the experiments' parent, even if HEAD moves meanwhile
         mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline})
         for seed in cfg.seeds:

@@ -23,7 +23,8 @@ The gate uses the evidence the evaluation reports, not bare point estimates:
 
 Atomicity: a promotion's single commit point is the ``champion`` alias move. Tags and the
 description written around it are undone if any step fails, and the alias is put back, so a
-failed promotion leaves the registry as it was. Registrations, promotions and rollbacks of one
+failed promotion leaves the registry as it was. A dry run (``craft promote --dry-run``) reads and
+gates the same way and writes nothing. Registrations, promotions and rollbacks of one
 workspace are serialised by a file lock (``mlruns/.registry.lock``); a second one waits at most
 ``CRAFT_REGISTRY_LOCK_TIMEOUT`` seconds (default 10) and then stops with "busy".
 
@@ -346,20 +347,27 @@ def _brief(exc: BaseException) -> str:
     return line[:200]
 
 
-def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: str | None = None) -> dict:
-    """Move ``champion`` to the current ``challenger`` if it passes the gate (or ``force`` with a reason)."""
+def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: str | None = None,
+            dry_run: bool = False) -> dict:
+    """Move ``champion`` to the current ``challenger`` if it passes the gate (or ``force`` with a reason).
+    ``dry_run``: the same reads, gate and refusal, but nothing is written; ``promoted`` stays False."""
     require(not force or bool(reason.strip()), "--force needs --reason: say why the gate is overridden.")
     name = cfg.model_name
-    with registry_lock():
+    # A dry run only reads: it neither waits for nor blocks a real promotion (and creates no lock file).
+    with contextlib.nullcontext() if dry_run else registry_lock():
         chal = version_by_alias(name, CHALLENGER)
         require(chal is not None, f"no '{CHALLENGER}' version of {name}: run `craft register` first.")
         champ = version_by_alias(name, CHAMPION)
         if champ is not None and champ.version == chal.version:
-            return {"version": str(chal.version), "promoted": False, "note": "challenger is already champion", "checks": []}
+            return {"version": str(chal.version), "promoted": False, "note": "challenger is already champion",
+                    "checks": [], "dry_run": dry_run}
         checks = gate(eval_metrics(chal), eval_metrics(champ) if champ else None, cfg)
         passed = all(c["passed"] for c in checks)
         if not passed and not force:
             raise _refusal(name, chal, champ, checks)
+        if dry_run:
+            return {"version": str(chal.version), "promoted": False, "forced": not passed, "dry_run": True,
+                    "previous": str(champ.version) if champ else "", "checks": checks}
         who = actor or _actor()
         why = reason.strip() or "passed the promotion gate"
         tags = {"promotion.by": who, "promotion.at": _now(), "promotion.reason": why,
@@ -369,7 +377,8 @@ def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: st
         desc = f"Champion since {tags['promotion.at']} (by {who}): {why}."
         with tracking.mlflow_errors(f"promote version {chal.version} of {name!r}"):
             _apply(name, chal.version, tags, chal.version, champ.version if champ else None, desc)
-        return {"version": str(chal.version), "promoted": True, "previous": tags["promotion.previous_champion"], "checks": checks}
+        return {"version": str(chal.version), "promoted": True, "forced": not passed, "dry_run": False,
+                "previous": tags["promotion.previous_champion"], "checks": checks}
 
 
 def rollback(cfg: PromoteConfig, reason: str = "", actor: str | None = None) -> dict:
@@ -388,26 +397,36 @@ def rollback(cfg: PromoteConfig, reason: str = "", actor: str | None = None) -> 
         return {"champion": str(previous), "demoted": str(champ.version)}
 
 
-def list_versions(name: str) -> list[dict]:
-    """Every version with its aliases, key metrics (rates with their Wilson 95% interval), prompt set and
-    lineage, newest first."""
+def version_records(name: str) -> list[dict]:
+    """Every version, newest first, in full (``craft models --json``): version, aliases, the ``eval.*``
+    metrics without the prefix, every other tag (lineage, promotion), run id, creation time (ISO, UTC)."""
     model = registered_model(name)
     if model is None:
         return []
     aliases: dict[str, list[str]] = {}
     for alias, version in (model.aliases or {}).items():
         aliases.setdefault(str(version), []).append(alias)
-    rows = []
     with tracking.mlflow_errors(f"list the versions of {name!r}"):
         versions = client().search_model_versions(f"name='{name}'")
-    for v in sorted(versions, key=lambda v: -int(v.version)):
-        m = eval_metrics(v)
+    created = lambda v: dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc)  # noqa: E731
+    return [{"version": str(v.version), "aliases": sorted(aliases.get(str(v.version), [])), "metrics": eval_metrics(v),
+             "tags": {k: t for k, t in sorted(v.tags.items()) if not k.startswith("eval.")}, "run_id": v.run_id,
+             "created": created(v).isoformat(timespec="seconds")}
+            for v in sorted(versions, key=lambda v: -int(v.version))]
+
+
+def list_versions(name: str) -> list[dict]:
+    """Every version with its aliases, key metrics (rates with their Wilson 95% interval), prompt set and
+    lineage, newest first: the rows of ``craft models``' table."""
+    rows = []
+    for r in version_records(name):
+        m = r["metrics"]
         ci = lambda k: _interval(m.get(f"{k}_lo", NAN), m.get(f"{k}_hi", NAN), ".3f")  # noqa: E731
-        rows.append({"version": str(v.version), "aliases": ",".join(sorted(aliases.get(str(v.version), []))),
+        rows.append({"version": r["version"], "aliases": ",".join(r["aliases"]),
                      "response_asr": m.get("response_asr", NAN), "response_asr 95% CI": ci("response_asr"),
                      "reasoning_asr": m.get("reasoning_asr", NAN),
                      "over_refusal": m.get("over_refusal", NAN), "over_refusal 95% CI": ci("over_refusal"),
                      "utility_nll": m.get(UTILITY, NAN), "prompt_set": str(m.get(PROMPT_SET, ""))[:12],
-                     "git_sha": v.tags.get("lineage.git_sha", "")[:12], "run_id": v.run_id,
-                     "created": dt.datetime.fromtimestamp(v.creation_timestamp / 1000, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")})
+                     "git_sha": r["tags"].get("lineage.git_sha", "")[:12], "run_id": r["run_id"],
+                     "created": r["created"][:16].replace("T", " ")})
     return rows

@@ -80,8 +80,9 @@ def test_sigkill_at_several_points_of_a_stage_then_rerun(workspace, stage):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         _assert_nothing_partial(workspace, stage)
-    assert _repro(workspace, stage, force=False).wait(600) == 0  # the rerun completes the stage
+    assert _repro(workspace, stage, force=False).wait(600) == 0  # the rerun completes the stage (or skips it)
     _assert_nothing_partial(workspace, stage)
+    assert _repro(workspace, stage).wait(600) == 0  # a run that starts marks the killed ones KILLED
     status = subprocess.run([sys.executable, "-m", "dvc", "status", stage, "--json"], cwd=workspace,
                             env=_env(workspace), capture_output=True, text=True)
     assert stage not in json.loads(status.stdout or "{}"), status.stdout
