@@ -5,9 +5,13 @@ and, for the InfoNCE positive, the same trace with ``word_dropout`` of its words
 of ``shard_rows`` rows keep memory bounded; ``rows.parquet`` maps shard rows to trace ids and
 labels; ``manifest.json`` records model, layers, pooling, dtype and hidden size.
 Files: shards/shard-NNNNN.safetensors with tensors ``h`` and ``h_aug`` of shape [n, n_layers, d].
+Under ``accelerate launch --multi_gpu --num_processes N`` process k encodes batches k, k + N, …;
+the main process gathers each round of N batches and alone writes the cache and opens the MLflow
+run, so the files equal one process's (same batches, same order).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 from dataclasses import asdict, dataclass
@@ -19,6 +23,7 @@ from tqdm.auto import tqdm
 
 from components.lm import source
 from components.lm import runtime
+from components.core import dist
 from components.core import stage_cli
 from components.core import tracking
 from components.core.config import require, stage_config
@@ -80,23 +85,37 @@ def drop_words(text: str, p: float, rng: random.Random) -> str:
 
 
 def run(cfg: ExtractConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame,
-        out: Path, workspace: str = ".") -> dict:
-    """Encode every row, writing shards as they fill. Returns the manifest."""
-    resolved = source.resolve(model_cfg, workspace)
+        out: Path, workspace: str = ".") -> dict | None:
+    """Encode every row, writing shards as they fill. Returns the manifest (None on processes other
+    than the main one, which alone writes)."""
+    procs = dist.state(runtime.pick_device(model_cfg.device))  # first: each process's device
+    with procs.main_process_first():  # a packaged model is converted once, by the main process
+        resolved = source.resolve(model_cfg, workspace)
     lm = runtime.load(resolved, model_cfg)
     rng = random.Random(cfg.seed)
-    writer = features.ShardWriter(out, cfg.shard_rows, getattr(torch, cfg.storage_dtype))
     rows = traces.reset_index(drop=True)
-    bar = tqdm(total=len(rows), desc="extract", unit="trace", leave=False)
-    for start in range(0, len(rows), cfg.batch_size):
-        chunk = rows.iloc[start : start + cfg.batch_size]
-        prompts, texts = list(chunk.prompt), list(chunk.trace)
-        aug = [drop_words(t, cfg.word_dropout, rng) for t in texts]
-        writer.add(encode(lm.model, lm.tokenizer, prompts, texts, cfg.spec, lm.device),   # [b, L, d]
-                   encode(lm.model, lm.tokenizer, prompts, aug, cfg.spec, lm.device))
-        bar.update(len(chunk))
-    writer.flush()
+    aug = [drop_words(t, cfg.word_dropout, rng) for t in rows.trace]  # row order: one process's draws
+    starts = range(0, len(rows), cfg.batch_size)
+    main, n, rank = procs.is_main_process, procs.num_processes, procs.process_index
+    writer = features.ShardWriter(out, cfg.shard_rows, getattr(torch, cfg.storage_dtype)) if main else None
+    bar = tqdm(total=len(rows), desc="extract", unit="trace", leave=False, **({} if main else {"disable": True}))
+    for round_ in range(0, len(starts), n):  # one batch per process per round
+        mine = starts[round_ + rank] if round_ + rank < len(starts) else None
+        done = None
+        if mine is not None:
+            chunk = rows.iloc[mine : mine + cfg.batch_size]
+            prompts, texts = list(chunk.prompt), list(chunk.trace)
+            done = (encode(lm.model, lm.tokenizer, prompts, texts, cfg.spec, lm.device),  # [b, L, d]
+                    encode(lm.model, lm.tokenizer, prompts, aug[mine : mine + len(chunk)], cfg.spec, lm.device))
+            done = tuple(t.cpu() for t in done) if n > 1 else done  # they travel pickled
+        for pair in dist.gather(done):  # rank order = batch order
+            if main and pair is not None:
+                writer.add(*pair)
+                bar.update(len(pair[0]))
     bar.close()
+    if not main:
+        return None
+    writer.flush()
     write_table(out / "rows.parquet", rows[ROW_COLUMNS])
     manifest = {"model_id": resolved.model_id, "model_fingerprint": resolved.fingerprint,
                 "spec": asdict(cfg.spec), "storage_dtype": cfg.storage_dtype, "rows": len(rows),
@@ -115,16 +134,25 @@ def main(argv: list[str] | None = None) -> int:
         stage_cli.require_validated(args.validation)
     cfg = stage_config(ExtractConfig, STAGE, params)
     model_cfg = source.model_config(params)
-    with tracking.stage_run(STAGE, cfg, model_cfg):
+    procs = dist.state(runtime.pick_device(model_cfg.device))
+    # One MLflow run per stage: only the main process opens it (run() returns None elsewhere).
+    with tracking.stage_run(STAGE, cfg, model_cfg) if procs.is_main_process else contextlib.nullcontext():
         manifest = run(cfg, model_cfg, read_table(args.data), Path(args.out))
-        metrics = {"rows": manifest["rows"], "hidden_size": manifest["hidden_size"], "shards": len(manifest["shards"])}
-        write_json(Path(args.out) / "metrics.json", metrics)
-        write_text(Path(args.out) / "summary.md",
-                   f"# extract\n\n{manifest['rows']} traces encoded by {manifest['model_id']} "
-                   f"(layers {list(cfg.layers)}, {cfg.pooling} pooling over the {cfg.pool_over}, "
-                   f"d={manifest['hidden_size']}) into {len(manifest['shards'])} shard(s).\n")
-        tracking.log_stage_outputs(STAGE, metrics, [Path(args.out) / "manifest.json"])
+        if manifest is not None:
+            _report(cfg, manifest, Path(args.out))
+    procs.wait_for_everyone()  # the other processes exit once the main one has written everything
     return 0
+
+
+def _report(cfg: ExtractConfig, manifest: dict, out: Path) -> None:
+    """metrics.json, summary.md and the MLflow metrics of a finished extraction."""
+    metrics = {"rows": manifest["rows"], "hidden_size": manifest["hidden_size"], "shards": len(manifest["shards"])}
+    write_json(out / "metrics.json", metrics)
+    write_text(out / "summary.md",
+               f"# extract\n\n{manifest['rows']} traces encoded by {manifest['model_id']} "
+               f"(layers {list(cfg.layers)}, {cfg.pooling} pooling over the {cfg.pool_over}, "
+               f"d={manifest['hidden_size']}) into {len(manifest['shards'])} shard(s).\n")
+    tracking.log_stage_outputs(STAGE, metrics, [out / "manifest.json"])
 
 
 if __name__ == "__main__":

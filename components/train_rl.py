@@ -11,11 +11,15 @@ surrogate over minibatches with gradient accumulation.
   reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``),
   GAE(γ, λ), value loss weighted by ``vf_coef``.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
-optimizer, so ``accelerate launch`` spreads processes over devices (each process samples its own
-prompt shard). Departures from the paper: LoRA instead of full fine-tuning; fewer, larger steps.
+optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores
+and back-propagates its share of every step's prompts, gradients are summed across processes
+before each optimizer step (``components.rl.loop``), and only the main process opens the MLflow
+run and writes checkpoints and outputs. Departures from the paper: LoRA instead of full
+fine-tuning; fewer, larger steps.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -33,6 +37,7 @@ from components.lm import generation
 from components.lm import source
 from components.lm import runtime
 from components.rl import loop as rl_loop
+from components.core import dist
 from components.core import stage_cli
 from components.core import tracking
 from components.core.code import closure_digest
@@ -179,12 +184,14 @@ def code_digest() -> str:
 
 
 def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig,
-                   fingerprint: str, head_dir: str | Path) -> Path:
+                   fingerprint: str, head_dir: str | Path, processes: int = 1) -> Path:
     """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
-    everything that shapes the run, so a changed setting, model, numerics, head or RL code never
-    resumes an unrelated run. ``fingerprint``: the resolved base model's."""
+    everything that shapes the run, so a changed setting, model, numerics, head, RL code or number
+    of processes (each draws its own samples) never resumes an unrelated run. ``fingerprint``: the
+    resolved base model's."""
+    scale = [f"processes={processes}"] if processes > 1 else []  # one process: the key it always had
     key = stable_id(json.dumps(cfg.__dict__, sort_keys=True, default=str), fingerprint, numerics(model_cfg),
-                    dir_digest(head_dir), code_digest())
+                    dir_digest(head_dir), code_digest(), *scale)
     return Path(workspace) / ".cache" / "checkpoints" / STAGE / key
 
 
@@ -204,56 +211,81 @@ def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[list[str], 
     return pool, probe
 
 
-def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
-        out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
-        stop_after: int | None = None) -> dict | None:
-    """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill)."""
+def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
+    """The accelerator, the resolved model, and the policy (LoRA), value head and optimizer placed
+    by accelerate. Every process builds the same initial state from ``cfg.seed``."""
     from accelerate import Accelerator
 
-    resolved = source.resolve(model_cfg, workspace)
+    dist.check_launch()
+    # Before loading: accelerate picks each process's device (cuda:<local rank>) and opens the group.
+    accelerator = Accelerator(cpu=runtime.pick_device(model_cfg.device).type == "cpu")
+    n = accelerator.num_processes
+    require(cfg.prompts_per_step >= n,
+            f"train_rl.prompts_per_step={cfg.prompts_per_step} is below the {n} processes launched: each process "
+            f"needs a prompt of every step; raise it (a multiple of {n} gives equal shares) or launch fewer.")
+    with accelerator.main_process_first():  # a packaged model is converted once, by the main process
+        resolved = source.resolve(model_cfg, workspace)
     lm = runtime.load(resolved, model_cfg)
-    accelerator = Accelerator(cpu=lm.device.type == "cpu")
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     policy = wrap_lora(lm.model, cfg.lora, None)  # LoRA init from the global RNG seeded just above (stage-owned)
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    policy, value_head, opt = accelerator.prepare(policy, value_head, opt)
+    # evaluation_mode: placement and mixed precision without a DDP wrapper; rl_loop.update sums the
+    # gradients itself, on the global minibatch schedule (one collective per optimizer step).
+    policy, value_head = (accelerator.prepare_model(m, evaluation_mode=True) for m in (policy, value_head))
+    return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt)
+
+
+def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
+        out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
+        stop_after: int | None = None) -> dict | None:
+    """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill). With
+    several processes only the main one probes, logs, checkpoints and writes ``out``; the others
+    return None."""
+    accelerator, resolved, lm, policy, value_head, opt = build(cfg, model_cfg, workspace)
+    main = accelerator.is_main_process
     head = SafetyHead.load(head_dir, accelerator.device)
     judge = make_judge(cfg.judge)
     reward = CraftReward(head, judge, RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons), cfg.reward_source)
     pool, probe = prompt_pools(prompts, cfg)
     require(len(pool) >= cfg.prompts_per_step, f"train_rl: {len(pool)} training prompts < prompts_per_step.")
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head)
-    history = _history(ckpt, start)
+    history = _history(ckpt, start) if main else []
     unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
     probe_rate = functools.partial(probe_refusal_rate, unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens,
                                    device, engine)
-    if start == 0:
+    save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
+                             main=main)
+    if start == 0 and main:
         base = {"rl/probe_refusal_rate": probe_rate()}
         history.append({"step": -1, **base})
     for step in range(start, cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
         metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pool, gen, engine)
         last = step + 1 == cfg.steps
-        if (step + 1) % cfg.log_every == 0 or last:
-            metrics["rl/probe_refusal_rate"] = probe_rate()
-            metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe, device, engine)
-        history.append({"step": step, **metrics})
-        if on_metrics:
-            on_metrics(step, metrics)
-        log.info("step %d reward %.3f kl %.4f", step, metrics["rl/reward"], metrics["rl/kl"])
+        if main:
+            if (step + 1) % cfg.log_every == 0 or last:  # greedy probes: no RNG drawn, main process only
+                metrics["rl/probe_refusal_rate"] = probe_rate()
+                metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe,
+                                                                           device, engine)
+            history.append({"step": step, **metrics})
+            if on_metrics:
+                on_metrics(step, metrics)
+            log.info("step %d reward %.3f kl %.4f", step, metrics["rl/reward"], metrics["rl/kl"])
         if (step + 1) % cfg.checkpoint_every == 0 or last:
-            checkpoint.save(ckpt, step, unwrapped, opt, rl_loop.checkpoint_modules(value_head))
-            (ckpt / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+            save(step=step)
+            if main:
+                (ckpt / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         if stop_after is not None and step + 1 >= stop_after and not last:
             return None
-        if metrics["rl/kl"] > cfg.kl_stop and not last:
+        if dist.gather(metrics["rl/kl"] > cfg.kl_stop)[0] and not last:  # the main process decides for all
             log.warning("KL %.3f > kl_stop %.3f at step %d: stopping early", metrics["rl/kl"], cfg.kl_stop, step)
-            checkpoint.save(ckpt, step, unwrapped, opt, rl_loop.checkpoint_modules(value_head))
+            save(step=step)
             break
-    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history)
+    rl_loop.check_same_adapter(unwrapped)
+    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history) if main else None
 
 
 def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict]) -> dict:
@@ -330,16 +362,24 @@ def main(argv: list[str] | None = None) -> int:
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
     cfg = stage_config(TrainRLConfig, name, {name: section})
     model_cfg = source.model_config(params)
-    ckpt = checkpoint_dir(".", cfg, model_cfg, source.resolve(model_cfg).fingerprint, args.head)
+    procs = dist.state(runtime.pick_device(model_cfg.device))
+    with procs.main_process_first():  # a packaged model is converted once, by the main process
+        fingerprint = source.resolve(model_cfg).fingerprint
+    ckpt = checkpoint_dir(".", cfg, model_cfg, fingerprint, args.head, procs.num_processes)
     import mlflow
 
     out = Path(args.out)
-    with tracking.stage_run(name, cfg, model_cfg, tags={"checkpoint_dir": str(ckpt)}):
+    # One MLflow run per stage: only the main process opens it and writes outputs.
+    tracked = tracking.stage_run(name, cfg, model_cfg, tags={"checkpoint_dir": str(ckpt)}) \
+        if procs.is_main_process else contextlib.nullcontext()
+    with tracked:
         summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
                       on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
-        write_json(out / "metrics.json", summary)
-        write_text(out / "summary.md", summary_markdown(summary, name))
-        tracking.log_stage_outputs(name, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
+        if procs.is_main_process:
+            write_json(out / "metrics.json", summary)
+            write_text(out / "summary.md", summary_markdown(summary, name))
+            tracking.log_stage_outputs(name, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
+    procs.wait_for_everyone()  # the other processes exit once the main one has written everything
     return 0
 
 

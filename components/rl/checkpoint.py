@@ -20,7 +20,10 @@ def _trainable_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
 
 
-def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None = None, keep: int = 2) -> Path:
+def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None = None, keep: int = 2,
+         rank_rng: list[torch.Tensor] | None = None) -> Path:
+    """``rank_rng``: each process's torch RNG state, in rank order, for a run of several processes
+    (their RNGs part where they draw different amounts, e.g. dropout on shards of different size)."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"step-{step:06d}"
     tmp = folder / f"step-{step:06d}.partial"
@@ -34,6 +37,8 @@ def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None =
         "python_rng": random.getstate(),
         "modules": {k: m.state_dict() for k, m in (extra_modules or {}).items()},
     }
+    if rank_rng is not None:
+        state["rank_torch_rng"] = rank_rng
     torch.save(state, tmp / "state.pt")
     (tmp / "done").write_text(str(step))
     shutil.rmtree(final, ignore_errors=True)
@@ -49,8 +54,9 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def restore(path: Path, model, optimizer, extra_modules: dict | None = None) -> int:
-    """Load a checkpoint into model/optimizer/modules and the RNGs; returns the next step."""
+def restore(path: Path, model, optimizer, extra_modules: dict | None = None, rank: int = 0) -> int:
+    """Load a checkpoint into model/optimizer/modules and the RNGs (``rank``'s torch RNG when the
+    checkpoint holds one per process); returns the next step."""
     weights = load_file(str(path / "adapter.safetensors"))
     params = dict(model.named_parameters())
     missing = set(weights) - set(params)
@@ -63,7 +69,7 @@ def restore(path: Path, model, optimizer, extra_modules: dict | None = None) -> 
     optimizer.load_state_dict(state["optimizer"])
     for k, m in (extra_modules or {}).items():
         m.load_state_dict(state["modules"][k])
-    torch.set_rng_state(state["torch_rng"])
+    torch.set_rng_state(state["rank_torch_rng"][rank] if "rank_torch_rng" in state else state["torch_rng"])
     random.setstate(_as_rng_state(state["python_rng"]))
     return int(state["step"]) + 1
 

@@ -1,9 +1,20 @@
 """The RL loop's parts: value head, step prompts, advantages, clipped-surrogate update, one step.
 
 ``cfg`` is a ``components.train_rl.TrainRLConfig``; see that module for the algorithm.
+
+Scale-out (``accelerate launch``, N processes): a step's global batch (``prompts_per_step``
+prompts × ``group_size`` completions, the batch one process would see) is split by prompt into N
+contiguous shares (``Rows``), so a GRPO group never straddles processes; each process rolls out,
+scores and back-propagates only its rows. The update follows one process's minibatch schedule
+on the global batch: every process draws the same permutation of the global rows, takes its rows
+of each minibatch, and divides its token sums by the minibatch's global token count, so the
+gradients summed over processes (``dist.sum_``, before clipping) are the gradients one process
+would compute on the whole minibatch. PPO whitens advantages with global statistics. A single
+process runs exactly the code it ran before scale-out (no collective, same arithmetic).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from dataclasses import dataclass
@@ -11,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from components.core import dist
 from components.rl import checkpoint
 from components.rl import formulas
 from components.rl.policy import Rollout, forward_logprobs, rollout
@@ -32,10 +44,35 @@ class ValueHead(nn.Module):
         return self.v(h.float()).squeeze(-1)
 
 
-def step_prompts(pool: list[str], n: int, seed: int, step: int, shard: int = 0, n_shards: int = 1) -> list[str]:
-    """The prompts of one step: a pure function of (seed, step, process shard)."""
-    rng = random.Random(f"{seed}:{step}:{shard}")
-    return rng.sample(pool[shard::n_shards], min(n, len(pool[shard::n_shards])))
+def step_prompts(pool: list[str], n: int, seed: int, step: int) -> list[str]:
+    """The global prompts of one step: a pure function of (seed, step), the same on every process.
+    (The ``:0`` suffix keeps the draws of runs made before scale-out.)"""
+    rng = random.Random(f"{seed}:{step}:0")
+    return rng.sample(pool, min(n, len(pool)))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """This process's rows of a step's global batch: rows [start, start + size) of ``total``."""
+
+    start: int
+    size: int
+    total: int
+
+    @property
+    def sharded(self) -> bool:
+        return self.size < self.total
+
+    def local(self, idx: torch.Tensor) -> torch.Tensor:
+        """The entries of global row indices ``idx`` held here, as local indices, in ``idx``'s order."""
+        mine = (idx >= self.start) & (idx < self.start + self.size)
+        return idx[mine] - self.start
+
+
+def shard_prompts(prompts: list[str], group_size: int, rank: int, world: int) -> tuple[list[str], Rows]:
+    """Process ``rank``'s contiguous share of the step's prompts and the rows (prompt × group) it holds."""
+    lo, hi = dist.shard_bounds(len(prompts), rank, world)
+    return prompts[lo:hi], Rows(lo * group_size, (hi - lo) * group_size, len(prompts) * group_size)
 
 
 @dataclass
@@ -50,17 +87,32 @@ class Batch:
 def single_update(cfg, n: int) -> bool:
     """True when each batch gets exactly one optimizer step (one epoch, all minibatches accumulated):
     the policy cannot move during the pass, so old log-probs equal the current ones (ratio ≡ 1)
-    and the separate no-grad forward for them is skipped (GRPO with μ = 1)."""
+    and the separate no-grad forward for them is skipped (GRPO with μ = 1). ``n``: global rows."""
     n_mini = -(-n // cfg.minibatch_size)
     return cfg.ppo_epochs == 1 and cfg.grad_accum >= n_mini and cfg.advantage == "grpo"
 
 
+def whiten(adv: torch.Tensor, mask: torch.Tensor, sharded: bool) -> torch.Tensor:
+    """(A − mean) / (std + 1e-6) over the step's generated tokens (all processes' when ``sharded``);
+    std is unbiased, as ``Tensor.std``."""
+    if not sharded:
+        return (adv - formulas.masked_mean(adv, mask)) / (adv[mask.bool()].std() + 1e-6) * mask
+    m = mask.to(adv.dtype)
+    sums = torch.stack([(adv * m).sum(), m.sum()])
+    dist.sum_([sums])
+    mean = sums[0] / sums[1].clamp(min=1.0)
+    sq = ((adv - mean) ** 2 * m).sum().reshape(1)  # second pass, as torch.std
+    dist.sum_([sq])
+    return (adv - mean) / ((sq[0] / (sums[1] - 1)).sqrt() + 1e-6) * mask
+
+
 @torch.no_grad()
-def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor) -> Batch:
+def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor, rows: Rows | None = None) -> Batch:
     """Old and reference log-probs, then advantages (GRPO or GAE)."""
+    rows = rows or Rows(0, len(ro.prompts), len(ro.prompts))
     with reference_mode(policy):
         ref_logp, _, _ = forward_logprobs(policy, ro)
-    if single_update(cfg, len(ro.prompts)):
+    if single_update(cfg, rows.total):
         old_logp, hidden = None, None  # filled from the live forward in ``update``
     else:
         old_logp, _, hidden = forward_logprobs(policy, ro, want_hidden=cfg.advantage == "ppo")
@@ -76,57 +128,89 @@ def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor) -> B
         token_r = token_r - cfg.kl_coef * (old_logp - ref_logp) * mask
     values = value_head(hidden)
     adv, returns = formulas.gae(token_r, values, mask, cfg.gamma, cfg.lam)
-    adv = (adv - formulas.masked_mean(adv, mask)) / (adv[mask.bool()].std() + 1e-6) * mask  # whiten
-    return Batch(ro, old_logp, ref_logp, adv, returns)
+    return Batch(ro, old_logp, ref_logp, whiten(adv, mask, rows.sharded), returns)
 
 
-def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen) -> dict:
+STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")
+
+
+def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: Rows | None = None) -> dict:
     """``ppo_epochs`` passes of minibatch clipped-surrogate updates; returns mean statistics."""
-    stats: dict[str, list[float]] = {k: [] for k in ("loss", "kl", "clipfrac", "entropy", "vf_loss")}
     n = batch.adv.shape[0]
-    params = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
+    rows = rows or Rows(0, n, n)
+    lora, vh = [p for p in policy.parameters() if p.requires_grad], list(value_head.parameters())
+    params = lora + vh
+    synced = lora + vh if cfg.advantage == "ppo" else lora  # the value head trains with ppo only
+    tokens = dist.cat(batch.ro.completion_mask.sum(1).float().cpu()) if rows.sharded else None  # [N_global]
+    stats: list[torch.Tensor] = []
     for _ in range(cfg.ppo_epochs):
-        perm = torch.randperm(n, generator=gen)
-        minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, n, cfg.minibatch_size)]
+        perm = torch.randperm(rows.total, generator=gen)
+        minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
         for k, idx in enumerate(minibatches):
-            logp, logits, hidden = forward_logprobs(policy, batch.ro, idx, want_hidden=cfg.advantage == "ppo")
-            mask = batch.ro.completion_mask[idx].to(logp.device)
-            old = logp.detach() if batch.old_logp is None else batch.old_logp[idx]
-            pg, clipped = formulas.clipped_surrogate(logp, old, batch.adv[idx], cfg.clip)
-            kl = formulas.k3_kl(logp, batch.ref_logp[idx])
-            loss = formulas.masked_mean(pg, mask)
-            if cfg.kl_in == "loss":
-                loss = loss + cfg.kl_coef * formulas.masked_mean(kl, mask)
-            vf = torch.zeros(())
-            if cfg.advantage == "ppo":
-                vf = formulas.masked_mean((value_head(hidden) - batch.returns[idx]) ** 2, mask)
-                loss = loss + cfg.vf_coef * vf
-            accelerator.backward(loss / cfg.grad_accum)
+            denom = tokens[idx].sum().clamp(min=1.0) if rows.sharded else None
+            local = rows.local(idx) if rows.sharded else idx
+            if len(local):
+                loss, parts = minibatch_loss(cfg, policy, value_head, batch, local, denom)
+                accelerator.backward(loss / cfg.grad_accum)
+                stats.append(parts)
+            else:  # none of this minibatch's rows are here: add nothing to the sums
+                stats.append(torch.zeros(len(STATS), dtype=torch.float64))
             if (k + 1) % cfg.grad_accum == 0 or k + 1 == len(minibatches):
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                if rows.sharded:
+                    for p in synced:  # a process without rows in this window has no grads yet
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                    dist.sum_([p.grad for p in synced])
+                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 opt.zero_grad()
-            with torch.no_grad():
-                stats["loss"].append(float(loss))
-                stats["kl"].append(float(formulas.masked_mean(kl, mask)))
-                stats["clipfrac"].append(float(formulas.masked_mean(clipped, mask)))
-                stats["entropy"].append(float(formulas.masked_mean(formulas.entropy(logits), mask)))
-                stats["vf_loss"].append(float(vf))
-    return {k: sum(v) / len(v) for k, v in stats.items() if v}
+    table = torch.stack(stats)  # [minibatches × epochs, len(STATS)]
+    if rows.sharded:
+        dist.sum_([table])  # each process holds its share of each minibatch mean: the sum is the mean
+    # means over minibatches, summed in order as Python floats
+    return {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
+
+
+def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, denom: torch.Tensor | None):
+    """Loss on rows ``idx`` and its statistics [len(STATS)]. Token means divide by ``denom`` (the
+    global minibatch's token count) when given, so processes' shares add up to the global mean."""
+    logp, logits, hidden = forward_logprobs(policy, batch.ro, idx, want_hidden=cfg.advantage == "ppo")
+    mask = batch.ro.completion_mask[idx].to(logp.device)
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return formulas.masked_mean(x, mask) if denom is None else (x * mask.to(x.dtype)).sum() / denom
+
+    old = logp.detach() if batch.old_logp is None else batch.old_logp[idx]
+    pg, clipped = formulas.clipped_surrogate(logp, old, batch.adv[idx], cfg.clip)
+    kl = formulas.k3_kl(logp, batch.ref_logp[idx])
+    loss = mean(pg)
+    if cfg.kl_in == "loss":
+        loss = loss + cfg.kl_coef * mean(kl)
+    vf = torch.zeros(())
+    if cfg.advantage == "ppo":
+        vf = mean((value_head(hidden) - batch.returns[idx]) ** 2)
+        loss = loss + cfg.vf_coef * vf
+    with torch.no_grad():
+        parts = torch.tensor([float(loss), float(mean(kl)), float(mean(clipped)),
+                              float(mean(formulas.entropy(logits))), float(vf)], dtype=torch.float64)
+    return loss, parts
 
 
 def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: CraftReward, pool, gen,
             engine: str = "ours") -> dict:
     """One full RL step: rollout (with generation ``engine``) → reward → advantages → update.
-    Returns logged metrics."""
-    prompts = step_prompts(pool, cfg.prompts_per_step, cfg.seed, step,
-                           accelerator.process_index, accelerator.num_processes)
-    ro = rollout(accelerator.unwrap_model(policy), tokenizer, prompts, cfg.group_size, cfg.max_new_tokens,
-                 cfg.temperature, cfg.top_p, accelerator.device, engine)
-    parts = reward(accelerator.unwrap_model(policy), tokenizer, ro.prompts, ro.completions, accelerator.device)
-    batch = make_batch(cfg, policy, value_head, ro, parts["total"])
-    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen)
-    lengths = ro.completion_mask.sum(1).float()
+    Returns logged metrics (of the global batch, the same on every process)."""
+    rank = accelerator.process_index
+    prompts, rows = shard_prompts(step_prompts(pool, cfg.prompts_per_step, cfg.seed, step), cfg.group_size,
+                                  rank, accelerator.num_processes)
+    model = accelerator.unwrap_model(policy)
+    ro = rollout(model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
+                 accelerator.device, engine, stream=rank)
+    parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device)
+    batch = make_batch(cfg, policy, value_head, ro, parts["total"], rows)
+    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows)
+    parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
+    lengths = dist.cat(ro.completion_mask.sum(1).float())
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
     out.update({f"rl/{k}": v for k, v in stats.items()})
     out["rl/response_length"] = float(lengths.mean())
@@ -134,8 +218,31 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     return out
 
 
+def check_same_adapter(policy) -> None:
+    """Fail when the processes' adapters differ: each applies the same summed gradients, so a
+    difference means they diverged and the main process's adapter would be one of several."""
+    if dist.world() == 1:
+        return
+    digest = hashlib.sha256()
+    for p in policy.parameters():
+        if p.requires_grad:
+            digest.update(p.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    seen = dist.gather(digest.hexdigest())
+    if len(set(seen)) > 1:
+        raise RuntimeError(f"the {len(seen)} processes ended with different adapters: they diverged.")
+
+
 def checkpoint_modules(value_head) -> dict:
     return {"value_head": value_head}
+
+
+def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool) -> None:
+    """Every process hands its RNG state to the main one, which alone writes the checkpoint
+    (adapter, optimizer and value head are the same on every process). Call on every process."""
+    rngs = dist.gather(torch.get_rng_state())
+    if main:
+        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head),
+                        rank_rng=rngs if len(rngs) > 1 else None)
 
 
 def restore_if_any(folder, policy, opt, value_head) -> int:
@@ -143,7 +250,7 @@ def restore_if_any(folder, policy, opt, value_head) -> int:
     last = checkpoint.latest(folder)
     if last is None:
         return 0
-    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head))
+    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head), rank=dist.rank())
     log.info("resuming from %s (next step %d)", last, start)
     return start
 

@@ -101,15 +101,17 @@ def merged_for_decoding(model):
 
 @torch.no_grad()
 def rollout(model, tokenizer, prompts: Sequence[str], group_size: int, max_new_tokens: int,
-            temperature: float, top_p: float, device, engine: str = "ours") -> Rollout:
+            temperature: float, top_p: float, device, engine: str = "ours", stream: int = 0) -> Rollout:
     """Sample ``group_size`` completions per prompt from the current policy (one batch) with
-    generation ``engine`` (params.yaml ``model.engine``)."""
+    generation ``engine`` (params.yaml ``model.engine``). ``stream``: the process's rank, so
+    processes that share the global RNG state still draw different samples."""
     asked = [p for p in prompts for _ in range(group_size)]  # grouped: p0 × G, p1 × G, …
     enc = tokenizer([render(tokenizer, p) for p in asked], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(device)
     was_training = model.training
     model.eval()
-    gen = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31 - 1, (1,))))  # follows the global seed
+    seed = int(torch.randint(0, 2**31 - 1, (1,)))  # follows the global seed (the same on every process)
+    gen = torch.Generator(device=device).manual_seed((seed + 7919 * stream) % (2**31 - 1))  # stream 0: seed
     with merged_for_decoding(model):  # same weights, fewer ops; its own CUDA graphs (tag)
         new = new_tokens(model, tokenizer, enc, max_new_tokens, temperature=temperature, top_p=top_p,
                          generator=gen, engine=engine, tag="merged")
