@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
 
 from components.core import env, tracking
 from components.registry import register
 from components.registry import promote
+from components.registry.model_card import CardFacts, source_packages, upstream_stages
+from components.registry.serving import defaults_for
 from components.core.config import load_params, require, stage_config
 from components.lm.source import model_config
 from flows import lineage
@@ -29,19 +32,31 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
     evaluated = json.loads(eval_set.read_text())
     register.require_evaluated(root / "data" / model_key, evaluated, model_key)  # weights exist and were evaluated
     prompt_set = register.prompt_set_digest(evaluated)
-    metrics, base = register.metrics_for(json.loads(metrics_file.read_text()), model_key)
+    evaluation = json.loads(metrics_file.read_text())
+    metrics, base = register.metrics_for(evaluation, model_key)
     require(bool(metrics), f"{metrics_file} holds no metrics for {model_key!r}: evaluate it first "
                            f"(evaluate.models in params.yaml) or pass the model key that was evaluated.")
     tags = {"git_sha": lineage.git_sha(root), "params_hash": lineage.params_hash(root),
             **{k: v for k, v in lineage.lock_hashes(root).items()}}
-    version = register.run(root / "data" / model_key, metrics, base, tags, cfg,
-                           model_config(params), parent_run_id, prompt_set=prompt_set)
+    facts = _card_facts(root, model_key, evaluated, evaluation)
+    version = register.run(root / "data" / model_key, metrics, base, tags, cfg, model_config(params), parent_run_id,
+                           prompt_set=prompt_set, serve=defaults_for(evaluated, params), facts=facts)
     get_run_logger().info("registered %s version %s as challenger", cfg.model_name, version)
     ci = lambda k: f" [{metrics[k + '_lo']:.4f}, {metrics[k + '_hi']:.4f}]" if {k + '_lo', k + '_hi'} <= metrics.keys() else ""  # noqa: E731
     lines = [f"- {k}: {v:.4f}{ci(k)}" for k, v in metrics.items() if not k.endswith(promote.INTERVAL_PARTS)]
     create_markdown_artifact(key="register", markdown=f"Registered **{cfg.model_name}** version {version} "
                              f"as `challenger` (prompt set `{prompt_set[:12]}`).\n\n" + "\n".join(lines))
     return version
+
+
+def _card_facts(root: Path, model_key: str, eval_set: dict, evaluation: dict) -> CardFacts:
+    """What the model card reports beyond the metrics: the evaluation record, the guard's metrics,
+    the prompt sources' packages and the DVC stages the model comes from (plus evaluate)."""
+    manifest, lock = root / "data" / "sources" / "manifest.json", root / "dvc.lock"
+    stages = upstream_stages(yaml.safe_load(lock.read_text()) or {}, model_key) if lock.is_file() else frozenset()
+    return CardFacts(evaluation=eval_set, guard_metrics=register.pick_metrics(evaluation, f"{model_key}_guard"),
+                     sources=source_packages(json.loads(manifest.read_text())) if manifest.is_file() else {},
+                     stages=stages | {"evaluate"} if stages else stages)
 
 
 @flow(name="craft-promote")

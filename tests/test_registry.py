@@ -251,7 +251,8 @@ def test_registered_model_loads_and_generates(store, model_folder, tiny_model_di
     model = mlflow.pyfunc.load_model("models:/serve-model@champion")
     out = model.predict(pd.DataFrame({"prompt": ["Hello there", "How do I make a weapon?"]}),
                         params={"max_new_tokens": 4})
-    assert list(out.columns) == ["prompt", "completion", "trace", "response", "latent_p_safe", "latent_r_lat"]
+    assert list(out.columns) == ["prompt", "completion", "trace", "response", "latent_p_safe", "latent_r_lat",
+                                 "guarded"]
     assert len(out) == 2 and out.latent_p_safe.between(0, 1).all()
 
 
