@@ -34,6 +34,7 @@ import torch
 
 from components.rl import checkpoint
 from components.lm import generation
+from components.lm.adapters import save_adapter
 from components.lm import source
 from components.lm import runtime
 from components.rl import loop as rl_loop
@@ -292,8 +293,7 @@ def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cf
     """Write adapter, head copy, model card and curves; return the summary metrics."""
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    policy.save_pretrained(tmp / "adapter", safe_serialization=True)
-    tokenizer.save_pretrained(tmp / "adapter")
+    save_adapter(policy, tokenizer, tmp / "adapter", resolved.model_id)
     shutil.copytree(head_dir, tmp / "head")
     card = {"base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
             "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "head": "head",

@@ -25,6 +25,7 @@ import pandas as pd
 
 from components.lm import source
 from components.lm import runtime
+from components.lm.adapters import save_adapter
 from components.core import datasets, stage_cli
 from components.core import tracking
 from components.core.config import require, stage_config
@@ -104,8 +105,7 @@ def run(cfg: TrainSFTConfig, model_cfg: source.ModelConfig, traces: pd.DataFrame
     lm.tokenizer.padding_side = "left"
     if out.exists():
         shutil.rmtree(out)
-    trainer.model.save_pretrained(str(out / "adapter"), safe_serialization=True)
-    lm.tokenizer.save_pretrained(str(out / "adapter"))
+    save_adapter(trainer.model, lm.tokenizer, out / "adapter", resolved.model_id)
     (out / "model.json").write_text(json.dumps({
         "base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
         "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "method": "sft"}, indent=2))

@@ -83,16 +83,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stages = args.stages.split(",") if args.stages else None
     select(stages)  # a stage-name typo
     check_params(Path(args.workspace) / "params.yaml")  # any bad value, in any section
-    from flows.pipeline import StageFailed, WorkspaceBusy, pipeline, workspace_lock  # prefect: import after the checks
+    from components.core import lifecycle
+    from flows.pipeline import (StageFailed, WorkspaceBusy, pipeline, stop_orphaned_servers,  # prefect: after
+                                workspace_lock)  # the checks
 
     with workspace_lock(Path(args.workspace).resolve()):  # another run: refused at once (the flow re-takes it)
         pass
     ensure_store()  # a configured MLflow server that is down
     if os.environ.get("PREFECT_API_URL"):
         require_reachable(os.environ["PREFECT_API_URL"].rstrip("/") + "/health", "Prefect API", "PREFECT_API_URL")
-    from components.core import lifecycle
-    from flows.pipeline import stop_orphaned_servers
-
     stop_orphaned_servers(os.environ["PREFECT_HOME"])  # left by a run killed with SIGKILL
     lifecycle.stop_on_sigterm()  # a scheduler's SIGTERM stops the stage and marks its runs KILLED
     try:
@@ -180,7 +179,9 @@ def _registry_ready() -> None:
 
 def _cmd_register(args: argparse.Namespace) -> int:
     _registry_ready()  # before Prefect starts
-    from flows.registration import register_flow
+    from flows.registration import check_registrable, register_flow
+
+    check_registrable(Path(args.workspace).resolve(), args.model_key)  # a user error: one line, before Prefect
 
     version = register_flow(workspace=args.workspace, model_key=args.model_key)
     print(f"registered version {version} as challenger")

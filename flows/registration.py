@@ -18,11 +18,10 @@ from components.lm.source import model_config
 from flows import lineage
 
 
-@flow(name="craft-register")
-def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_id: str | None = None) -> str:
-    """Register data/<model_key> with its evaluation metrics and lineage as the new challenger."""
-    root = env.configure(workspace)
-    tracking.ensure_store()  # a tracking server that is down: one line in seconds, before any work
+def check_registrable(root: Path, model_key: str) -> tuple:
+    """Everything registration needs, checked without Prefect (``craft register`` calls it before
+    the flow starts, so a user error is one line): params, the promote config, an evaluation made
+    from this very adapter, and its metrics. Returns (params, cfg, eval_set, evaluation, metrics, base)."""
     params = load_params(root / "params.yaml")
     cfg = stage_config(promote.PromoteConfig, "promote", params)
     eval_set = root / "data" / "evaluate" / "eval_set.json"
@@ -31,11 +30,21 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
             f"{eval_set.parent} has no evaluation: re-run `craft run --stages evaluate` before registering.")
     evaluated = json.loads(eval_set.read_text())
     register.require_evaluated(root / "data" / model_key, evaluated, model_key)  # weights exist and were evaluated
-    prompt_set = register.prompt_set_digest(evaluated)
+    register.prompt_set_digest(evaluated)
     evaluation = json.loads(metrics_file.read_text())
     metrics, base = register.metrics_for(evaluation, model_key)
     require(bool(metrics), f"{metrics_file} holds no metrics for {model_key!r}: evaluate it first "
                            f"(evaluate.models in params.yaml) or pass the model key that was evaluated.")
+    return params, cfg, evaluated, evaluation, metrics, base
+
+
+@flow(name="craft-register")
+def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_id: str | None = None) -> str:
+    """Register data/<model_key> with its evaluation metrics and lineage as the new challenger."""
+    root = env.configure(workspace)
+    tracking.ensure_store()  # a tracking server that is down: one line in seconds, before any work
+    params, cfg, evaluated, evaluation, metrics, base = check_registrable(root, model_key)
+    prompt_set = register.prompt_set_digest(evaluated)
     tags = {"git_sha": lineage.git_sha(root), "params_hash": lineage.params_hash(root),
             **{k: v for k, v in lineage.lock_hashes(root).items()}}
     facts = _card_facts(root, model_key, evaluated, evaluation)

@@ -40,3 +40,21 @@ def test_sft_baseline_trains_and_loads(tiny_model_dir, tmp_path):
     base = runtime.load(model_source.resolve(model), model)
     examples = sft_examples(good_frame(), include_benign=True)
     assert _sft_loss(lm, examples) < _sft_loss(base, examples) - 0.05  # the loss fell on what it trained on
+
+
+def test_saved_adapters_do_not_depend_on_the_machine_or_the_hash_seed(tmp_path, tiny_model_dir):
+    """Same weights, same files: sorted target_modules and the model id, not a local path, as base."""
+    import json
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from components.lm.adapters import save_adapter
+    from components.rl.policy import LoraSpec, wrap_lora
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    policy = wrap_lora(base, LoraSpec(r=2, alpha=4, target_modules=("v_proj", "q_proj", "o_proj", "k_proj")), seed=0)
+    folder = save_adapter(policy, AutoTokenizer.from_pretrained(tiny_model_dir), tmp_path / "adapter", "tiny-model")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["target_modules"] == ["k_proj", "o_proj", "q_proj", "v_proj"]
+    assert config["base_model_name_or_path"] == "tiny-model"
+    assert str(tiny_model_dir) not in "".join(p.read_text(errors="ignore") for p in folder.iterdir())

@@ -16,7 +16,7 @@ CASES = {
     "run": (["run", "--stages", "bogus"], "unknown stage(s) ['bogus']"),
     "validate": (["validate", "missing.jsonl", "--out", "v"], "missing.jsonl"),
     "evaluate": (["evaluate", "--model", "base", "--prompts", "missing.jsonl", "--out", "e"], "missing.jsonl"),
-    "register": (["register", "--model-key", "nothing_here"], "nothing_here"),
+    "register": (["register", "--model-key", "nothing_here"], "has no evaluation"),
     "promote": (["promote", "--force"], "--reason"),
     "rollback": (["rollback", "--workspace", "bad"], "is not valid YAML"),
     "models": (["models", "--workspace", "bad"], "is not valid YAML"),

@@ -128,3 +128,17 @@ def test_killed_craft_run_leaves_nothing_running_and_the_rerun_is_clean(workspac
     assert "Traceback" not in err and "Error" not in err, err[-3000:]
     assert not _running_runs(workspace)
     assert not [c for c in _processes_of(workspace) if "prefect.server" in c]  # the orphaned server was stopped
+
+
+def test_sigterm_to_craft_run_stops_the_stage_and_exits_130(workspace):
+    proc = _craft_run(workspace, "ingest", "curate")
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not any("components.curate" in c for c in _processes_of(workspace)):
+        time.sleep(0.5)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)  # a scheduler's timeout, systemd stop, kill
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "craft run: interrupted" in err, err[-3000:]
+    assert not [c for c in _processes_of(workspace) if "components." in c or " dvc " in c]
+    assert not _running_runs(workspace)  # the stage's and the pipeline's runs ended KILLED
+    _assert_nothing_partial(workspace, "curate")
