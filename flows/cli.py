@@ -18,13 +18,15 @@ import argparse
 import contextlib
 import json
 import logging
-import math
 import re
 import sys
 import textwrap
 from pathlib import Path
 
 from components.core import env
+from flows.cli_json import emit_json
+from flows.cli_json import jsonable as _jsonable  # noqa: F401 - tests call cli._jsonable
+from flows.cli_registry import cmd_models, cmd_promote, cmd_register, cmd_rollback, registry_ready
 
 
 def _out_folder(path: str | Path) -> Path:
@@ -35,27 +37,6 @@ def _out_folder(path: str | Path) -> Path:
     if path.exists() and not path.is_dir():
         raise UserError(f"--out {path} is an existing file; give a folder to write the report into.")
     return path
-
-
-def _jsonable(value):
-    """Strict JSON: NaN and infinities as null, numpy scalars as numbers, anything else unknown as text."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if hasattr(value, "item"):  # numpy / torch scalar
-        return _jsonable(value.item())
-    return str(value)
-
-
-def _emit_json(args: argparse.Namespace, doc: dict) -> None:
-    """``--json``: the command's one document, on the stdout ``main`` set aside (everything else went to stderr)."""
-    print(json.dumps(_jsonable(doc), indent=2, ensure_ascii=False, allow_nan=False),
-          file=getattr(args, "stdout", None) or sys.stdout, flush=True)
 
 
 def version_text(root: str | Path = ".") -> str:
@@ -148,7 +129,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     _require_model(args.model)
     results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
     if args.json:
-        _emit_json(args, {"model": args.model, "results": results,
+        emit_json(args, {"model": args.model, "results": results,
                           "eval_set": json.loads((out / "eval_set.json").read_text()),
                           "report": str(out / "report.md"), "transcripts": str(out / "transcripts.parquet"),
                           "metrics": str(out / "metrics.json")})
@@ -156,111 +137,6 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     print((out / "report.md").read_text())
     print(f"Report: {out / 'report.md'}; transcripts: {out / 'transcripts.parquet'}")
     return 0 if results else 1
-
-
-def _promote_cfg(args):
-    from components.core.config import load_params, stage_config
-    from components.registry.promote import PromoteConfig
-
-    params = load_params(Path(args.workspace) / "params.yaml") if (Path(args.workspace) / "params.yaml").exists() else {}
-    cfg = stage_config(PromoteConfig, "promote", params)
-    return cfg if not getattr(args, "name", None) else PromoteConfig(**{**cfg.__dict__, "model_name": args.name})
-
-
-def _registry_ready() -> None:
-    """Before any command that talks to MLflow: cut MLflow's HTTP retries short (seconds, not
-    minutes) and check a tracking server answers, so a down server is one line, exit 2, in seconds."""
-    from components.core.tracking import ensure_store, fail_fast_http
-
-    fail_fast_http()
-    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # retry chatter; the error says it all
-    ensure_store()
-
-
-def _cmd_register(args: argparse.Namespace) -> int:
-    _registry_ready()  # before Prefect starts
-    from flows.registration import check_registrable, register_flow
-
-    check_registrable(Path(args.workspace).resolve(), args.model_key)  # a user error: one line, before Prefect
-
-    version = register_flow(workspace=args.workspace, model_key=args.model_key)
-    print(f"registered version {version} as challenger")
-    return 0
-
-
-def _promote_decision(result: dict) -> str:
-    """``promote``, ``force`` (over a failed gate) or ``none`` (the challenger already is champion)."""
-    return "none" if result.get("note") else "force" if result["forced"] else "promote"
-
-
-def _promote_message(result: dict) -> str:
-    if result.get("note"):
-        return result["note"]
-    previous = result["previous"] or "none"
-    if not result["dry_run"]:
-        return f"version {result['version']} is now champion (previous: {previous})"
-    how = " by --force, over the failed gate" if result["forced"] else ""
-    return (f"dry run: version {result['version']} would become champion{how} (previous: {previous}); "
-            "nothing changed in the registry.")
-
-
-def _cmd_promote(args: argparse.Namespace) -> int:
-    from components.registry.promote import PromotionRefused, gate_table, promote
-
-    _registry_ready()
-    cfg = _promote_cfg(args)
-    doc = {"model": cfg.model_name, "dry_run": args.dry_run}
-    try:
-        result = promote(cfg, force=args.force, reason=args.reason or "", dry_run=args.dry_run)
-    except PromotionRefused as exc:
-        if args.json:
-            _emit_json(args, {**doc, "decision": "refuse", "changed": False, "message": str(exc).split("\n")[0],
-                              "checks": exc.checks})
-        print(f"craft promote: REFUSED{' (dry run)' if args.dry_run else ''}. {exc}", file=sys.stderr)
-        print("Nothing changed in the registry. Use --force --reason '…' to override.", file=sys.stderr)
-        return 1
-    if args.json:
-        _emit_json(args, {**doc, "decision": _promote_decision(result), "changed": result["promoted"],
-                          "version": result["version"], "previous": result.get("previous"),
-                          "message": _promote_message(result), "checks": result["checks"]})
-        return 0
-    if result["checks"]:
-        print(gate_table(result["checks"]))
-    print(_promote_message(result))
-    return 0
-
-
-def _cmd_rollback(args: argparse.Namespace) -> int:
-    from components.registry.promote import rollback
-
-    _registry_ready()
-    result = rollback(_promote_cfg(args), reason=args.reason or "")
-    print(f"champion is version {result['champion']} again (version {result['demoted']} demoted)")
-    return 0
-
-
-def _cmd_models(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
-    from components.registry.promote import list_versions, version_records
-
-    cfg = _promote_cfg(args)
-    _registry_ready()
-    if args.json:
-        _emit_json(args, {"model": cfg.model_name, "versions": version_records(cfg.model_name)})
-        return 0
-    rows = list_versions(cfg.model_name)
-    if not rows:
-        print(f"no versions of {cfg.model_name} registered yet (run `craft run` or `craft register`).")
-        return 0
-    table = Table(title=f"{cfg.model_name} versions")
-    for col in rows[0]:
-        table.add_column(col)
-    for r in rows:
-        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in r.values()])
-    Console(width=160).print(table)
-    return 0
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -277,7 +153,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     _require_model(args.model)
     registered = args.model.startswith("models:/")
     if registered or args.log_mlflow:
-        _registry_ready()  # before loading a model: a down server is one line in seconds
+        registry_ready()  # before loading a model: a down server is one line in seconds
     if registered:
         from components.core.tracking import mlflow_errors
 
@@ -449,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "pyfunc with evaluation metrics and lineage tags; alias it 'challenger'.")
     registry_args(p)
     p.add_argument("--model-key", default="train_rl", help="pipeline output under data/ to register")
-    p.set_defaults(func=_cmd_register)
+    p.set_defaults(func=cmd_register)
 
     p = sub.add_parser("promote", help="gated promotion of the challenger to champion",
                        description="Compare challenger with champion against params.yaml:promote; move the "
@@ -460,19 +336,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why, recorded on the version (default: none; --force needs one)")
     p.add_argument("--dry-run", action="store_true", help="run the gate and print the decision and evidence, "
                                                           "change nothing (exit 1 when it would refuse)")
-    p.set_defaults(func=_cmd_promote)
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="give champion back to the previous version",
                        description="Move 'champion' back to the version the current champion replaced.")
     registry_args(p)
     p.add_argument("--reason", help="why, recorded on the demoted version (default: \"rollback\")")
-    p.set_defaults(func=_cmd_rollback)
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("models", help="list registered versions with aliases, metrics and lineage",
                        description="Table of every version: aliases, response/reasoning ASR, over-refusal, "
                                    "utility NLL, git sha, run id, creation time.")
     registry_args(p, json_output=True)
-    p.set_defaults(func=_cmd_models)
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("audit", help="generate with a per-token latent safety trace (audit record + plot)",
                        description="Generate greedily with MODEL and score every token with the CRAFT head: "
