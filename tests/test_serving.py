@@ -22,6 +22,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from components.eval.audit import REDIRECT
+from components.eval.stats import wilson
 from components.lm.source import ModelConfig
 from components.registry import environment, model_card, promote, register, serving
 from components.registry.model_card import CardFacts
