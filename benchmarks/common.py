@@ -1,4 +1,4 @@
-"""Shared benchmark helpers: models by name, timing, result files, the README table.
+"""Shared benchmark helpers: models by name, timing, result files, the table in docs/benchmarks.md.
 
 Models:
 - ``tiny``: the test model (hidden 32); CPU smoke runs only.

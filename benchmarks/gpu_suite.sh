@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The GPU figures of the README, in one command on a CUDA machine (the device tool runs it as is).
-# Needs trl/datasets wheels in .whl/ where the image lacks them (see README "Benchmarks").
+# The GPU figures of docs/benchmarks.md, in one command on a CUDA machine (the device tool runs it as is).
+# Needs trl/datasets wheels in .whl/ where the image lacks them (see docs/benchmarks.md).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if ls .whl/*.whl >/dev/null 2>&1; then

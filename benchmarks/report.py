@@ -1,4 +1,4 @@
-"""Regenerate the README's benchmark table from benchmarks/results/*.json.
+"""Regenerate the benchmark table in docs/benchmarks.md from benchmarks/results/*.json.
 
     python benchmarks/report.py        # (make bench runs the CPU benchmarks first)
 """
@@ -33,11 +33,11 @@ def main() -> None:
     readme = ROOT / "docs" / "benchmarks.md"
     text = readme.read_text()
     if START not in text:
-        raise SystemExit(f"README.md has no {START} … {END} block")
+        raise SystemExit(f"docs/benchmarks.md has no {START} … {END} block")
     head, rest = text.split(START, 1)
     _, tail = rest.split(END, 1)
     readme.write_text(f"{head}{START}\n{table()}\n{END}{tail}")
-    print("README.md benchmark table updated")
+    print("docs/benchmarks.md benchmark table updated")
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ class EvaluateConfig:
     transcripts_in_report: int = 3
     """Harmful prompts whose responses from every model are shown in report.md; >= 0."""
     guard_models: tuple[str, ...] = ("train_rl",)
-    """Models also evaluated with the latent guard on (plain prompts; README: Reasoning audit)."""
+    """Models also evaluated with the latent guard on (plain prompts; docs/audit.md)."""
     guard_prompts: int = 30
     """Plain harmful and benign prompts (each) evaluated under the guard (it decodes one at a time); >= 0."""
     guard_threshold: float = 0.35

@@ -4,7 +4,7 @@ The pair dataset is a long table with one row per reasoning trace (a ``Trace``).
 a ``prompt_id`` form the prompt's contrast set: for a harmful prompt at least one ``safe`` and one
 ``unsafe`` trace (the *pair*), usually a ``rethink`` trace too. ``PromptPair`` is that view.
 
-Columns (all required; see README "Pair dataset schema"):
+Columns (all required; see docs/dataset-schema.md):
 
 ================  ======  ==========================================================
 column            type    meaning

@@ -71,7 +71,7 @@ def audit_config(params: Mapping[str, Any], **overrides: Any) -> AuditConfig:
 
 @dataclass
 class AuditRecord:
-    """One audited generation (JSON schema: README "Audit record")."""
+    """One audited generation (JSON schema: docs/audit.md)."""
 
     prompt: str
     completion: str
