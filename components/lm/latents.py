@@ -102,3 +102,70 @@ def encode(model, tokenizer, prompts: Sequence[str], completions: Sequence[str],
         states = [out.last_hidden_state] if spec.layers == (-1,) else [out.hidden_states[i] for i in spec.layers]
         pooled = [pool(h.float(), batch["pool_mask"], spec.pooling) for h in states]  # each [B, d]
     return torch.stack(pooled, dim=1)
+
+
+def _layer_states(out, layers: tuple[int, ...]) -> torch.Tensor:
+    """[B, T, n_layers, d] float32 from a backbone forward (the layers ``encode`` pools)."""
+    states = [out.last_hidden_state] if layers == (-1,) else [out.hidden_states[i] for i in layers]
+    return torch.stack([h.float() for h in states], dim=2)
+
+
+def prefix_pool(hidden: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int, spec: LatentSpec
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pooled state after every completion position, and before the first one.
+
+    hidden [B, T, n_layers, d] with T = Tp + Tn (left-padded prompt, then completion), attention_mask
+    [B, T]. The pooling window W is the real tokens (mask 1) from the first prompt token
+    (``pool_over="all"``) or the first completion token (``"completion"``). For completion position
+    t (sequence position Tp + t) the pooled state is ``pool`` over W ∩ [0, Tp + t]:
+        mean: Σ_{s∈W, s≤Tp+t} h_s / |W ∩ [0, Tp+t]|     (cumsum; accumulated in float64)
+        max:  max_{s∈W, s≤Tp+t} h_s                      (cummax)
+        last: h at the right-most s ∈ W with s ≤ Tp+t     (cummax of positions, then gather)
+    Masked positions (after EOS) contribute nothing, so the state carries over unchanged.
+    Returns (states [B, Tn, n_layers, d], start [B, n_layers, d]); start pools the prompt alone
+    (``"all"``) or is zeros (``"completion"``: the window is still empty).
+    """
+    tp = prompt_len
+    window = attention_mask.bool().clone()  # [B, T]
+    if spec.pool_over == "completion":
+        window[:, :tp] = False
+    w = window[..., None, None]  # [B, T, 1, 1]
+    if spec.pooling == "mean":
+        # where, not ·mask: a padded row's state may be NaN; float64 only where it accumulates
+        prompt_sum = torch.where(w[:, :tp], hidden[:, :tp], 0.0).sum(1, keepdim=True, dtype=torch.float64)
+        sums = prompt_sum + torch.where(w[:, tp:], hidden[:, tp:], 0.0).double().cumsum(1)  # [B, Tn, L, d]
+        counts = window.double().cumsum(1)[..., None, None].clamp(min=1.0)  # [B, T, 1, 1]
+        states = (sums / counts[:, tp:]).float()
+        start = (prompt_sum[:, 0] / counts[:, tp - 1]).float()
+    elif spec.pooling == "max":
+        x = hidden.masked_fill(~w, torch.finfo(hidden.dtype).min)
+        prompt_max = x[:, :tp].amax(1)  # [B, L, d]
+        states = torch.maximum(torch.cummax(x[:, tp:], dim=1).values, prompt_max[:, None])
+        start = prompt_max
+    else:  # last
+        positions = torch.arange(hidden.shape[1], device=hidden.device).expand_as(window)  # [B, T]
+        latest = torch.where(window, positions, -1).cummax(1).values.clamp(min=0)  # [B, T]
+        rows = torch.arange(hidden.shape[0], device=hidden.device)[:, None]  # [B, 1]
+        states = hidden[rows, latest[:, tp:]]  # [B, Tn, L, d]
+        start = hidden[rows[:, 0], latest[:, tp - 1]]  # [B, L, d]
+    if spec.pool_over == "completion":
+        start = torch.zeros_like(start)
+    return states, start
+
+
+def prefix_pooled_states(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int,
+                         spec: LatentSpec, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position pooled states of given token ids (a rollout: left-padded prompt of width
+    ``prompt_len``, then the completion): one backbone forward, no re-tokenisation.
+
+    Returns (states [B, Tn, n_layers, d], start [B, n_layers, d]) float32, see ``prefix_pool``;
+    states[:, t] is what ``encode`` gives for the sequence cut after completion token t.
+    Position ids count real tokens (as the rollout's log-prob forward does); with rotary
+    embeddings this equals ``encode``'s forward, which only shifts every position by the padding.
+    """
+    ids, attn = input_ids.to(device), attention_mask.to(device)
+    with torch.inference_mode():
+        position_ids = (attn.long().cumsum(-1) - 1).clamp(min=0)  # [B, T]
+        out = backbone(model)(input_ids=ids, attention_mask=attn, position_ids=position_ids,
+                              output_hidden_states=spec.layers != (-1,), use_cache=False)
+        return prefix_pool(_layer_states(out, spec.layers), attn, prompt_len, spec)
