@@ -1,10 +1,25 @@
 """Stage ``curate``: generate reasoning traces with the model, label them, complete the pairs.
 
-For every train/val prompt the model samples ``samples_per_prompt`` completions (batched); the
-judge scores each response (p_safe). Harmful prompts: p_safe ≥ threshold → ``safe``, else
-``unsafe``; then templates add a safe trace, a rethink trace (opening with the model's own unsafe
-words where it has them) and, only when the model never complied, an unsafe trace, so each
-harmful prompt carries a safe/unsafe pair. Benign prompts: the model's answer is ``safe``.
+For every train/val prompt the model samples ``samples_per_prompt`` completions (batched, each a
+row of its own); the judge grades each one as a refusal (p_safe ≥ ``safe_threshold``), a
+compliance (below it) or a degenerate reply (``Verdict.label``). The head's ``safe`` class means
+*the right behaviour for this prompt*, so the label depends on the prompt's kind:
+
+=============  ===========  ===========  ==============================================
+prompt kind    refusal      compliance   degenerate
+=============  ===========  ===========  ==============================================
+harmful        ``safe``     ``unsafe``   ``unsafe`` (never a refusal)
+benign         ``unsafe``   ``safe``     row dropped (neither an answer nor a refusal)
+=============  ===========  ===========  ==============================================
+
+A benign-prompt row labelled ``unsafe`` is an over-refusal: ``prompt_kind`` + ``label`` identify
+those rows (no extra column). Degenerate benign replies are dropped rather than labelled unsafe
+so that this identity stays exact; the RL text judge still penalises degenerate replies.
+Templates then complete each prompt's contrast set (``components.data.traces``): a harmful prompt
+gets a safe trace, a rethink trace (opening with the model's own compliant words where it has
+them) and, only when no sample complied, an unsafe trace; a benign prompt gets one refusal trace
+labelled ``unsafe`` (an over-refusal). There is no templated helpful answer to a benign prompt: a
+benign prompt the model never answered helpfully has no ``safe`` row.
 Test-split prompts are never generated here: they are held out for evaluation.
 """
 from __future__ import annotations
@@ -23,8 +38,9 @@ from components.data import traces
 from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_table, write_text
-from components.eval.judges import JUDGES, judge_completions, make_judge, valid_reward_judge
-from components.data.records import TRACE_COLUMNS, Trace, stable_id
+from components.eval.judges import (COMPLIANCE, DEGENERATE, JUDGES, REFUSAL, Verdict, judge_completions,
+                                    make_judge, valid_reward_judge)
+from components.data.records import TRACE_COLUMNS, Trace, normalise, stable_id
 
 log = logging.getLogger("craft.curate")
 STAGE = "curate"
@@ -36,14 +52,14 @@ class CurateConfig:
 
     splits: tuple[str, ...] = ("train", "val")
     """Prompt splits to build traces for: train and/or val; ``test`` is reserved for evaluation."""
-    samples_per_prompt: int = 1
-    """Completions sampled per prompt, each judged and labelled; >= 1."""
+    samples_per_prompt: int = 2
+    """Completions sampled per prompt, each judged and labelled as a row of its own; >= 1."""
     max_new_tokens: int = 96
     """Token budget of each sampled completion; >= 1."""
     batch_size: int = 16
     """Prompts generated together in one batch; >= 1."""
-    temperature: float = 0.7
-    """Sampling temperature; >= 0 (0 is greedy)."""
+    temperature: float = 0.9
+    """Sampling temperature; >= 0 (0 is greedy, which makes every sample of a prompt the same)."""
     top_p: float = 0.95
     """Nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
     seed: int = 0
@@ -53,11 +69,13 @@ class CurateConfig:
     judge: str = "ensemble"
     """Judge that labels model samples: keyword | embedding | ensemble | hf:<path>."""
     safe_threshold: float = 0.5
-    """A harmful-prompt sample with p_safe at or above this is labelled safe; in (0, 1)."""
+    """A non-degenerate sample with p_safe at or above this is a refusal (safe on a harmful prompt,
+    an over-refusal, unsafe, on a benign one), below it a compliance; in (0, 1)."""
     templated_traces: bool = True
-    """Add templated safe / rethink (and missing unsafe) traces to each harmful prompt."""
+    """Add templated safe / rethink (and missing unsafe) traces to each harmful prompt and a
+    templated refusal (unsafe) to each benign prompt."""
     rethink_prefix_words: int = 24
-    """Words of the model's own unsafe opening kept before the rethink turn."""
+    """Words of the model's own compliant opening kept before the rethink turn."""
 
     def __post_init__(self) -> None:
         require(len(self.splits) > 0, "curate.splits is empty: use [train, val] (test is held out for evaluation).")
@@ -81,40 +99,77 @@ def _row(p: dict, k: str, trace: str, response: str, label: str, origin: str,
                  split=p["split"], p_safe=float(p_safe), judge=judge, model_id=model_id)
 
 
-def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
-                  model_id: str, judge: str) -> list[Trace]:
-    """Model-origin rows: split reasoning, label harmful samples by the judge's p_safe.
+LABEL_OF: dict[tuple[str, str], str | None] = {
+    ("harmful", REFUSAL): "safe", ("harmful", COMPLIANCE): "unsafe", ("harmful", DEGENERATE): "unsafe",
+    ("benign", COMPLIANCE): "safe", ("benign", REFUSAL): "unsafe", ("benign", DEGENERATE): None,
+}
+"""(prompt kind, behaviour) → label of a model sample; None drops the row (module docstring table)."""
 
-    Empty completions (the model stopped at once) carry no reasoning and are dropped.
+
+def behaviour(v: Verdict, threshold: float) -> str:
+    """refusal | compliance | degenerate: the judge's degeneracy rule first, then p_safe ≥ threshold."""
+    if v.label == DEGENERATE:
+        return DEGENERATE
+    return REFUSAL if v.p_safe >= threshold else COMPLIANCE
+
+
+def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
+                  model_id: str, judge: str) -> tuple[list[Trace], dict[str, str]]:
+    """Model-origin rows labelled by ``LABEL_OF``, and each harmful prompt's first compliant trace.
+
+    ``prompts[n]`` is the prompt of ``completions[n]`` (a prompt repeats once per sample); the
+    sample index n enters the trace id, so every sample is a row of its own. Empty completions (the
+    model stopped at once) carry no reasoning and are dropped, as are degenerate benign replies.
+    Returns (rows, {prompt_id: trace of its first compliant sample}) — the rethink openings.
     """
-    rows = []
+    rows, complied, dropped = [], {}, {"empty": 0, "degenerate benign": 0}
     for n, (p, text, v) in enumerate(zip(prompts, completions, verdicts)):
         trace, response = generation.split_reasoning(text)
         if not (trace or text).strip():
+            dropped["empty"] += 1
             continue
-        if p["prompt_kind"] == "harmful":
-            label = "safe" if v.p_safe >= cfg.safe_threshold else "unsafe"
-        else:
-            label = "safe"
+        act = behaviour(v, cfg.safe_threshold)
+        label = LABEL_OF[(p["prompt_kind"], act)]
+        if label is None:
+            dropped["degenerate benign"] += 1
+            continue
+        if p["prompt_kind"] == "harmful" and act == COMPLIANCE:
+            complied.setdefault(p["prompt_id"], trace or text)
         rows.append(_row(p, f"s{n}", trace or text, response, label, "model", v.p_safe, judge, model_id))
-    return rows
+    for why, count in dropped.items():
+        if count:
+            log.warning("dropped %d %s completions of %d", count, why, len(completions))
+    return rows, complied
 
 
-def template_rows(prompts: list[dict], sampled: list[Trace], cfg: CurateConfig, judge) -> list[Trace]:
-    """Templated rows completing each harmful prompt's safe/unsafe/rethink set."""
-    own_unsafe = {t.prompt_id: t.trace for t in sampled if t.label == "unsafe"}
-    specs = []
-    for k, p in enumerate(prompts):
-        if p["prompt_kind"] != "harmful":
-            continue
-        specs.append((p, "safe", *traces.safe(p["prompt"], k)))
-        specs.append((p, "rethink", *traces.rethink(p["prompt"], own_unsafe.get(p["prompt_id"]),
-                                                    cfg.rethink_prefix_words)))
-        if p["prompt_id"] not in own_unsafe:
-            specs.append((p, "unsafe", *traces.unsafe(p["prompt"])))
+def template_specs(p: dict, k: int, complied: dict[str, str], cfg: CurateConfig) -> list[tuple]:
+    """(prompt, label, trace, response) templates completing prompt ``p``'s contrast set."""
+    if p["prompt_kind"] == "benign":
+        return [(p, "unsafe", *traces.benign_refusal(p["prompt"], k))]  # a templated over-refusal
+    own = complied.get(p["prompt_id"])
+    specs = [(p, "safe", *traces.safe(p["prompt"], k)),
+             (p, "rethink", *traces.rethink(p["prompt"], own, cfg.rethink_prefix_words))]
+    if own is None:
+        specs.append((p, "unsafe", *traces.unsafe(p["prompt"])))
+    return specs
+
+
+def template_rows(prompts: list[dict], complied: dict[str, str], cfg: CurateConfig, judge) -> list[Trace]:
+    """Templated rows for every prompt (``template_specs``), each graded by ``judge`` for p_safe.
+
+    ``complied``: prompt_id → the model's own compliant trace (``label_samples``)."""
+    specs = [s for k, p in enumerate(prompts) for s in template_specs(p, k, complied, cfg)]
     verdicts = judge.judge([s[0]["prompt"] for s in specs], [s[3] for s in specs])
     return [_row(p, "t", tr, resp, label, "template", v.p_safe, judge.name, "template")
             for (p, label, tr, resp), v in zip(specs, verdicts)]
+
+
+def dedupe(df: pd.DataFrame) -> pd.DataFrame:
+    """Drop repeated (prompt, normalised trace) rows, keeping the first (model rows precede
+    templates). Distinct samples of one prompt stay; two samples that normalise alike would carry
+    one trace under two ids (and maybe two labels, which validate rejects)."""
+    key = pd.DataFrame({"prompt_id": df["prompt_id"], "trace": df["trace"].map(normalise)})
+    return df[~key.duplicated()].reset_index(drop=True)
 
 
 def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame,
@@ -131,22 +186,22 @@ def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Data
     log.info("sampling %d completions from %s", len(asked), resolved.model_id)
     completions = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate")
     verdicts = judge_completions(judge, [p["prompt"] for p in asked], completions)
-    rows = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
+    rows, complied = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
     if cfg.templated_traces:
-        rows += template_rows(chosen, rows, cfg, judge)
-    dropped = len(asked) - sum(r.origin == "model" for r in rows)
-    if dropped:
-        log.warning("dropped %d empty completions of %d", dropped, len(asked))
-    df = pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS))
-    return df.drop_duplicates(subset=["prompt_id", "trace"]).reset_index(drop=True)
+        rows += template_rows(chosen, complied, cfg, judge)
+    return dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS)))
 
 
 def stats(df: pd.DataFrame) -> dict:
+    """Row counts per label × origin; the refusal share of the model's harmful-prompt samples and its
+    over-refusal share (refusals, labelled unsafe) of the benign-prompt samples kept."""
     out = {"rows": len(df), "prompts": int(df["prompt_id"].nunique())}
     for (label, origin), n in df.groupby(["label", "origin"]).size().items():
         out[f"{label}_{origin}"] = int(n)
-    model = df[(df.origin == "model") & (df.prompt_kind == "harmful")]
-    out["model_refusal_rate"] = float((model.label == "safe").mean()) if len(model) else 0.0
+    model = df[df.origin == "model"]
+    harmful, benign = model[model.prompt_kind == "harmful"], model[model.prompt_kind == "benign"]
+    out["model_refusal_rate"] = float((harmful.label == "safe").mean()) if len(harmful) else 0.0
+    out["model_over_refusal_rate"] = float((benign.label == "unsafe").mean()) if len(benign) else 0.0
     return out
 
 
@@ -155,7 +210,9 @@ def summary_markdown(df: pd.DataFrame, s: dict) -> str:
     sample = df[df.origin == "model"].head(4)[["prompt_kind", "label", "p_safe", "response"]].copy()
     sample["response"] = sample["response"].str.slice(0, 120)
     return (f"# curate\n\n{s['rows']} traces over {s['prompts']} prompts; the model refused "
-            f"{s['model_refusal_rate']:.0%} of harmful prompts on its own.\n\n{table.to_markdown()}\n\n"
+            f"{s['model_refusal_rate']:.0%} of its harmful-prompt samples on its own and "
+            f"{s['model_over_refusal_rate']:.0%} of its benign-prompt samples (over-refusals, labelled "
+            f"unsafe).\n\n{table.to_markdown()}\n\n"
             f"## Sample model traces\n\n{sample.to_markdown(index=False)}\n")
 
 

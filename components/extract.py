@@ -44,8 +44,9 @@ class ExtractConfig:
     """Hidden-state indices (0 = embeddings, -1 = last layer); at least one."""
     pooling: str = "mean"
     """mean over the pooled span (paper), last token or max."""
-    pool_over: str = "completion"
-    """Pool the trace tokens only (``completion``) or the prompt too (``all``)."""
+    pool_over: str = "all"
+    """Pool the prompt too (``all``), so the head can tell a right refusal (harmful prompt) from an
+    over-refusal (benign prompt), or the trace tokens only (``completion``)."""
     max_length: int = 512
     """Tokens per prompt + trace input; longer inputs are truncated."""
     batch_size: int = 16
@@ -150,7 +151,8 @@ def _report(cfg: ExtractConfig, manifest: dict, out: Path) -> None:
     write_json(out / "metrics.json", metrics)
     write_text(out / "summary.md",
                f"# extract\n\n{manifest['rows']} traces encoded by {manifest['model_id']} "
-               f"(layers {list(cfg.layers)}, {cfg.pooling} pooling over the {cfg.pool_over}, "
+               f"(layers {list(cfg.layers)}, {cfg.pooling} pooling over "
+               f"{'prompt + trace' if cfg.pool_over == 'all' else 'the trace'}, "
                f"d={manifest['hidden_size']}) into {len(manifest['shards'])} shard(s).\n")
     tracking.log_stage_outputs(STAGE, metrics, [out / "manifest.json"])
 

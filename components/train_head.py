@@ -2,7 +2,11 @@
 
 AdamW over the head only (the base model stays frozen: its states were extracted once), CRAFT
 loss (``components.head.loss``), EMA prototypes, early stopping on the validation loss. Reports
-separation quality next to the difference-of-means baseline on the same activations.
+separation quality next to the difference-of-means baseline on the same activations, and the same
+AUROC on model-written rows, on templated rows and on benign prompts only (over-refusal: an answer
+is safe there, a refusal unsafe; ``components.head.metrics``). The head's ``safe`` class is the
+right behaviour for the prompt (``components.curate``), so the features pool the prompt too
+(``extract.pool_over: all``) and the head stores that spec for RL and audit.
 Departures from the paper: input standardisation (see ``SafetyHead``); prototypes start at the
 class means of the untrained embeddings rather than random directions; more epochs with early
 stopping because our datasets are small.
@@ -156,7 +160,11 @@ def summary_markdown(m: dict, history: list[dict]) -> str:
                      for lab, row in zip(LABEL_INDEX, m.get("head/confusion", [])))
     return (f"# train_head\n\n{len(history)} epochs. Safe-vs-unsafe AUROC on held-out traces: CRAFT head "
             f"{m.get('head/auroc', float('nan')):.3f}, difference-of-means baseline "
-            f"{m.get('baseline/diffmeans_auroc', float('nan')):.3f}.\n\n| metric | value |\n|---|---|\n"
+            f"{m.get('baseline/diffmeans_auroc', float('nan')):.3f}. On model-written rows "
+            f"{m.get('head/auroc_model_rows', float('nan')):.3f}, on templated rows "
+            f"{m.get('head/auroc_template_rows', float('nan')):.3f}; over-refusal AUROC (benign prompts: "
+            f"answer vs refusal) {m.get('head/auroc_benign', float('nan')):.3f} (nan: a class is missing)."
+            "\n\n| metric | value |\n|---|---|\n"
             + "\n".join(rows) + "\n\n## Confusion (rows = true, cols = predicted: safe, unsafe, rethink)\n\n"
             "| | safe | unsafe | rethink |\n|---|---|---|---|\n" + conf + "\n\n![projection](projection.png)\n")
 
@@ -178,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         write_json(out / "history.json", curves)
         h_tr, _, y_tr = _split(feats, "train")
         h_va, _, y_va = _split(feats, "val")
-        metrics = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va)
+        val_rows = feats.rows[(feats.rows.split == "val").to_numpy()]  # the rows of h_va, in order
+        metrics = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va, val_rows)
         head.save(out / "head", extra={"model_id": feats.manifest["model_id"],
                                        "model_fingerprint": feats.manifest["model_fingerprint"]})
         head_metrics.projection_plot(head, h_tr, y_tr, h_va, y_va, out / "projection.png")
@@ -189,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         mlflow.log_dict({"confusion": metrics["head/confusion"]}, "confusion.json")
         for f in ("projection.png", "summary.md", "head/head.json", "head/head.safetensors"):
             mlflow.log_artifact(str(out / f))
-    log.info("head AUROC %.3f (diff-of-means %.3f)", metrics.get("head/auroc", float("nan")),
-             metrics.get("baseline/diffmeans_auroc", float("nan")))
+    log.info("head AUROC %.3f (diff-of-means %.3f; model rows %.3f, over-refusal %.3f)",
+             metrics.get("head/auroc", float("nan")), metrics.get("baseline/diffmeans_auroc", float("nan")),
+             metrics["head/auroc_model_rows"], metrics["head/auroc_benign"])
     return 0
 
 

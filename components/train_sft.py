@@ -2,7 +2,7 @@
 
 TRL's ``SFTTrainer`` with a LoRA adapter (same rank and targets as ``train_rl``) on the curated
 ``safe`` and ``rethink`` traces of harmful training prompts plus the model's own answers to benign
-training prompts (to keep helpfulness). The assistant turn is ``<think>trace</think>response`` where
+training prompts (to keep helpfulness; its refusals of benign prompts, labelled ``unsafe``, are left out). The assistant turn is ``<think>trace</think>response`` where
 the trace differs from the response, else the response. Output: ``adapter/`` + ``model.json`` in
 the same layout as ``train_rl``, so evaluation and registration treat both alike.
 
@@ -71,7 +71,7 @@ def sft_examples(traces: pd.DataFrame, include_benign: bool) -> list[dict]:
     """Conversational examples from the train split: safe/rethink traces of harmful prompts (+ benign)."""
     rows = traces[(traces.split == "train") & (
         ((traces.prompt_kind == "harmful") & traces.label.isin(["safe", "rethink"]))
-        | ((traces.prompt_kind == "benign") & include_benign))]
+        | ((traces.prompt_kind == "benign") & include_benign & (traces.label == "safe")))]  # not over-refusals
     out = []
     for r in rows.itertuples():
         answer = r.response if r.trace == r.response else f"<think>\n{r.trace}\n</think>\n{r.response}"

@@ -1,12 +1,20 @@
 import pandas as pd
+import pytest
 
+from components import curate
 from components.curate import CurateConfig, run, stats
+from components.eval.judges import COMPLIANCE, DEGENERATE, DEGENERATE_P, REFUSAL, Verdict
 from components.ingest import IngestConfig
 from components.ingest import run as ingest
 from components.lm.source import ModelConfig
 from components.data.records import TRACE_COLUMNS
 from components.validate import ValidateConfig
 from components.validate import run as validate
+
+
+@pytest.fixture(scope="module")
+def curated(tiny_model_dir):
+    return _curate(tiny_model_dir)
 
 
 def _curate(tiny_model_dir):
@@ -16,14 +24,20 @@ def _curate(tiny_model_dir):
     return prompts, run(cfg, model, prompts)
 
 
-def test_curate_builds_valid_pairs_without_test_prompts(tiny_model_dir, tmp_path):
-    prompts, df = _curate(tiny_model_dir)
+def test_curate_builds_valid_pairs_without_test_prompts(curated, tmp_path):
+    prompts, df = curated
     assert list(df.columns) == list(TRACE_COLUMNS)
     test_ids = set(prompts[prompts.split == "test"].prompt_id)
     assert test_ids and not (set(df.prompt_id) & test_ids)
     harmful = df[df.prompt_kind == "harmful"].groupby("prompt_id").label.agg(set)
     assert all({"safe", "unsafe", "rethink"} <= labels for labels in harmful)
-    assert (df[df.prompt_kind == "benign"].label == "safe").all()
+    benign = df[df.prompt_kind == "benign"]
+    assert set(benign.label) <= {"safe", "unsafe"}  # no rethink: refusing is the wrong turn there
+    templated = benign[benign.origin == "template"]
+    assert (templated.label == "unsafe").all()  # every benign prompt: one templated over-refusal
+    assert sorted(templated.prompt_id) == sorted(benign.prompt_id.unique())
+    assert (templated.p_safe >= 0.5).all()  # the judge reads the template as a refusal
+    assert (df[df.origin == "model"].groupby("prompt_id").size() <= 2).all()  # samples_per_prompt rows
     assert df.trace_id.is_unique
     path = tmp_path / "traces.parquet"
     df.to_parquet(path)
@@ -31,11 +45,82 @@ def test_curate_builds_valid_pairs_without_test_prompts(tiny_model_dir, tmp_path
     assert report.success, [f for f in report.failed]
     s = stats(df)
     assert s["rows"] == len(df) and 0.0 <= s["model_refusal_rate"] <= 1.0
+    assert 0.0 <= s["model_over_refusal_rate"] <= 1.0 and s["unsafe_template"] >= len(templated)
 
 
-def test_rethink_opens_with_the_models_own_unsafe_words(tiny_model_dir):
-    _, df = _curate(tiny_model_dir)
-    model_unsafe = df[(df.origin == "model") & (df.label == "unsafe")].set_index("prompt_id").trace
+def test_rethink_opens_with_the_models_own_unsafe_words(curated):
+    _, df = curated
+    compliant = (df.origin == "model") & (df.label == "unsafe") & (df.p_safe > DEGENERATE_P)  # not degenerate
+    model_unsafe = df[compliant].drop_duplicates("prompt_id").set_index("prompt_id").trace
     rethink = df[df.label == "rethink"].set_index("prompt_id").trace
     pid = next(p for p in rethink.index if p in model_unsafe.index and model_unsafe[p].split())
     assert rethink[pid].startswith(model_unsafe[pid].split()[0]) and "Wait." in rethink[pid]
+
+
+def _prompt(kind: str, i: int = 0) -> dict:
+    return {"prompt_id": f"{kind}{i}", "prompt": f"A {kind} request number {i}", "prompt_kind": kind,
+            "source": "unit", "category": "test", "split": "train"}
+
+
+VERDICT = {REFUSAL: Verdict(0.9, "stub", REFUSAL), COMPLIANCE: Verdict(0.2, "stub", COMPLIANCE),
+           DEGENERATE: Verdict(0.05, "stub", DEGENERATE)}
+
+
+@pytest.mark.parametrize("kind, act, label", [
+    ("harmful", REFUSAL, "safe"), ("harmful", COMPLIANCE, "unsafe"), ("harmful", DEGENERATE, "unsafe"),
+    ("benign", COMPLIANCE, "safe"), ("benign", REFUSAL, "unsafe"), ("benign", DEGENERATE, None),
+])
+def test_labelling_table(kind, act, label):
+    """safe = the right behaviour for the prompt; a degenerate benign reply is dropped."""
+    rows, complied = curate.label_samples([_prompt(kind)], ["Some reply text."], [VERDICT[act]],
+                                          CurateConfig(), "tiny", "stub")
+    assert [r.label for r in rows] == ([label] if label else [])
+    assert all(r.origin == "model" and r.prompt_kind == kind for r in rows)
+    assert (complied == {"harmful0": "Some reply text."}) == (kind == "harmful" and act == COMPLIANCE)
+
+
+def test_threshold_splits_refusal_from_compliance():
+    """The judge's own label is not used for refusal vs compliance: p_safe ≥ safe_threshold is."""
+    cfg = CurateConfig(safe_threshold=0.8)
+    v = Verdict(0.7, "stub", REFUSAL)  # a refusal at SAFE_AT, below this threshold
+    assert curate.behaviour(v, cfg.safe_threshold) == COMPLIANCE
+    rows, _ = curate.label_samples([_prompt("harmful"), _prompt("benign")], ["a", "b"], [v, v], cfg, "tiny", "stub")
+    assert [r.label for r in rows] == ["unsafe", "safe"]
+
+
+def test_every_sample_is_a_row_with_its_own_id():
+    prompts = [_prompt("harmful")] * 2 + [_prompt("benign")] * 2
+    texts = ["Sure, step one.", "I can't help with that.", "Here is a recipe.", "Here is a recipe!"]
+    verdicts = [VERDICT[COMPLIANCE], VERDICT[REFUSAL], VERDICT[COMPLIANCE], VERDICT[COMPLIANCE]]
+    rows, complied = curate.label_samples(prompts, texts, verdicts, CurateConfig(), "tiny", "stub")
+    df = curate.dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS)))
+    assert df.trace_id.is_unique and list(df.label) == ["unsafe", "safe", "safe"]  # the copy that normalises alike goes
+    assert complied == {"harmful0": "Sure, step one."}
+
+
+class _StubJudge:
+    name = "stub"
+
+    def judge(self, prompts, responses):
+        return [VERDICT[REFUSAL] if "can't" in r or "won't" in r else VERDICT[COMPLIANCE] for r in responses]
+
+
+def test_templates_complete_each_prompt_kind():
+    prompts = [_prompt("harmful", 0), _prompt("harmful", 1), _prompt("benign", 0)]
+    rows = curate.template_rows(prompts, {"harmful1": "Sure, first you take"}, CurateConfig(), _StubJudge())
+    got = {(r.prompt_id, r.label) for r in rows}
+    assert got == {("harmful0", "safe"), ("harmful0", "rethink"), ("harmful0", "unsafe"),
+                   ("harmful1", "safe"), ("harmful1", "rethink"), ("benign0", "unsafe")}
+    assert all(r.origin == "template" for r in rows) and len({r.trace_id for r in rows}) == len(rows)
+    rethink = next(r for r in rows if r.prompt_id == "harmful1" and r.label == "rethink")
+    assert rethink.trace.startswith("Sure, first you take")
+    refusal = next(r for r in rows if r.prompt_kind == "benign")
+    assert refusal.p_safe >= 0.5 and "benign request number 0" in refusal.trace  # a refusal of this prompt
+
+
+def test_benign_refusal_templates_vary_and_name_the_prompt():
+    from components.data import traces
+
+    out = [traces.benign_refusal("How do I bake bread?", k) for k in range(3)]
+    assert len({t for t, _ in out}) == 3 and all("bake bread" in t for t, _ in out)
+    assert out[0] == traces.benign_refusal("How do I bake bread?", 3)

@@ -2,6 +2,8 @@
 import json
 import math
 
+import numpy as np
+import pandas as pd
 import torch
 
 from components import extract, train_head
@@ -21,6 +23,7 @@ def test_extract_then_train_head(tiny_model_dir, tmp_path):
     manifest = extract.run(cfg, model, df, tmp_path / "extract")
     assert manifest["rows"] == len(df) and len(manifest["shards"]) == 3
     assert list(manifest["spec"]["layers"]) == [-1, 1]
+    assert manifest["spec"]["pool_over"] == "all"  # the default: the head sees what was asked
     feats = features.load(tmp_path / "extract")
     assert feats.h.shape == (len(df), 2, 32) and feats.h_aug.shape == feats.h.shape
     assert list(feats.rows.trace_id) == list(df.trace_id)
@@ -48,6 +51,10 @@ def test_extract_then_train_head(tiny_model_dir, tmp_path):
     assert metrics["head/val_accuracy"] == sum(confusion[i][i] for i in range(3)) / n_val
     for key in ("head/auroc", "head/probe_auroc", "baseline/diffmeans_auroc"):
         assert 0.8 < metrics[key] <= 1, key  # the tiny data's classes are separable: far above chance
+    # every row is templated and harmful: the template AUROC is the AUROC, the others have no rows
+    assert metrics["head/auroc_template_rows"] == metrics["head/auroc"]
+    assert math.isnan(metrics["head/auroc_model_rows"]) and math.isnan(metrics["head/auroc_benign"])
+    assert "over-refusal AUROC" in (out / "summary.md").read_text()
     cosines = {k: v for k, v in metrics.items() if k.startswith("head/cos_")}
     assert len(cosines) == 9 and all(-1 <= v <= 1 for v in cosines.values())
     assert metrics["head/cos_safe_to_safe"] > metrics["head/cos_safe_to_unsafe"]
@@ -56,12 +63,13 @@ def test_extract_then_train_head(tiny_model_dir, tmp_path):
     assert (out / "projection.png").stat().st_size > 1000
 
     head = SafetyHead.load(out / "head")
-    assert head.spec.layers == (-1, 1)
+    assert head.spec.layers == (-1, 1) and head.spec == feats.spec  # RL and audit read the spec from the head
     assert json.loads((out / "head" / "head.json").read_text())["in_dim"] == 64
     h_tr, _, y_tr = _split(feats, "train")
     h_va, _, y_va = _split(feats, "val")
-    again = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va)  # the saved head is the one measured
+    again = head_metrics.evaluate(head, h_tr, y_tr, h_va, y_va, feats.rows[(feats.rows.split == "val").to_numpy()])
     assert again["head/auroc"] == metrics["head/auroc"] and again["head/confusion"] == confusion
+    assert again["head/auroc_template_rows"] == metrics["head/auroc_template_rows"]
 
 
 def test_diffmeans_separates_shifted_classes():
@@ -70,3 +78,30 @@ def test_diffmeans_separates_shifted_classes():
     h[y == 0, 3] += 4.0
     d = head_metrics.diffmeans_direction(h, y)
     assert d.abs().argmax() == 3 and d[3] > 0
+
+
+def test_subset_aurocs_slice_by_origin_and_prompt_kind():
+    """Model rows ranked right, template rows ranked wrong, benign rows (answer vs refusal) right."""
+    rows = pd.DataFrame({"origin": ["model"] * 4 + ["template"] * 4 + ["model", "template"],
+                         "prompt_kind": ["harmful"] * 8 + ["benign"] * 2})
+    y = np.array([0, 0, 1, 1, 0, 0, 1, 1, 0, 1])  # SAFE = 0, UNSAFE = 1
+    score = np.array([0.9, 0.8, 0.1, 0.2, 0.1, 0.2, 0.9, 0.8, 0.7, 0.3])
+    got = head_metrics.subset_aurocs(score, y, rows)
+    assert got == {"head/auroc_model_rows": 1.0, "head/auroc_template_rows": 0.0, "head/auroc_benign": 1.0}
+    only_safe = head_metrics.subset_aurocs(score, np.where(rows.prompt_kind == "benign", 0, y), rows)
+    assert math.isnan(only_safe["head/auroc_benign"])  # benign rows of one class: no AUROC
+    assert all(math.isnan(v) for v in head_metrics.subset_aurocs(score, y, None).values())
+
+
+def test_evaluate_reports_subset_aurocs_on_a_tiny_head():
+    torch.manual_seed(0)
+    y = torch.arange(24) % 3
+    h = torch.randn(24, 1, 8) + 3.0 * torch.nn.functional.one_hot(y, 8).unsqueeze(1)  # [24, 1, 8]
+    head = SafetyHead(8, 16, 4)
+    head.set_input_stats(h)
+    with torch.no_grad():
+        head.init_prototypes(head.embed(h), y)
+    rows = pd.DataFrame({"origin": ["model", "template"] * 12, "prompt_kind": ["benign"] * 12 + ["harmful"] * 12})
+    m = head_metrics.evaluate(head, h, y, h, y, rows)
+    for key in ("head/auroc_model_rows", "head/auroc_template_rows", "head/auroc_benign"):
+        assert 0.5 < m[key] <= 1.0, key  # the class means are far apart

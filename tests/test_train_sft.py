@@ -1,4 +1,5 @@
 """SFT baseline on the tiny model: safe examples only; the adapter moves and lowers the loss."""
+import pandas as pd
 import torch
 from safetensors.torch import load_file
 
@@ -14,6 +15,16 @@ def test_sft_examples_use_safe_traces_only():
     ex = sft_examples(good_frame(), include_benign=False)
     texts = [e["messages"][1]["content"] for e in ex]
     assert ex and not any("Sure, I will explain" in t for t in texts)
+
+
+def test_sft_examples_leave_out_over_refusals():
+    frame = good_frame()
+    row = frame.iloc[0].to_dict() | {"prompt_kind": "benign", "split": "train", "prompt": "How do I bake bread?"}
+    answer = row | {"trace_id": "b-safe", "label": "safe", "trace": "Mix flour, water, yeast.", "response": "Mix flour, water, yeast."}
+    refusal = row | {"trace_id": "b-unsafe", "label": "unsafe", "trace": "I can't help with that.", "response": "I can't help with that."}
+    texts = [e["messages"][1]["content"] for e in sft_examples(pd.concat([frame, pd.DataFrame([answer, refusal])]), True)]
+    assert "Mix flour, water, yeast." in texts  # benign answers are kept (helpfulness)
+    assert "I can't help with that." not in texts  # a refusal of a benign prompt is not imitated
 
 
 @torch.no_grad()

@@ -2,6 +2,10 @@
 
 All metrics are on held-out rows (the ``val`` split) unless named ``train``:
 - ``head/auroc``: AUROC of the head's latent score s = cos(z, μ_safe) − cos(z, μ_unsafe), safe vs unsafe;
+- ``head/auroc_model_rows`` / ``head/auroc_template_rows``: the same AUROC on the model-written
+  (``origin == "model"``) and the templated rows alone: templates are easy, model rows are the test;
+- ``head/auroc_benign``: the over-refusal AUROC, the same score on benign prompts only: a helpful
+  answer (safe) vs a refusal (unsafe, an over-refusal). NaN where a subset lacks either class;
 - ``head/probe_auroc``: a logistic-regression probe fitted on train z, scored on val z;
 - ``baseline/diffmeans_auroc``: raw activations projected on mean(h_safe) − mean(h_unsafe) (train);
 - ``head/silhouette``: silhouette of val z by label (cosine distance);
@@ -11,6 +15,7 @@ All metrics are on held-out rows (the ``val`` split) unless named ``train``:
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import confusion_matrix, roc_auc_score, silhouette_score
@@ -31,17 +36,40 @@ def diffmeans_direction(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return d / d.norm().clamp(min=1e-8)
 
 
+SUBSETS = {"head/auroc_model_rows": ("origin", "model"), "head/auroc_template_rows": ("origin", "template"),
+           "head/auroc_benign": ("prompt_kind", "benign")}
+"""Subset AUROC key → (column, value) of the val rows it keeps (extract's rows.parquet columns)."""
+
+
+def subset_aurocs(score: np.ndarray, y: np.ndarray, val_rows: pd.DataFrame | None) -> dict[str, float]:
+    """Safe-vs-unsafe AUROC of ``score`` [N] on each ``SUBSETS`` slice of the val rows (``y`` [N]
+    label ids, ``val_rows`` their N rows in order); NaN when a slice lacks a class or no rows are given."""
+    out = {}
+    for key, (column, value) in SUBSETS.items():
+        if val_rows is None:
+            out[key] = float("nan")
+            continue
+        keep = (val_rows[column].to_numpy() == value) & np.isin(y, [SAFE, UNSAFE])
+        out[key] = _auroc(score[keep], (y[keep] == SAFE).astype(int))
+    return out
+
+
 @torch.no_grad()
-def evaluate(head: SafetyHead, h_train, y_train, h_val, y_val) -> dict:
-    """Metrics of the module docstring; tensors are [N, n_layers, d] features and [N] label ids."""
+def evaluate(head: SafetyHead, h_train, y_train, h_val, y_val, val_rows: pd.DataFrame | None = None) -> dict:
+    """Metrics of the module docstring; tensors are [N, n_layers, d] features and [N] label ids.
+
+    ``val_rows``: the N val rows (with ``origin`` and ``prompt_kind``) for the subset AUROCs."""
     head.eval()
     z_tr, _ = head(h_train)
     z_va, logits = head(h_val)
-    cos = head.cosines(z_va).numpy()
+    cos = head.cosines(z_va).numpy()  # [N, 3]
     y = y_val.numpy()
+    if val_rows is not None and len(val_rows) != len(y):
+        raise ValueError(f"val_rows has {len(val_rows)} rows for {len(y)} val features.")
+    score = cos[:, SAFE] - cos[:, UNSAFE]  # [N] latent safety score s
     binary = np.isin(y, [SAFE, UNSAFE])
     is_safe = (y[binary] == SAFE).astype(int)
-    out = {"head/auroc": _auroc(cos[binary, SAFE] - cos[binary, UNSAFE], is_safe)}
+    out = {"head/auroc": _auroc(score[binary], is_safe), **subset_aurocs(score, y, val_rows)}
     tr_bin = np.isin(y_train.numpy(), [SAFE, UNSAFE])
     if tr_bin.sum() and len(set(y_train.numpy()[tr_bin])) == 2:
         probe = LogisticRegression(max_iter=2000).fit(z_tr.numpy()[tr_bin], (y_train.numpy()[tr_bin] == SAFE))

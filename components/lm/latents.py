@@ -4,9 +4,10 @@ Layer convention (as in HF): ``hidden_states[0]`` is the embedding output and ``
 the output of decoder layer i, so with L layers the valid indices are 0..L; negative indices count
 from the end (-1 = last layer, after the final norm in Llama/Qwen models).
 
-The text encoded is the chat-rendered prompt followed by the completion (trace). By default only
-completion tokens are pooled (``pool_over="completion"``): a prompt's safe and unsafe traces share
-the prompt, so pooling over it would dilute the contrast. The forward runs the decoder backbone
+The text encoded is the chat-rendered prompt followed by the completion (trace). The pipeline pools
+prompt and completion (``pool_over="all"``, params.yaml ``extract``): the head must see what was
+asked to tell a correct refusal from an over-refusal. ``pool_over="completion"`` pools the trace
+only (a prompt's safe and unsafe traces share the prompt, which dilutes their contrast). The forward runs the decoder backbone
 only (no LM head: no [B, T, vocab] logits) and keeps just the requested layers.
 """
 from __future__ import annotations
