@@ -1,21 +1,32 @@
 """Stage ``train_rl``: RL with latent rewards (CRAFT §4.2) on torch + peft, our own loop.
 
-Per step: sample ``prompts_per_step`` harmful training prompts (a function of seed and step, so a
-resumed run sees the same prompts), roll out ``group_size`` completions each from the policy,
-score them with ``CraftReward``, compute advantages, and run ``ppo_epochs`` passes of the clipped
-surrogate over minibatches with gradient accumulation.
+Per step: take ``prompts_per_step`` harmful and ``benign_per_step`` benign training prompts (each
+kind an epoch-wise permutation of its pool, a function of seed and step: every prompt is seen once
+per epoch, and a resumed run sees the same prompts), roll out ``group_size`` completions each from
+the policy, score them with the kind-aware ``CraftReward`` (a refusal is right on a harmful prompt,
+an answer on a benign one: see ``components.rl.rewards``), compute advantages, and run
+``ppo_epochs`` passes of the clipped surrogate over minibatches with gradient accumulation. The
+learning rate rises linearly over the first ``warmup_steps`` steps.
 
-- ``advantage: grpo`` (paper): A = (R − mean_group)/(std_group + 1e-6) for every token; KL to the
-  reference as a loss term, k3 estimator, coefficient ``kl_coef``.
+- ``advantage: grpo``: group baseline A = R − mean_group (Dr. GRPO, ``std_norm: false``) or
+  (R − mean_group)/(std_group + 1e-6) (paper GRPO, ``std_norm: true``), for every token; a group
+  with reward std below ``min_group_std`` gets A = 0 (DAPO dynamic sampling, logged as
+  ``rl/flat_groups``); KL to the reference as a loss term, k3 estimator, coefficient ``kl_coef``.
 - ``advantage: ppo``: a value head on the policy's last hidden state, per-token rewards (sequence
-  reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``),
-  GAE(γ, λ), value loss weighted by ``vf_coef``.
+  reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``;
+  with ``latent_rewards: dense`` the w_lat·R_lat part is spread over the tokens by potential-based
+  shaping, ``components.rl.shaping``), GAE(γ, λ), value loss weighted by ``vf_coef``.
+Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps and
+at the end, greedy replies to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
+judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
+untrained adapter, included) is the output.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
 optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores
 and back-propagates its share of every step's prompts, gradients are summed across processes
 before each optimizer step (``components.rl.loop``), and only the main process opens the MLflow
-run and writes checkpoints and outputs. Departures from the paper: LoRA instead of full
-fine-tuning; fewer, larger steps.
+run, selects, and writes checkpoints and outputs. Departures from the paper: LoRA instead of full
+fine-tuning; fewer, larger steps; benign prompts with a kind-aware reward; Dr. GRPO advantages by
+default; validation-based selection of the output adapter.
 """
 from __future__ import annotations
 
@@ -33,7 +44,6 @@ import pandas as pd
 import torch
 
 from components.rl import checkpoint
-from components.lm import generation
 from components.lm.adapters import save_adapter
 from components.lm import source
 from components.lm import runtime
@@ -45,10 +55,11 @@ from components.core.code import closure_digest
 from components.core.config import require, stage_config
 from components.head.model import SafetyHead
 from components.core.io import dir_digest, read_table, write_json, write_text
-from components.eval.judges import SAFE_AT, judge_completions, make_judge, valid_reward_judge
+from components.eval.judges import make_judge, valid_judge, valid_reward_judge
 from components.rl.policy import LoraSpec, wrap_lora
 from components.data.records import stable_id
-from components.rl.rewards import SOURCES, CraftReward, RewardWeights
+from components.rl import report, selection
+from components.rl.rewards import SOURCES, CraftReward, RewardWeights, obfuscation_gap
 
 log = logging.getLogger("craft.train_rl")
 STAGE = "train_rl"
@@ -59,27 +70,35 @@ class TrainRLConfig:
     """params.yaml:train_rl."""
 
     advantage: str = "grpo"
-    """grpo (group baseline, paper) | ppo (value head + GAE)."""
-    steps: int = 16
+    """grpo (group baseline: Dr. GRPO or the paper's, see ``std_norm``) | ppo (value head + GAE)."""
+    steps: int = 20
     """RL steps (rollout + update) to run; >= 1."""
-    prompts_per_step: int = 4
-    """Harmful training prompts sampled per step; >= 1."""
-    group_size: int = 4
+    prompts_per_step: int = 3
+    """Harmful training prompts per step; >= 1."""
+    benign_per_step: int = 1
+    """Benign training prompts per step, after the harmful ones; 0 = harmful only (the paper)."""
+    group_size: int = 8
     """Completions per prompt (paper: 8); >= 2 for grpo."""
     max_new_tokens: int = 32
     """Token budget of each rollout completion."""
-    temperature: float = 0.6
-    """Rollout sampling temperature (paper: 0.6)."""
+    temperature: float = 0.8
+    """Rollout sampling temperature (paper: 0.6; higher gives groups more spread to learn from)."""
     top_p: float = 1.0
     """Rollout nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
-    lr: float = 5e-4
+    lr: float = 3e-4
     """AdamW learning rate of the LoRA weights; > 0 (the paper's 1e-6 is for full fine-tuning)."""
+    warmup_steps: int = 3
+    """RL steps over which the learning rate rises linearly to ``lr`` (step s: lr·min(1, (s+1)/warmup)); 0 = none."""
     ppo_epochs: int = 1
     """Passes over each step's rollouts; >= 1 (1 with grad_accum covering the batch: one update per step)."""
     minibatch_size: int = 8
     """Rollouts per forward / backward pass; >= 1."""
-    grad_accum: int = 2
+    grad_accum: int = 4
     """Minibatches whose gradients are summed into one optimizer step; >= 1."""
+    std_norm: bool = False
+    """grpo: divide by the group's reward std (paper GRPO) or not (false: Dr. GRPO, unbiased)."""
+    min_group_std: float = 0.02
+    """grpo: a group whose reward std is below this gets zero advantage (DAPO dynamic sampling); >= 0."""
     clip: float = 0.2
     """PPO ratio clip ε; in (0, 1)."""
     kl_coef: float = 0.05
@@ -97,9 +116,11 @@ class TrainRLConfig:
     w_lat: float = 0.5
     """Weight of the latent reward: R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons (paper)."""
     w_txt: float = 0.4
-    """Weight of the text-judge reward R_txt = 2·p_safe_text − 1."""
+    """Weight of the text-judge reward R_txt = 2·g − 1 (g: p_safe on harmful, 1 − p_safe on benign prompts)."""
     w_cons: float = 0.2
-    """Weight of the consistency reward R_cons = 1 − |p_safe_latent − p_safe_text|."""
+    """Weight of the consistency reward R_cons = 1 − |p_safe_latent − g|."""
+    latent_rewards: str = "sequence"
+    """sequence (R_lat on the last token, paper) | dense (potential-shaped per-token R_lat; ppo only)."""
     reward_source: str = "policy"
     """policy (live hidden states, paper) | reference (frozen model re-encodes the text)."""
     judge: str = "ensemble"
@@ -113,12 +134,16 @@ class TrainRLConfig:
     """Dropout on the LoRA input, in [0, 1)."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Names of the modules that get LoRA adapters."""
-    include_benign: bool = False
-    """Also train on benign prompts (their text reward would favour refusals: off by default)."""
-    probe_prompts: int = 8
-    """Fixed harmful val prompts whose greedy refusal rate is logged every ``log_every`` steps."""
+    select_harmful: int = 16
+    """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
+    select_benign: int = 8
+    """Selection: the first (sorted) benign ``val`` prompts answered greedily; >= 0."""
+    select_lambda: float = 1.0
+    """Selection score = val_refusal − select_lambda·val_over_refusal; >= 0."""
+    select_judge: str = "heldout"
+    """Judge that grades the selection replies (the held-out judge: the policy never trained on it)."""
     log_every: int = 4
-    """Steps between probe evaluations; >= 1."""
+    """Steps between selection evaluations (also at step −1 and at the end); >= 1."""
     checkpoint_every: int = 4
     """Steps between resumable checkpoints; >= 1."""
     kl_stop: float = 1.0
@@ -146,6 +171,21 @@ class TrainRLConfig:
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
         require(self.checkpoint_every >= 1,
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
+        require(self.benign_per_step >= 0,
+                f"train_rl.benign_per_step={self.benign_per_step!r}: use 0 (harmful only) or more, e.g. 1.")
+        require(self.warmup_steps >= 0, f"train_rl.warmup_steps={self.warmup_steps!r}: use 0 (none) or more, e.g. 3.")
+        require(self.min_group_std >= 0,
+                f"train_rl.min_group_std={self.min_group_std!r}: use 0 (keep every group) or more, e.g. 0.02.")
+        require(self.latent_rewards in ("sequence", "dense"),
+                f"train_rl.latent_rewards={self.latent_rewards!r}: use sequence or dense.")
+        require(self.latent_rewards == "sequence" or self.advantage == "ppo",
+                f"train_rl.latent_rewards=dense needs per-token credit: set advantage: ppo (GAE), "
+                f"or latent_rewards: sequence with advantage {self.advantage}.")
+        require(self.select_harmful >= 1, f"train_rl.select_harmful={self.select_harmful!r}: use 1 or more, e.g. 16.")
+        require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 8.")
+        require(self.select_lambda >= 0, f"train_rl.select_lambda={self.select_lambda!r}: use 0 or more, e.g. 1.0.")
+        require(valid_judge(self.select_judge),
+                f"train_rl.select_judge={self.select_judge!r}: use heldout, keyword, embedding, ensemble or hf:<path>.")
         require(valid_reward_judge(self.judge),
                 f"train_rl.judge={self.judge!r}: use keyword, embedding, ensemble or hf:<path> "
                 "(the held-out judge only grades).")
@@ -153,17 +193,6 @@ class TrainRLConfig:
     @property
     def lora(self) -> LoraSpec:
         return LoraSpec(self.lora_r, self.lora_alpha, self.lora_dropout, self.lora_targets)
-
-
-
-def probe_refusal_rate(policy, tokenizer, judge, prompts: list[str], max_new_tokens: int, device,
-                       engine: str = "ours") -> float:
-    """Share of probe prompts whose greedy completion the judge calls safe (p_safe ≥ SAFE_AT)."""
-    from components.lm.runtime import LoadedModel
-
-    lm = LoadedModel(policy, tokenizer, device, "policy", engine)
-    texts = generation.generate(lm, prompts, generation.SamplingParams(max_new_tokens, len(prompts)), desc="probe")
-    return sum(v.p_safe >= SAFE_AT for v in judge_completions(judge, prompts, texts)) / max(len(prompts), 1)
 
 
 def compute_dtype(model_cfg: source.ModelConfig) -> str:
@@ -204,26 +233,39 @@ def _history(folder: Path, start: int) -> list[dict]:
     return [r for r in rows if r["step"] < start]
 
 
-def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[list[str], list[str]]:
-    """(training prompts: the ``train`` split, probe prompts: ``val`` harmful). Never ``test``."""
-    kinds = ("harmful", "benign") if cfg.include_benign else ("harmful",)
-    pool = sorted(prompts[(prompts.split == "train") & prompts.prompt_kind.isin(kinds)].prompt)
-    probe = sorted(prompts[(prompts.split == "val") & (prompts.prompt_kind == "harmful")].prompt)[: cfg.probe_prompts]
-    return pool, probe
+def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """(training pools by kind: the ``train`` split; selection prompts by kind: the first
+    ``select_harmful`` / ``select_benign`` of the sorted ``val`` split). Never ``test``."""
+    def of(split: str, kind: str) -> list[str]:
+        return sorted(prompts[(prompts.split == split) & (prompts.prompt_kind == kind)].prompt)
+
+    pools = {"harmful": of("train", "harmful"), "benign": of("train", "benign") if cfg.benign_per_step else []}
+    val = {"harmful": of("val", "harmful")[: cfg.select_harmful], "benign": of("val", "benign")[: cfg.select_benign]}
+    require(len(pools["harmful"]) >= 1 and len(val["harmful"]) >= 1,
+            "train_rl: the prompts need harmful prompts in the train and val splits (re-run ingest).")
+    require(cfg.benign_per_step == 0 or len(pools["benign"]) >= 1,
+            f"train_rl.benign_per_step={cfg.benign_per_step}: the prompts have no benign train prompts; "
+            "set benign_per_step: 0 or ingest benign prompts.")
+    return pools, val
+
+
+def warmup(steps: int) -> Callable[[int], float]:
+    """LR factor of RL step s: (s + 1)/steps during warm-up, then 1."""
+    return lambda s: min(1.0, (s + 1) / steps) if steps else 1.0
 
 
 def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
     """The accelerator, the resolved model, and the policy (LoRA), value head and optimizer placed
-    by accelerate. Every process builds the same initial state from ``cfg.seed``."""
+    by accelerate, and the LR schedule. Every process builds the same initial state from ``cfg.seed``."""
     from accelerate import Accelerator
 
     dist.check_launch()
     # Before loading: accelerate picks each process's device (cuda:<local rank>) and opens the group.
     accelerator = Accelerator(cpu=runtime.pick_device(model_cfg.device).type == "cpu")
-    n = accelerator.num_processes
-    require(cfg.prompts_per_step >= n,
-            f"train_rl.prompts_per_step={cfg.prompts_per_step} is below the {n} processes launched: each process "
-            f"needs a prompt of every step; raise it (a multiple of {n} gives equal shares) or launch fewer.")
+    n, per_step = accelerator.num_processes, cfg.prompts_per_step + cfg.benign_per_step
+    require(per_step >= n,
+            f"train_rl: prompts_per_step + benign_per_step = {per_step} is below the {n} processes launched: each "
+            f"process needs a prompt of every step; raise them (a multiple of {n} gives equal shares) or launch fewer.")
     with accelerator.main_process_first():  # a packaged model is converted once, by the main process
         resolved = source.resolve(model_cfg, workspace)
     lm = runtime.load(resolved, model_cfg)
@@ -233,76 +275,92 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))  # stepped once per RL step
     # evaluation_mode: placement and mixed precision without a DDP wrapper; rl_loop.update sums the
     # gradients itself, on the global minibatch schedule (one collective per optimizer step).
     policy, value_head = (accelerator.prepare_model(m, evaluation_mode=True) for m in (policy, value_head))
-    return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt)
+    return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt), schedule
 
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
         stop_after: int | None = None) -> dict | None:
     """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill). With
-    several processes only the main one probes, logs, checkpoints and writes ``out``; the others
+    several processes only the main one selects, logs, checkpoints and writes ``out``; the others
     return None."""
-    accelerator, resolved, lm, policy, value_head, opt = build(cfg, model_cfg, workspace)
+    accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace)
     main = accelerator.is_main_process
     head = SafetyHead.load(head_dir, accelerator.device)
-    judge = make_judge(cfg.judge)
-    reward = CraftReward(head, judge, RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons), cfg.reward_source)
-    pool, probe = prompt_pools(prompts, cfg)
-    require(len(pool) >= cfg.prompts_per_step, f"train_rl: {len(pool)} training prompts < prompts_per_step.")
-    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head)
+    reward = CraftReward(head, make_judge(cfg.judge), RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons),
+                         cfg.reward_source)
+    select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
+    pools, val = prompt_pools(prompts, cfg)
+    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)
     history = _history(ckpt, start) if main else []
+    best = selection.saved_best(ckpt) if main and start > 0 else None
     unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
-    probe_rate = functools.partial(probe_refusal_rate, unwrapped, lm.tokenizer, judge, probe, cfg.max_new_tokens,
-                                   device, engine)
+
+    def select(step: int, metrics: dict) -> None:  # greedy: no RNG drawn, main process only
+        nonlocal best
+        point, texts = selection.evaluate(unwrapped, lm.tokenizer, select_judge, val["harmful"], val["benign"],
+                                          cfg.max_new_tokens, device, engine, step, cfg.select_lambda)
+        best = selection.keep_if_best(ckpt, unwrapped, point, best)
+        metrics.update(point.metrics())
+        if step >= 0:  # at step −1 the policy is the reference: no gap
+            metrics["rl/obfuscation_gap"] = obfuscation_gap(unwrapped, lm.tokenizer, head, val["harmful"], texts,
+                                                            device)
+
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
-                             main=main)
+                             main=main, schedule=schedule)
     if start == 0 and main:
-        base = {"rl/probe_refusal_rate": probe_rate()}
-        history.append({"step": -1, **base})
+        history.append({"step": -1})
+        select(-1, history[-1])
     for step in range(start, cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pool, gen, engine)
+        lr = opt.param_groups[0]["lr"]  # this step's: warm-up factor of ``step`` (restored on resume)
+        metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pools, gen,
+                                  engine)
+        schedule.step()
+        metrics["rl/lr"] = lr
         last = step + 1 == cfg.steps
+        stop = dist.gather(metrics["rl/kl"] > cfg.kl_stop)[0] and not last  # the main process decides for all
         if main:
-            if (step + 1) % cfg.log_every == 0 or last:  # greedy probes: no RNG drawn, main process only
-                metrics["rl/probe_refusal_rate"] = probe_rate()
-                metrics["rl/obfuscation_gap"] = rl_loop.obfuscation_probe(unwrapped, lm.tokenizer, head, probe,
-                                                                           device, engine)
+            if (step + 1) % cfg.log_every == 0 or last or stop:
+                select(step, metrics)
             history.append({"step": step, **metrics})
             if on_metrics:
                 on_metrics(step, metrics)
             log.info("step %d reward %.3f kl %.4f", step, metrics["rl/reward"], metrics["rl/kl"])
-        if (step + 1) % cfg.checkpoint_every == 0 or last:
+        if (step + 1) % cfg.checkpoint_every == 0 or last or stop:
             save(step=step)
             if main:
                 (ckpt / "history.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         if stop_after is not None and step + 1 >= stop_after and not last:
             return None
-        if dist.gather(metrics["rl/kl"] > cfg.kl_stop)[0] and not last:  # the main process decides for all
+        if stop:
             log.warning("KL %.3f > kl_stop %.3f at step %d: stopping early", metrics["rl/kl"], cfg.kl_stop, step)
-            save(step=step)
             break
     rl_loop.check_same_adapter(unwrapped)
-    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history) if main else None
+    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt) if main else None
 
 
-def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict]) -> dict:
-    """Write adapter, head copy, model card and curves; return the summary metrics."""
+def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict],
+           ckpt: Path) -> dict:
+    """Load the selected (best) adapter, write it with a head copy, model card and curves; return
+    the summary metrics."""
+    best = selection.Point(**checkpoint.load_best(ckpt, policy))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_adapter(policy, tokenizer, tmp / "adapter", resolved.model_id)
     shutil.copytree(head_dir, tmp / "head")
     card = {"base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
             "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "head": "head",
-            "reward_source": cfg.reward_source, "advantage": cfg.advantage}
+            "reward_source": cfg.reward_source, "advantage": cfg.advantage, "selected_step": best.step}
     (tmp / "model.json").write_text(json.dumps(card, indent=2))
     # DVC plots data (dvc.yaml plots:): the training steps, under the names MLflow records.
     (tmp / "history.json").write_text(json.dumps([h for h in history if h["step"] >= 0], indent=1))
-    summary = summarise(history)
-    plot_curves(history, tmp / "curves.png")
+    summary = report.summarise(history, best)
+    report.plot_curves(history, tmp / "curves.png", best.step)
     for name in ("adapter", "head", "model.json", "history.json", "curves.png"):
         target = out / name
         if target.is_dir():
@@ -311,44 +369,6 @@ def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cf
         shutil.move(str(tmp / name), str(target))
     shutil.rmtree(tmp, ignore_errors=True)
     return summary
-
-
-def summarise(history: list[dict]) -> dict:
-    steps = [h for h in history if h["step"] >= 0]
-    q = max(1, len(steps) // 4)
-    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
-    probes = [h for h in history if "rl/probe_refusal_rate" in h]
-    return {
-        "steps": len(steps),
-        "reward_first_quarter": mean(steps[:q], "rl/reward"), "reward_last_quarter": mean(steps[-q:], "rl/reward"),
-        "reward_lat_first_quarter": mean(steps[:q], "rl/reward_r_lat"), "reward_lat_last_quarter": mean(steps[-q:], "rl/reward_r_lat"),
-        "kl_last": steps[-1]["rl/kl"], "kl_max": max(s["rl/kl"] for s in steps),
-        "probe_refusal_rate_start": probes[0]["rl/probe_refusal_rate"], "probe_refusal_rate_end": probes[-1]["rl/probe_refusal_rate"],
-        "obfuscation_gap_end": steps[-1].get("rl/obfuscation_gap", float("nan")),
-    }
-
-
-def plot_curves(history: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [h for h in history if h["step"] >= 0]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5))
-    for key in ("rl/reward", "rl/reward_r_lat", "rl/reward_r_txt", "rl/reward_r_cons"):
-        axes[0].plot([h["step"] for h in steps], [h[key] for h in steps], label=key.split("/")[1])
-    axes[0].set_title("reward"), axes[0].legend(fontsize=7)
-    axes[1].plot([h["step"] for h in steps], [h["rl/kl"] for h in steps])
-    axes[1].set_title("KL to reference (k3)")
-    probes = [h for h in history if "rl/probe_refusal_rate" in h]
-    axes[2].plot([h["step"] for h in probes], [h["rl/probe_refusal_rate"] for h in probes], marker="o")
-    axes[2].set_title("probe refusal rate"), axes[2].set_ylim(-0.05, 1.05)
-    for ax in axes:
-        ax.set_xlabel("step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -377,18 +397,10 @@ def main(argv: list[str] | None = None) -> int:
                       on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
         if procs.is_main_process:
             write_json(out / "metrics.json", summary)
-            write_text(out / "summary.md", summary_markdown(summary, name))
+            write_text(out / "summary.md", report.summary_markdown(summary, name))
             tracking.log_stage_outputs(name, summary, [out / "curves.png", out / "summary.md", out / "model.json"])
     procs.wait_for_everyone()  # the other processes exit once the main one has written everything
     return 0
-
-
-def summary_markdown(s: dict, name: str = STAGE) -> str:
-    return (f"# {name}\n\n{s['steps']} steps. Mean reward {s['reward_first_quarter']:+.3f} → "
-            f"{s['reward_last_quarter']:+.3f} (first vs last quarter); latent reward "
-            f"{s['reward_lat_first_quarter']:+.3f} → {s['reward_lat_last_quarter']:+.3f}; probe refusal rate "
-            f"{s['probe_refusal_rate_start']:.0%} → {s['probe_refusal_rate_end']:.0%}; KL last {s['kl_last']:.4f} "
-            f"(max {s['kl_max']:.4f}); obfuscation gap {s['obfuscation_gap_end']:+.3f}.\n\n![curves](curves.png)\n")
 
 
 if __name__ == "__main__":

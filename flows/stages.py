@@ -24,9 +24,9 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("extract"),
     Stage("train_head"),
     Stage("train_sft"),
+    Stage("train_judge", report="report.md"),  # before RL: its checkpoint selection uses the held-out judge
     Stage("train_rl_text"),
     Stage("train_rl"),
-    Stage("train_judge", report="report.md"),
     Stage("evaluate", report="report.md"),
 )
 

@@ -28,7 +28,8 @@ def _params(tiny_model_dir, **overrides) -> str:
         "extract": {"batch_size": 8},
         "train_head": {"hidden_dim": 32, "out_dim": 16, "epochs": 3, "batch_size": 8},
         "train_rl": {"steps": 2, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6,
-                     "minibatch_size": 2, "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 2,
+                     "minibatch_size": 2, "ppo_epochs": 1, "judge": "keyword", "select_harmful": 2,
+                     "select_benign": 1,
                      "lora_r": 4, "lora_alpha": 8},
         "train_sft": {"max_steps": 2, "batch_size": 4, "max_length": 64, "lora_r": 4, "lora_alpha": 8},
         "train_rl_text": {"w_lat": 0.0, "w_cons": 0.0, "w_txt": 1.0},
@@ -48,7 +49,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
     assert [r["stage"] for r in first] == ["sources", "ingest", "curate", "validate", "extract", "train_head", "train_sft",
-                                           "train_rl_text", "train_rl", "train_judge", "evaluate", "register"]
+                                           "train_judge", "train_rl_text", "train_rl", "evaluate", "register"]
     assert all(r["status"] == "ran" for r in first[:-1]) and first[-1]["status"] == "version 1"
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 

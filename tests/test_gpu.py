@@ -58,7 +58,8 @@ def test_rl_step_on_cuda(tiny_model_dir, tmp_path):
     prompts = pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(4)], "prompt_kind": ["harmful"] * 4,
                             "split": ["train", "train", "val", "val"]})
     cfg = TrainRLConfig(steps=2, prompts_per_step=2, group_size=2, max_new_tokens=6, minibatch_size=4,
-                        judge="keyword", probe_prompts=1, lora_r=2, lora_alpha=4)
+                        judge="keyword", benign_per_step=0, select_harmful=1,
+                        select_benign=0, select_judge="keyword", lora_r=2, lora_alpha=4)
     summary = run(cfg, ModelConfig(source=str(tiny_model_dir), device="cuda", dtype="bfloat16"), prompts, head,
                   tmp_path / "out", tmp_path / "ckpt")
     assert summary["steps"] == 2

@@ -38,9 +38,10 @@ def test_curation_and_rl_never_see_test_prompts(prompts, tiny_model_dir, tmp_pat
     cfg = curate.CurateConfig(max_new_tokens=4, batch_size=16, judge="keyword")
     traces = curate.run(cfg, model, prompts, tmp_path)
     assert len(traces) and not set(traces.prompt_id) & test_ids  # SFT trains on these traces only
-    pool, probe = train_rl.prompt_pools(prompts, dataclasses.replace(train_rl.TrainRLConfig(), include_benign=True))
+    pools, val = train_rl.prompt_pools(prompts, dataclasses.replace(train_rl.TrainRLConfig(), benign_per_step=1))
+    seen = {p for texts in (*pools.values(), *val.values()) for p in texts}
     test_texts = set(prompts[prompts.split == "test"].prompt)
-    assert pool and probe and not (set(pool) | set(probe)) & test_texts
+    assert pools["harmful"] and pools["benign"] and val["harmful"] and not seen & test_texts
 
 
 def test_curation_refuses_the_test_split():

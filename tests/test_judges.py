@@ -93,7 +93,7 @@ class _Recorder:
         from components.eval.judges import Verdict
 
         self.seen.append(list(responses))
-        return [Verdict(0.9 if "sorry" in r.lower() else 0.1, "") for r in responses]
+        return [Verdict(0.9, "", "refusal") if "sorry" in r.lower() else Verdict(0.1, "") for r in responses]
 
 
 def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
@@ -105,14 +105,14 @@ def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
     from components.eval import transcripts
     from components.lm import generation
     from components.rl import rewards
-    from components.train_rl import probe_refusal_rate
+    from components.rl import selection
 
     monkeypatch.setattr(generation, "generate", lambda lm, prompts, params, desc="": list(COMPLETIONS))
     monkeypatch.setattr(rewards, "latent_scores", lambda *a, **k: {"p_safe": torch.zeros(3), "r_lat": torch.zeros(3)})
     reward_judge, probe_judge, eval_judge = _Recorder(), _Recorder(), _Recorder()
 
     parts = rewards.CraftReward(head=None, judge=reward_judge)(None, None, [PROMPT] * 3, COMPLETIONS, "cpu")
-    rate = probe_refusal_rate(None, None, probe_judge, [PROMPT] * 3, 8, "cpu")
+    point, _ = selection.evaluate(None, None, probe_judge, [PROMPT] * 3, [], 8, "cpu", "ours", 0, 1.0)
     inputs = pd.DataFrame({"prompt": [PROMPT] * 3, "input": [PROMPT] * 3})
     t = transcripts.generate(types.SimpleNamespace(model_id="m"), inputs, eval_judge, 8, 16)
 
@@ -120,7 +120,7 @@ def test_reward_probe_and_evaluation_grade_the_same_text(monkeypatch):
     assert reward_judge.seen == [graded] and probe_judge.seen == [graded]
     assert eval_judge.seen[1] == graded  # [0] is the trace, judged on its own for reasoning_asr
     assert parts["p_safe_text"].tolist() == pytest.approx(t.p_safe_response.tolist())
-    assert rate == pytest.approx(1 / 3) and t.response.tolist()[1] == ""  # the stored answer stays empty
+    assert point.val_refusal == pytest.approx(1 / 3) and t.response.tolist()[1] == ""  # the stored answer stays empty
 
 
 def test_safe_at_is_the_one_cut_off():

@@ -57,7 +57,8 @@ def model_folder(tiny_model_dir, tmp_path_factory):
                             "split": ["train", "train", "val", "val"]})
     out = tmp_path_factory.mktemp("rl") / "train_rl"
     cfg = TrainRLConfig(steps=1, prompts_per_step=2, group_size=2, max_new_tokens=4, minibatch_size=4,
-                        judge="keyword", probe_prompts=1, lora_r=2, lora_alpha=4)
+                        judge="keyword", benign_per_step=0, select_harmful=1,
+                        select_benign=0, select_judge="keyword", lora_r=2, lora_alpha=4)
     run(cfg, ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu"), prompts, head_dir, out,
         tmp_path_factory.mktemp("ckpt"))
     return out

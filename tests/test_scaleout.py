@@ -28,9 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-5
 """Max |Δ| allowed between the 1- and 2-process adapters (measured: 7.1e-7, weights up to 0.19)."""
 RL = {"advantage": "ppo", "temperature": 0.0, "group_size": 1, "prompts_per_step": 4, "minibatch_size": 3,
-      "grad_accum": 1, "steps": 3, "max_new_tokens": 6, "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1,
+      "grad_accum": 1, "steps": 3, "max_new_tokens": 6, "ppo_epochs": 1, "judge": "keyword", "benign_per_step": 1,
+      "select_harmful": 1, "select_benign": 1, "select_judge": "keyword",
       "checkpoint_every": 1, "log_every": 3, "lora_r": 2, "lora_alpha": 4, "lr": 0.005}
-"""Minibatches of 3 over 2 × 2 rows straddle the processes; 2 optimizer steps per RL step."""
+"""4 harmful + 1 benign prompts: rows 3 + 2 per process; minibatches of 3 straddle the processes; 2
+optimizer steps per RL step."""
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])
@@ -54,14 +56,16 @@ def test_prompt_shards_keep_groups_whole_and_rows_map_back():
     assert a.local(perm).tolist() == [2, 11] and b.local(perm).tolist() == [1, 7, 0]  # perm order kept
 
 
-def test_one_process_sees_the_prompts_it_always_saw():
-    """The ``:0`` seed suffix: one process samples what the code before scale-out sampled."""
+def test_step_prompts_walk_an_epoch_wise_permutation():
+    """Draw i = step·n + j is position i mod |pool| of epoch i div |pool|'s shuffle of the sorted pool."""
     import random
 
     from components.rl.loop import step_prompts
 
     pool = [f"p{i}" for i in range(9)]
-    assert step_prompts(pool, 4, 7, 2) == random.Random("7:2:0").sample(pool[0::1], 4)
+    perm = sorted(pool)
+    random.Random("7:harmful:0").shuffle(perm)
+    assert step_prompts(pool[::-1], 4, 7, 1) == perm[4:8]  # pool order does not matter
 
 
 def test_accelerate_cpu_with_several_processes_is_refused():
@@ -104,8 +108,9 @@ def _workspace(root: Path, tiny_model_dir: Path) -> Path:
     root.mkdir(parents=True)
     torch.manual_seed(0)
     SafetyHead(32, 16, 8).save(root / "head")
-    pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(8)], "prompt_kind": ["harmful"] * 8,
-                  "split": ["train"] * 6 + ["val"] * 2}).to_parquet(root / "prompts.parquet")
+    pd.DataFrame({"prompt": [f"Harm {i}?" for i in range(8)] + ["Bake bread?", "Fold a shirt?", "Explain rain."],
+                  "prompt_kind": ["harmful"] * 8 + ["benign"] * 3,
+                  "split": ["train"] * 6 + ["val"] * 2 + ["train", "train", "val"]}).to_parquet(root / "prompts.parquet")
     good_frame(6).to_parquet(root / "traces.parquet")  # 18 rows: 5 batches of 4, 3 shards of 8
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
@@ -119,10 +124,12 @@ def _rl_outputs_complete(ws: Path) -> dict[str, torch.Tensor]:
         assert (out / name).is_file(), name
     assert len(json.loads((out / "history.json").read_text())) == RL["steps"]
     assert json.loads((out / "metrics.json").read_text())["steps"] == RL["steps"]
-    ckpts = sorted(p.name for p in (ws / ".cache" / "checkpoints" / "train_rl").glob("*/step-*"))
-    assert ckpts == ["step-000001", "step-000002"], ckpts  # one writer: no .partial left, pruned to 2
+    ckpts = sorted((ws / ".cache" / "checkpoints" / "train_rl").glob("*/step-*"))
+    assert [p.name for p in ckpts] == ["step-000001", "step-000002"], ckpts  # one writer: no .partial left, pruned to 2
     assert not list(ws.glob("out*.partial"))
-    return load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert (ckpts[-1].parent / "best" / "best.json").is_file()  # the selected adapter, kept for resumes
+    # the trained adapter (the output one is the selected one: on a random model, often the untrained)
+    return load_file(str(ckpts[-1] / "adapter.safetensors"))
 
 
 @pytest.mark.slow
@@ -135,6 +142,8 @@ def test_two_processes_write_once_and_match_one(tmp_path, tiny_model_dir):
     a, b = _rl_outputs_complete(one), _rl_outputs_complete(two)
     assert a.keys() == b.keys() and any(v.abs().sum() > 0 for k, v in a.items() if "lora_B" in k)
     assert max(float((a[k] - b[k]).abs().max()) for k in a) <= TOLERANCE
+    selected = [json.loads((ws / "out" / "metrics.json").read_text())["selected_step"] for ws in (one, two)]
+    assert selected[0] == selected[1]  # only the main process selects, on the same adapters
 
     from components.extract import ExtractConfig, run as extract
     from components.lm.source import ModelConfig

@@ -28,11 +28,26 @@ def head_dir(tmp_path_factory):
 
 
 def _cfg(**kw):
-    base = dict(steps=4, prompts_per_step=2, group_size=2, max_new_tokens=6, lr=5e-3, minibatch_size=2,
-                ppo_epochs=1, judge="keyword", probe_prompts=2, log_every=2, checkpoint_every=2,
-                lora_r=4, lora_alpha=8)
+    base = dict(steps=4, prompts_per_step=2, benign_per_step=1, group_size=2, max_new_tokens=6, lr=5e-3,
+                warmup_steps=2, minibatch_size=2, ppo_epochs=1, judge="keyword", select_judge="keyword",
+                select_harmful=2, select_benign=1, log_every=2, checkpoint_every=2, lora_r=4, lora_alpha=8)
     base.update(kw)
     return TrainRLConfig(**base)
+
+
+def _best_adapter(ckpt: Path) -> dict:
+    """The selected adapter kept in the checkpoint folder, under peft's saved names, as lists."""
+    weights = load_file(str(ckpt / "best" / "adapter.safetensors"))
+    return {k.replace(".default", ""): v.tolist() for k, v in weights.items()}
+
+
+def _output_adapter(out: Path) -> dict:
+    return {k: v.tolist() for k, v in load_file(str(out / "adapter" / "adapter_model.safetensors")).items()}
+
+
+def _last_checkpoint_adapter(ckpt: Path) -> dict:
+    """The adapter of the newest step checkpoint (the output adapter is the *selected* one)."""
+    return load_file(str(sorted(ckpt.glob("step-*"))[-1] / "adapter.safetensors"))
 
 
 def _model(tiny_model_dir):
@@ -43,26 +58,27 @@ def _model(tiny_model_dir):
 def test_adapter_changes_base_does_not(tiny_model_dir, head_dir, tmp_path, advantage):
     cfg = _cfg(advantage=advantage, steps=2, kl_in="reward" if advantage == "ppo" else "loss")
     summary = run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out", tmp_path / "ckpt")
-    assert summary["steps"] == 2
-    adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
-    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert summary["steps"] == 2 and summary["selected_step"] in (-1, 0, 1)
+    trained = _last_checkpoint_adapter(tmp_path / "ckpt")
+    lora_b = [v for k, v in trained.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: it moved
+    assert _output_adapter(tmp_path / "out") == _best_adapter(tmp_path / "ckpt")  # the output is the selected one
     base = load_file(str(Path(tiny_model_dir) / "model.safetensors"))
     assert not any("lora" in k for k in base)  # the base model folder was not touched
     assert (tmp_path / "out" / "head" / "head.json").exists() and (tmp_path / "out" / "curves.png").exists()
 
 
 def test_resume_matches_uninterrupted(tiny_model_dir, head_dir, tmp_path):
-    cfg = _cfg()
+    cfg = _cfg(warmup_steps=4)  # resumes mid warm-up: the LR schedule is part of the checkpoint
     run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ckpt_a")
     assert run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", stop_after=2) is None
     assert not (tmp_path / "b" / "adapter").exists()
     run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b")  # resumes at step 2
-    a = load_file(str(tmp_path / "a" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    for a, b in ((_last_checkpoint_adapter(tmp_path / "ckpt_a"), _last_checkpoint_adapter(tmp_path / "ckpt_b")),
+                 (_output_adapter(tmp_path / "a"), _output_adapter(tmp_path / "b"))):  # trained and selected
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
 
 
 def test_text_reward_never_prefers_harmful_answer(tiny_lm, head_dir):
@@ -78,10 +94,11 @@ def test_single_update_path_trains(tiny_model_dir, head_dir, tmp_path):
     """One epoch with all minibatches accumulated skips the old-logprob forward and still learns."""
     from components.rl.loop import single_update
 
-    cfg = _cfg(steps=2, ppo_epochs=1, minibatch_size=2, grad_accum=2)
-    assert single_update(cfg, 4) and not single_update(_cfg(ppo_epochs=2), 4)
+    cfg = _cfg(steps=2, ppo_epochs=1, minibatch_size=2, grad_accum=3)
+    assert single_update(cfg, 6) and not single_update(_cfg(ppo_epochs=2), 6)
+    assert not single_update(_cfg(grad_accum=2), 6)  # 3 minibatches, 2 optimizer steps: the ratio moves
     run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out", tmp_path / "ckpt")
-    adapter = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    adapter = _last_checkpoint_adapter(tmp_path / "ckpt")
     assert any(v.abs().sum() > 0 for k, v in adapter.items() if "lora_B" in k)
 
 
@@ -103,8 +120,10 @@ def test_rl_step_moves_adapter_not_base(tiny_model_dir, head_dir):
     value_head = rl_loop.ValueHead(32)
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
     reward = CraftReward(SafetyHead.load(head_dir), KeywordRefusalJudge())
-    rl_loop.rl_step(cfg, 0, policy, lm.tokenizer, value_head, opt, Accelerator(cpu=True), reward,
-                    list(PROMPTS.prompt[:4]), torch.Generator().manual_seed(0))
+    pools = {"harmful": list(PROMPTS.prompt[:4]), "benign": ["Bake bread?"]}
+    metrics = rl_loop.rl_step(cfg, 0, policy, lm.tokenizer, value_head, opt, Accelerator(cpu=True), reward,
+                              pools, torch.Generator().manual_seed(0))
+    assert {"rl/flat_groups", "rl/text_over_refusal", "rl/reward_benign"} <= set(metrics)
     after = dict(policy.named_parameters())
     assert all(torch.equal(after[k], v) for k, v in base_before.items())
     assert any(not torch.equal(after[k], v) for k, v in lora_before.items())

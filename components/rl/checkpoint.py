@@ -1,12 +1,14 @@
 """Crash-safe training checkpoints: LoRA adapter, optimizer, RNG, step; resumable bit-for-bit on CPU.
 
-Layout: ``<dir>/step-000010/{adapter.safetensors, state.pt, done}``. A checkpoint is written to a
-``.partial`` folder and renamed only when complete (``done`` marker inside), so a kill mid-write
-leaves the previous checkpoint intact. ``state.pt`` holds only tensors and plain Python values and
+Layout: ``<dir>/step-000010/{adapter.safetensors, state.pt, done}``, and ``<dir>/best/{adapter.safetensors,
+best.json}``: the best-scoring adapter so far (validation-based selection, ``save_best``). A checkpoint is
+written to a ``.partial`` folder and renamed only when complete (``done`` marker inside), so a kill
+mid-write leaves the previous checkpoint intact. ``state.pt`` holds only tensors and plain Python values and
 is read with ``torch.load(weights_only=True)``; adapter weights are safetensors.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -54,9 +56,8 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def restore(path: Path, model, optimizer, extra_modules: dict | None = None, rank: int = 0) -> int:
-    """Load a checkpoint into model/optimizer/modules and the RNGs (``rank``'s torch RNG when the
-    checkpoint holds one per process); returns the next step."""
+def load_weights(path: Path, model) -> None:
+    """Copy the trainable weights saved in ``path/adapter.safetensors`` into ``model``."""
     weights = load_file(str(path / "adapter.safetensors"))
     params = dict(model.named_parameters())
     missing = set(weights) - set(params)
@@ -65,6 +66,12 @@ def restore(path: Path, model, optimizer, extra_modules: dict | None = None, ran
     with torch.no_grad():
         for k, v in weights.items():
             params[k].copy_(v)
+
+
+def restore(path: Path, model, optimizer, extra_modules: dict | None = None, rank: int = 0) -> int:
+    """Load a checkpoint into model/optimizer/modules and the RNGs (``rank``'s torch RNG when the
+    checkpoint holds one per process); returns the next step."""
+    load_weights(path, model)
     state = torch.load(path / "state.pt", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     for k, m in (extra_modules or {}).items():
@@ -77,3 +84,40 @@ def restore(path: Path, model, optimizer, extra_modules: dict | None = None, ran
 def _as_rng_state(s):
     """random.setstate needs tuples; weights_only loading may hand back lists."""
     return (s[0], tuple(s[1]), s[2])
+
+
+def save_best(folder: Path, model, info: dict) -> Path:
+    """Write ``model``'s trainable weights and ``info`` (JSON: step, score, …) as ``<folder>/best``,
+    replacing the previous best atomically (written to ``best.partial``, then renamed)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final, tmp = folder / "best", folder / "best.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(_trainable_state(model), str(tmp / "adapter.safetensors"))
+    (tmp / "best.json").write_text(json.dumps(info, sort_keys=True))
+    old = folder / "best.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def best_info(folder: Path) -> dict | None:
+    """The saved best's ``info``, or None when there is none yet (``best.old``: a kill between the
+    two renames of ``save_best``)."""
+    for name in ("best", "best.old"):
+        path = folder / name / "best.json"
+        if path.exists():
+            return json.loads(path.read_text())
+    return None
+
+
+def load_best(folder: Path, model) -> dict:
+    """Load the saved best weights into ``model``; returns its ``info``."""
+    for name in ("best", "best.old"):
+        if (folder / name / "best.json").exists():
+            load_weights(folder / name, model)
+            return json.loads((folder / name / "best.json").read_text())
+    raise FileNotFoundError(f"{folder}: no best adapter saved")

@@ -22,9 +22,31 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
     ``rewards`` [B] are ordered group by group (B = n_prompts · group_size). std is the unbiased
     sample std as in DeepSeekMath's GRPO.
     """
+    return group_advantages(rewards, group_size, std_norm=True, eps=eps)[0]
+
+
+def group_advantages(rewards: torch.Tensor, group_size: int, std_norm: bool = False, min_std: float = 0.0,
+                     eps: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """Group-baseline advantages [B] and the flat-group flags [P] (P = B / group_size groups).
+
+        A_i = r_i − mean_group                      std_norm False: Dr. GRPO (Liu et al. 2025,
+                                                    "Understanding R1-Zero-Like Training"): no std
+                                                    division, which over-weights near-flat groups
+        A_i = (r_i − mean_group) / (std_group + eps)  std_norm True: GRPO (DeepSeekMath)
+        A_i = 0 for every i of a group with std_group < min_std   (DAPO-style dynamic sampling,
+                                                    Yu et al. 2025: a group whose completions all
+                                                    score alike carries no signal, only noise)
+
+    ``rewards`` [B] are ordered group by group; std is the unbiased sample std (``Tensor.std``).
+    A group of one has no std (NaN): never flat, and std_norm gives NaN, so use group_size >= 2.
+    """
     r = rewards.view(-1, group_size)  # [P, G]
-    adv = (r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + eps)
-    return adv.view(-1)
+    centred = r - r.mean(1, keepdim=True)  # [P, G]
+    std = r.std(1, keepdim=True) if group_size > 1 else torch.full_like(r[:, :1], float("nan"))  # [P, 1]
+    adv = centred / (std + eps) if std_norm else centred
+    flat = std < min_std  # [P, 1]; NaN compares False
+    adv = torch.where(flat, torch.zeros_like(adv), adv)
+    return adv.reshape(-1), flat.reshape(-1)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float

@@ -2,8 +2,9 @@
 
 ``cfg`` is a ``components.train_rl.TrainRLConfig``; see that module for the algorithm.
 
-Scale-out (``accelerate launch``, N processes): a step's global batch (``prompts_per_step``
-prompts × ``group_size`` completions, the batch one process would see) is split by prompt into N
+Scale-out (``accelerate launch``, N processes): a step's global batch (``prompts_per_step`` harmful
+then ``benign_per_step`` benign prompts × ``group_size`` completions, the batch one process would
+see; each prompt's kind travels with it) is split by prompt into N
 contiguous shares (``Rows``), so a GRPO group never straddles processes; each process rolls out,
 scores and back-propagates only its rows. The update follows one process's minibatch schedule
 on the global batch: every process draws the same permutation of the global rows, takes its rows
@@ -27,7 +28,7 @@ from components.rl import checkpoint
 from components.rl import formulas
 from components.rl.policy import Rollout, forward_logprobs, rollout
 from components.eval.judges import SAFE_AT
-from components.rl.rewards import CraftReward, obfuscation_gap, reference_mode
+from components.rl.rewards import CraftReward, reference_mode
 
 log = logging.getLogger("craft.train_rl")
 
@@ -44,11 +45,29 @@ class ValueHead(nn.Module):
         return self.v(h.float()).squeeze(-1)
 
 
-def step_prompts(pool: list[str], n: int, seed: int, step: int) -> list[str]:
-    """The global prompts of one step: a pure function of (seed, step), the same on every process.
-    (The ``:0`` suffix keeps the draws of runs made before scale-out.)"""
-    rng = random.Random(f"{seed}:{step}:0")
-    return rng.sample(pool, min(n, len(pool)))
+def step_prompts(pool: list[str], n: int, seed: int, step: int, kind: str = "harmful") -> list[str]:
+    """The ``n`` global prompts of ``kind`` at one step: a pure function of (seed, step), the same on
+    every process. Every prompt of the pool is drawn once per epoch: global draw i = step·n + j
+    (j < n) is position i mod |pool| of epoch i div |pool|, whose order is the sorted pool shuffled
+    by ``random.Random(f"{seed}:{kind}:{epoch}")``."""
+    order, perms = sorted(pool), {}
+    out: list[str] = []
+    for i in range(step * n, step * n + n):
+        epoch, pos = divmod(i, len(order))
+        if epoch not in perms:
+            perms[epoch] = list(order)
+            random.Random(f"{seed}:{kind}:{epoch}").shuffle(perms[epoch])
+        out.append(perms[epoch][pos])
+    return out
+
+
+def step_batch(pools: dict[str, list[str]], cfg, step: int) -> tuple[list[str], list[str]]:
+    """(prompts, kinds) of one step: ``prompts_per_step`` harmful then ``benign_per_step`` benign,
+    each its own epoch-wise permutation (``step_prompts``); kinds[i] is prompts[i]'s kind."""
+    harmful = step_prompts(pools["harmful"], cfg.prompts_per_step, cfg.seed, step, "harmful")
+    benign = step_prompts(pools["benign"], cfg.benign_per_step, cfg.seed, step, "benign") \
+        if cfg.benign_per_step else []
+    return harmful + benign, ["harmful"] * len(harmful) + ["benign"] * len(benign)
 
 
 @dataclass(frozen=True)
@@ -69,8 +88,9 @@ class Rows:
         return idx[mine] - self.start
 
 
-def shard_prompts(prompts: list[str], group_size: int, rank: int, world: int) -> tuple[list[str], Rows]:
-    """Process ``rank``'s contiguous share of the step's prompts and the rows (prompt × group) it holds."""
+def shard_prompts(prompts: list, group_size: int, rank: int, world: int) -> tuple[list, Rows]:
+    """Process ``rank``'s contiguous share of the step's prompts (any per-prompt items, e.g.
+    (prompt, kind) pairs) and the rows (prompt × group) it holds."""
     lo, hi = dist.shard_bounds(len(prompts), rank, world)
     return prompts[lo:hi], Rows(lo * group_size, (hi - lo) * group_size, len(prompts) * group_size)
 
@@ -107,8 +127,10 @@ def whiten(adv: torch.Tensor, mask: torch.Tensor, sharded: bool) -> torch.Tensor
 
 
 @torch.no_grad()
-def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor, rows: Rows | None = None) -> Batch:
-    """Old and reference log-probs, then advantages (GRPO or GAE)."""
+def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tensor], rows: Rows | None = None,
+               head=None) -> Batch:
+    """Old and reference log-probs, then advantages (group baseline or GAE). ``parts``: the
+    reward's parts [B] (``CraftReward``); ``head``: the safety head, for dense latent rewards."""
     rows = rows or Rows(0, len(ro.prompts), len(ro.prompts))
     with reference_mode(policy):
         ref_logp, _, _ = forward_logprobs(policy, ro)
@@ -117,13 +139,20 @@ def make_batch(cfg, policy, value_head, ro: Rollout, rewards: torch.Tensor, rows
     else:
         old_logp, _, hidden = forward_logprobs(policy, ro, want_hidden=cfg.advantage == "ppo")
     mask = ro.completion_mask.to(ref_logp.device)
-    rewards = rewards.to(ref_logp.device)
+    rewards = parts["total"].to(ref_logp.device)  # [B]
     if cfg.advantage == "grpo":
-        adv = formulas.grpo_advantages(rewards, cfg.group_size)[:, None] * mask  # [B, 1] → [B, Tn]
-        return Batch(ro, old_logp, ref_logp, adv, None)
-    token_r = torch.zeros_like(ref_logp)
+        adv, _ = formulas.group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.min_group_std)
+        return Batch(ro, old_logp, ref_logp, adv[:, None] * mask, None)  # [B, 1] → [B, Tn]
+    token_r = torch.zeros_like(ref_logp)  # [B, Tn]
     last = mask.sum(1).clamp(min=1) - 1  # index of the final generated token
-    token_r[torch.arange(len(last)), last] = rewards
+    if cfg.latent_rewards == "dense":
+        from components.rl import shaping  # imported here: the sequence path does not need it
+
+        # w_lat·R_lat spread over the tokens (potential shaping); text and consistency terms at the end
+        dense = shaping.dense_latent_rewards(policy, ro, head, cfg.gamma, cfg.reward_source).to(token_r)
+        token_r = token_r + cfg.w_lat * dense
+        rewards = rewards - cfg.w_lat * parts["r_lat"].to(rewards)
+    token_r[torch.arange(len(last)), last] += rewards
     if cfg.kl_in == "reward":
         token_r = token_r - cfg.kl_coef * (old_logp - ref_logp) * mask
     values = value_head(hidden)
@@ -196,25 +225,35 @@ def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, den
     return loss, parts
 
 
-def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: CraftReward, pool, gen,
-            engine: str = "ours") -> dict:
+def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: CraftReward,
+            pools: dict[str, list[str]], gen, engine: str = "ours") -> dict:
     """One full RL step: rollout (with generation ``engine``) → reward → advantages → update.
-    Returns logged metrics (of the global batch, the same on every process)."""
+    ``pools``: training prompts by kind (harmful, benign). Returns logged metrics (of the global
+    batch, the same on every process)."""
     rank = accelerator.process_index
-    prompts, rows = shard_prompts(step_prompts(pool, cfg.prompts_per_step, cfg.seed, step), cfg.group_size,
-                                  rank, accelerator.num_processes)
+    prompts, kinds = step_batch(pools, cfg, step)
+    mine, rows = shard_prompts(list(zip(prompts, kinds)), cfg.group_size, rank, accelerator.num_processes)
     model = accelerator.unwrap_model(policy)
-    ro = rollout(model, tokenizer, prompts, cfg.group_size, cfg.max_new_tokens, cfg.temperature, cfg.top_p,
-                 accelerator.device, engine, stream=rank)
-    parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device)
-    batch = make_batch(cfg, policy, value_head, ro, parts["total"], rows)
+    ro = rollout(model, tokenizer, [p for p, _ in mine], cfg.group_size, cfg.max_new_tokens, cfg.temperature,
+                 cfg.top_p, accelerator.device, engine, stream=rank)
+    row_kinds = [k for _, k in mine for _ in range(cfg.group_size)]  # [B], parallel to ro.prompts
+    parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device, row_kinds)
+    batch = make_batch(cfg, policy, value_head, ro, parts, rows, reward.head)
     stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows)
     parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
     lengths = dist.cat(ro.completion_mask.sum(1).float())
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
     out.update({f"rl/{k}": v for k, v in stats.items()})
     out["rl/response_length"] = float(lengths.mean())
-    out["rl/text_refusal_rate"] = float((parts["p_safe_text"] >= SAFE_AT).float().mean())
+    harmful = torch.tensor([k == "harmful" for k in kinds for _ in range(cfg.group_size)])  # [N_global]
+    refused = parts["p_safe_text"] >= SAFE_AT  # [N_global]
+    out["rl/text_refusal_rate"] = float(refused[harmful].float().mean())  # harmful rollouts the judge calls safe
+    if not harmful.all():
+        out["rl/text_over_refusal"] = float(refused[~harmful].float().mean())  # benign rollouts refused
+        out["rl/reward_benign"] = float(parts["total"][~harmful].mean())
+    out["rl/reward_harmful"] = float(parts["total"][harmful].mean())
+    flat = formulas.group_advantages(parts["total"], cfg.group_size, min_std=cfg.min_group_std)[1]  # [P]
+    out["rl/flat_groups"] = float(flat.float().mean())
     return out
 
 
@@ -232,34 +271,27 @@ def check_same_adapter(policy) -> None:
         raise RuntimeError(f"the {len(seen)} processes ended with different adapters: they diverged.")
 
 
-def checkpoint_modules(value_head) -> dict:
-    return {"value_head": value_head}
+def checkpoint_modules(value_head, schedule=None) -> dict:
+    """What a checkpoint holds beside adapter and optimizer: the value head and the LR schedule."""
+    return {"value_head": value_head, **({"lr_schedule": schedule} if schedule is not None else {})}
 
 
-def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool) -> None:
+def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool, schedule=None) -> None:
     """Every process hands its RNG state to the main one, which alone writes the checkpoint
-    (adapter, optimizer and value head are the same on every process). Call on every process."""
+    (adapter, optimizer, value head and LR schedule are the same on every process). Call on every
+    process."""
     rngs = dist.gather(torch.get_rng_state())
     if main:
-        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head),
+        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head, schedule),
                         rank_rng=rngs if len(rngs) > 1 else None)
 
 
-def restore_if_any(folder, policy, opt, value_head) -> int:
+def restore_if_any(folder, policy, opt, value_head, schedule=None) -> int:
     """Resume from the newest complete checkpoint in ``folder``; 0 when starting fresh."""
     last = checkpoint.latest(folder)
     if last is None:
         return 0
-    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head), rank=dist.rank())
+    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head, schedule), rank=dist.rank())
     log.info("resuming from %s (next step %d)", last, start)
     return start
 
-
-def obfuscation_probe(policy, tokenizer, head, prompts, device, engine: str = "ours") -> float:
-    """Obfuscation gap on fresh greedy completions of the probe prompts."""
-    from components.lm.generation import new_tokens, render
-
-    enc = tokenizer([render(tokenizer, p) for p in prompts], return_tensors="pt", padding=True,
-                    add_special_tokens=False).to(device)
-    texts = tokenizer.batch_decode(new_tokens(policy, tokenizer, enc, 32, engine=engine), skip_special_tokens=True)
-    return obfuscation_gap(policy, tokenizer, head, prompts, texts, device)

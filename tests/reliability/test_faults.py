@@ -39,7 +39,8 @@ def _rl_workspace(root: Path, tiny_model_dir: Path) -> Path:
     (root / "params.yaml").write_text(yaml.safe_dump({
         "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
         "train_rl": {"steps": 40, "prompts_per_step": 2, "group_size": 2, "max_new_tokens": 6, "minibatch_size": 2,
-                     "ppo_epochs": 1, "judge": "keyword", "probe_prompts": 1, "checkpoint_every": 1, "log_every": 40,
+                     "ppo_epochs": 1, "judge": "keyword", "benign_per_step": 0, "select_harmful": 1,
+                     "select_benign": 0, "select_judge": "keyword", "checkpoint_every": 1, "log_every": 40,
                      "lora_r": 2, "lora_alpha": 4, "lr": 0.005}}))
     return root
 
@@ -66,9 +67,11 @@ def test_sigkilled_train_rl_resumes_to_the_same_adapter(tmp_path, tiny_model_dir
     proc.wait()
     assert not (killed / "out" / "adapter").exists()  # it really died before finishing
     assert _train(killed).wait(300) == 0  # resumes from the newest complete checkpoint
-    a = load_file(str(clean / "out" / "adapter" / "adapter_model.safetensors"))
-    b = load_file(str(killed / "out" / "adapter" / "adapter_model.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("out/adapter/adapter_model.safetensors",  # the selected adapter, and the trained one
+                 ".cache/checkpoints/train_rl/*/step-000039/adapter.safetensors"):
+        (a_path,), (b_path,) = list(clean.glob(name)), list(killed.glob(name))
+        a, b = load_file(str(a_path)), load_file(str(b_path))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unreachable_mlflow_server_is_one_clear_line(tmp_path, monkeypatch, capsys):
