@@ -85,7 +85,7 @@ class TrainRLConfig:
     """Rollout sampling temperature (paper: 0.6; higher gives groups more spread to learn from)."""
     top_p: float = 1.0
     """Rollout nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
-    lr: float = 3e-4
+    lr: float = 1e-3
     """AdamW learning rate of the LoRA weights; > 0 (the paper's 1e-6 is for full fine-tuning)."""
     warmup_steps: int = 3
     """RL steps over which the learning rate rises linearly to ``lr`` (step s: lr·min(1, (s+1)/warmup)); 0 = none."""
