@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="One DVC experiment per seed (dvc exp run --temp, every training stage's "
                                    "seed set, the held-out split fixed), then mean, sd and range of the "
                                    "headline results beside the committed run: seeds/spread.md.")
-    p.add_argument("--seeds", default="1,2", help="comma-separated training seeds (default 1,2; ~12 min each on 2 CPU cores)")
+    p.add_argument("--seeds", default="1,2", help="comma-separated training seeds (default 1,2; ~25 min each on 2 CPU cores)")
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.set_defaults(func=_cmd_seeds)
 
