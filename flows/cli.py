@@ -7,7 +7,7 @@
     craft register | promote | rollback | models # the MLflow registry
     craft audit "PROMPT" [--guard]              # per-token latent safety trace
     craft schedule --cron "0 3 * * 0"           # scheduled retraining
-    craft seeds --seeds 1,2                      # how much the results move with the training seed
+    craft seeds --seeds 1,2                      # how much the results move with the RL seed (--scope all: every stage)
     craft models --json                          # models, evaluate, promote: one JSON document on stdout
     craft promote --dry-run                      # the gate's decision and evidence; nothing changes
     craft --version                              # package version and the workspace's git commit
@@ -213,7 +213,7 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 def _cmd_seeds(args: argparse.Namespace) -> int:
     from components.eval.seed_spread import SweepConfig, parse_seeds
 
-    cfg = SweepConfig(parse_seeds(args.seeds))  # a bad list: one line, exit 2, before Prefect loads
+    cfg = SweepConfig(parse_seeds(args.seeds), args.scope)  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
     from flows.seeds import OUT, require_committed, seed_sweep
 
@@ -221,7 +221,7 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
     with workspace_lock(Path(args.workspace).resolve()):  # a run or sweep in progress: refused at once
         pass
     try:
-        seed_sweep(list(cfg.seeds), workspace=args.workspace)
+        seed_sweep(list(cfg.seeds), workspace=args.workspace, scope=cfg.scope)
     except (StageFailed, WorkspaceBusy) as exc:
         print(f"\ncraft seeds: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -336,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why, recorded on the version (default: none; --force needs one)")
     p.add_argument("--dry-run", action="store_true", help="run the gate and print the decision and evidence, "
                                                           "change nothing (exit 1 when it would refuse)")
+    p.add_argument("--seeds", nargs="?", const="seeds", metavar="DIR",
+                   help="also gate on the seed sweep in DIR (default when given without DIR: seeds/, from "
+                        "`craft seeds`): seed means and intervals, stability (params.yaml:promote.min_seeds, "
+                        "max_refusal_sd)")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="give champion back to the previous version",
@@ -367,11 +371,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="settings file (model, runtime and evaluate sections)")
     p.set_defaults(func=_cmd_audit)
 
-    p = sub.add_parser("seeds", help="re-run the pipeline under other training seeds and report the spread",
-                       description="One DVC experiment per seed (dvc exp run --temp, every training stage's "
-                                   "seed set, the held-out split fixed), then mean, sd and range of the "
-                                   "headline results beside the committed run: seeds/spread.md.")
-    p.add_argument("--seeds", default="1,2", help="comma-separated training seeds (default 1,2; ~25 min each on 2 CPU cores)")
+    p = sub.add_parser("seeds", help="re-run the RL stages (or the pipeline) under other seeds and report the spread",
+                       description="One DVC experiment per seed (dvc exp run --temp, the held-out split fixed), then "
+                                   "mean, sd, 95% interval and range of the headline results beside the committed "
+                                   "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
+                                   "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
+                                   "--scope all reseeds every training stage.")
+    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2; on 2 CPU cores ~22 min each "
+                                                  "with --scope rl, ~32 with --scope all)")
+    p.add_argument("--scope", default="rl", choices=["rl", "all"],
+                   help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.set_defaults(func=_cmd_seeds)
 

@@ -62,7 +62,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     cfg = _promote_cfg(args)
     doc = {"model": cfg.model_name, "dry_run": args.dry_run}
     try:
-        result = promote(cfg, force=args.force, reason=args.reason or "", dry_run=args.dry_run)
+        seeds = None if args.seeds is None else Path(args.workspace) / args.seeds
+        result = promote(cfg, force=args.force, reason=args.reason or "", dry_run=args.dry_run, seeds=seeds)
     except PromotionRefused as exc:
         if args.json:
             emit_json(args, {**doc, "decision": "refuse", "changed": False, "message": str(exc).split("\n")[0],

@@ -1,13 +1,17 @@
 """The ``craft-seeds`` Prefect flow: the pipeline under other training seeds, and the spread.
 
-Each seed is one DVC experiment, ``dvc exp run --temp --name seed-<s> -S curate.seed=<s> …``: the
-whole pipeline in a temporary copy of the committed workspace, one seed at a time (DVC's run
-cache restores the unchanged ``ingest``). The stages log into this workspace's MLflow store as
+Each seed is one DVC experiment, ``dvc exp run --temp --name seed-<s> -S train_rl.seed=<s> …``: the
+pipeline in a temporary copy of the committed workspace, one seed at a time. ``--scope rl`` (the
+default) sets only the RL stages' seed, so DVC re-runs ``train_rl``, ``train_rl_text`` and
+``evaluate`` and restores every other stage from its cache; ``--scope all`` sets every training
+stage's seed (``components.eval.seed_spread``). The stages log into this workspace's MLflow store as
 children of one parent run ``seeds``; each stage run is tagged ``craft.seed=<s>`` and the parent
 ``craft.seed=<s1>,<s2>,…`` (find one seed's runs with the filter ``tags.`craft.seed` = '1'``). The
 experiments stay in the repository afterwards: ``dvc exp show`` lists them, ``dvc exp apply seed-1``
 brings one's outputs into the workspace. The committed run (the seeds in ``params.yaml``) is the
-column ``HEAD``. Written: ``seeds/spread.md``, ``seeds/spread.json``, and the table as a Prefect artifact.
+column ``HEAD``. Written: ``seeds/spread.md``, ``seeds/spread.json`` (one row per metric), ``seeds/sweep.json``
+(baseline commit, scope, seeds and the baseline's dvc.lock hashes, which ``craft promote --seeds``
+matches against the challenger), and the table as a Prefect artifact.
 """
 from __future__ import annotations
 
@@ -36,9 +40,17 @@ OUT = "seeds"
 SEED_TAG = "craft.seed"
 RUN_CONTEXT = "MLFLOW_RUN_CONTEXT"
 """JSON tags MLflow adds to every run it creates (its SystemEnvironmentContext); stage processes inherit it."""
-ABOUT = ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with "
-         "every training stage's seed set to N. The held-out prompts are the same in every run, so the spread is "
-         "training randomness alone. Standard deviation with n − 1.")
+ABOUT = {
+    "rl": ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with the "
+           "RL stages' seed (`train_rl`, inherited by `train_rl_text`) set to N; curation, extraction, the head and "
+           "SFT are the committed run's, so the SFT rows do not vary. The held-out prompts are the same in every run, "
+           "so the spread is RL randomness alone. Standard deviation with n − 1; the interval is a 95% t interval of "
+           "the mean over runs."),
+    "all": ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with "
+            "every training stage's seed set to N. The held-out prompts are the same in every run, so the spread is "
+            "training randomness alone. Standard deviation with n − 1; the interval is a 95% t interval of the "
+            "mean over runs."),
+}
 
 
 def _dvc(root: Path, *args: str) -> subprocess.CompletedProcess:
@@ -80,18 +92,24 @@ def seed_tagged(seed: int):
 
 
 @task(name="seed-experiment", task_run_name="seed-{seed}", cache_policy=NO_CACHE)
-def run_seed(seed: int, workspace: str, parent_run_id: str) -> None:
-    """One full pipeline run with every training seed set to ``seed`` (a DVC experiment)."""
+def run_seed(seed: int, workspace: str, parent_run_id: str, scope: str = "rl") -> None:
+    """One pipeline run with the seed of the ``scope``'s stages set to ``seed`` (a DVC experiment)."""
     logger = get_run_logger()
-    name = f"seed-{seed}"
+    name = experiment_name(seed, scope)
     _dvc(Path(workspace), "exp", "remove", name)  # a rerun replaces the old experiment of that name
     cmd = [sys.executable, "-m", "dvc", "exp", "run", "--temp", "--name", name]
-    for assignment in seed_spread.overrides(seed):
+    for assignment in seed_spread.overrides(seed, scope):
         cmd += ["-S", assignment]
     with seed_tagged(seed):
         returncode, tail = stream(cmd, Path(workspace), parent_run_id, name, logger)
     if returncode != 0:
         raise StageFailed(f"experiment {name} failed (exit {returncode}):\n" + "\n".join(tail))
+
+
+def experiment_name(seed: int, scope: str) -> str:
+    """``seed-N`` under the default scope ``rl``, ``seed-<scope>-N`` otherwise: runs of two scopes
+    measure different randomness, so one spread never mixes them."""
+    return f"seed-{seed}" if scope == "rl" else f"seed-{scope}-{seed}"
 
 
 def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str, dict[str, float]]]:
@@ -105,7 +123,7 @@ def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str
         runs = [(commit.get("rev"), commit)] + [(e.get("name"), e["revs"][0]) for e in commit.get("experiments") or []
                                                  if e.get("revs")]
         for name, rev in runs:
-            if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-\d+", str(name))):
+            if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-([a-z]+-)?\d+", str(name))):
                 continue
             metrics = (rev.get("data") or {}).get("metrics") or {}
             out["HEAD" if name == commit.get("rev") else name] = {
@@ -113,32 +131,44 @@ def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str
     return out
 
 
-def run_order(found: dict) -> list[str]:
-    """HEAD first, then every ``seed-N`` of the baseline by N (earlier sweeps' seeds count too)."""
-    seeds = sorted((n for n in found if n.startswith("seed-")), key=lambda n: int(n.split("-", 1)[1]))
+def run_order(found: dict, scope: str = "rl") -> list[str]:
+    """HEAD first, then every experiment of the baseline under ``scope`` by seed (earlier sweeps'
+    seeds of the same scope count too)."""
+    seed_of = {n: int(n.rsplit("-", 1)[1]) for n in found if n != "HEAD"}
+    seeds = sorted((n for n, s in seed_of.items() if experiment_name(s, scope) == n), key=seed_of.get)
     return (["HEAD"] if "HEAD" in found else []) + seeds
 
 
+def sweep_record(root: Path, baseline: str, cfg: seed_spread.SweepConfig, runs: list[str]) -> dict:
+    """``seeds/sweep.json``: what the spread was measured on. ``lock`` holds the baseline's dvc.lock
+    output hashes (``dvc.<stage>.<path>``, the registry's ``lineage.dvc.*`` tags), so a gate can tell
+    whether a registered version is the committed run of this sweep."""
+    return {"baseline": baseline, "scope": cfg.scope, "stages": list(seed_spread.SCOPES[cfg.scope]),
+            "seeds": list(cfg.seeds), "runs": runs, "lock": lineage.lock_hashes(root)}
+
+
 @flow(name="craft-seeds", log_prints=True)
-def seed_sweep(seeds: list[int], workspace: str = ".") -> list[dict]:
+def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> list[dict]:
     """Run the pipeline once per seed (DVC experiments) and write the spread of the headline figures."""
-    cfg = seed_spread.SweepConfig(tuple(seeds))
+    cfg = seed_spread.SweepConfig(tuple(seeds), scope)
     root = env.configure(workspace)
     require_committed(root)
     tracking.ensure_store()
-    tags = {"craft.stage": "seeds", SEED_TAG: ",".join(map(str, cfg.seeds))}
+    tags = {"craft.stage": "seeds", SEED_TAG: ",".join(map(str, cfg.seeds)), "craft.seed_scope": cfg.scope}
     with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="seeds",
                                                 tags=tags) as run:
         baseline = lineage.head_commit(root)  # the experiments' parent, even if HEAD moves meanwhile
-        mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline})
+        mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline, "scope": cfg.scope})
         for seed in cfg.seeds:
-            run_seed(seed, str(root), run.info.run_id)
+            run_seed(seed, str(root), run.info.run_id, cfg.scope)
         found = experiment_metrics(root, baseline)
-        runs = {n: seed_spread.headline(found[n]) for n in run_order(found)}
+        runs = {n: seed_spread.headline(found[n]) for n in run_order(found, cfg.scope)}
         rows = seed_spread.spread(runs)
         table = seed_spread.markdown(rows, list(runs))
-        write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs)\n\n{ABOUT.format(baseline)}\n\n{table}\n")
+        about = ABOUT[cfg.scope].format(baseline)
+        write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs, scope `{cfg.scope}`)\n\n{about}\n\n{table}\n")
         write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
+        write_text(root / OUT / "sweep.json", json.dumps(sweep_record(root, baseline, cfg, list(runs)), indent=2))
         mlflow.log_artifacts(str(root / OUT), OUT)
         create_markdown_artifact(key="seed-spread", markdown=table, description=f"MLflow run {run.info.run_id}")
     return rows

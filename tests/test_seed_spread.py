@@ -9,11 +9,43 @@ from tests.conftest import ROOT
 
 
 def test_overrides_set_every_training_seed_and_keep_the_split():
-    """Every seeded stage in params.yaml is varied except ingest (the held-out split stays fixed)."""
+    """Scope ``all``: every seeded stage in params.yaml is varied except ingest (the held-out split
+    stays fixed). Scope ``rl`` (the default): only train_rl, whose seed train_rl_text inherits."""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     seeded = {name for name, section in params.items() if isinstance(section, dict) and "seed" in section}
     assert set(seed_spread.SEEDED) == seeded - {"ingest"}
-    assert seed_spread.overrides(3) == [f"++{s}.seed=3" for s in seed_spread.SEEDED]
+    assert seed_spread.overrides(3, "all") == [f"++{s}.seed=3" for s in seed_spread.SEEDED]
+    assert seed_spread.overrides(3) == ["++train_rl.seed=3"]
+    assert "seed" not in params["train_rl_text"]  # the ablation inherits the RL seed
+
+
+def test_rl_scope_reruns_only_the_rl_stages_and_evaluation():
+    """The stages whose params hold a reseeded ``<stage>.seed`` under ``rl`` (the whole section, or
+    the key itself): train_rl and its ablation (it reads the whole train_rl section), nothing
+    upstream; evaluate (it reads train_rl.judge, not the seed) re-runs through its adapter deps."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    reseeded = {f"{s}.seed" for s in seed_spread.SCOPES["rl"]} | set(seed_spread.SCOPES["rl"])
+    touched = {name for name, body in stages.items()
+               if reseeded & {p if isinstance(p, str) else next(iter(p)) for p in body.get("params") or []}}
+    assert touched == {"train_rl", "train_rl_text"}
+    assert {"data/train_rl/adapter", "data/train_rl_text/adapter"} <= {
+        d if isinstance(d, str) else next(iter(d)) for d in stages["evaluate"]["deps"]}
+
+
+def test_headline_has_the_refusal_and_over_refusal_rows_of_every_model():
+    labels = [label for _, _, label in seed_spread.HEADLINE]
+    for model in ("CRAFT", "RL text-only", "SFT"):
+        assert f"{model} refusal rate" in labels and f"{model} over-refusal" in labels
+    assert len(labels) == len(set(labels))
+
+
+def test_experiments_of_two_scopes_are_never_mixed():
+    from flows.seeds import experiment_name, run_order
+
+    found = {"HEAD": {}, "seed-2": {}, "seed-all-1": {}, "seed-1": {}, "seed-all-3": {}}
+    assert experiment_name(2, "rl") == "seed-2" and experiment_name(2, "all") == "seed-all-2"
+    assert run_order(found) == ["HEAD", "seed-1", "seed-2"]
+    assert run_order(found, "all") == ["HEAD", "seed-all-1", "seed-all-3"]
 
 
 def test_spread_is_mean_sample_sd_and_range():
@@ -46,6 +78,11 @@ def test_markdown_formats_rates_as_percent_and_auroc_as_decimal():
 def test_bad_seed_lists_say_how_to_fix(text, message):
     with pytest.raises(ConfigError, match=message):
         seed_spread.SweepConfig(seed_spread.parse_seeds(text))
+
+
+def test_an_unknown_scope_says_which_exist():
+    with pytest.raises(ConfigError, match="use one of rl, all"):
+        seed_spread.SweepConfig((1,), "curate")
 
 
 def test_cli_refuses_a_bad_seed_list_before_running_anything(capsys):

@@ -1,10 +1,17 @@
 """How much the headline results move with the training seed.
 
-A seed sweep re-runs the pipeline with every training stage's ``seed`` set to s (``SEEDED``) and
-the held-out split fixed (``ingest.seed`` is not varied), so the spread it reports is training
-randomness alone: curation sampling, extraction word dropout, head initialisation and batches, SFT
-batches, RL rollouts. Each finished run gives one value per metric; the spread of a metric over
-n runs is mean, sample standard deviation (n − 1 in the denominator; 0 for one run), min and max.
+A seed sweep re-runs the pipeline with some stages' ``seed`` set to s and the held-out split
+fixed (``ingest.seed`` is never varied). The ``scope`` says which stages (``SCOPES``):
+
+- ``rl`` (the default): ``train_rl`` and the text-only ablation ``train_rl_text``, which inherits
+  its seed. Curation, extraction, the head and SFT stay those of the committed run, so the spread
+  is RL randomness alone (LoRA initialisation, prompt order, rollouts). The SFT rows then repeat
+  the committed run's values.
+- ``all``: every training stage (``SEEDED``): curation sampling, extraction word dropout, head
+  initialisation and batches, SFT batches, RL rollouts.
+
+Each finished run gives one value per metric; the spread of a metric over n runs is mean, sample
+standard deviation (n − 1 in the denominator; 0 for one run), min, max and a 95% t interval.
 """
 from __future__ import annotations
 
@@ -17,13 +24,22 @@ from components.core.config import ConfigError, require
 from components.eval.stats import across_seeds
 
 SEEDED = ("curate", "extract", "train_head", "train_sft", "train_rl")
-"""Stages with a ``seed`` key that the sweep sets (``train_rl_text`` inherits ``train_rl``'s)."""
+"""Stages with a ``seed`` key (``train_rl_text`` inherits ``train_rl``'s)."""
+SCOPES: dict[str, tuple[str, ...]] = {"rl": ("train_rl",), "all": SEEDED}
+"""``craft seeds --scope``: the stages whose seed a sweep sets."""
+MINUTES = {"rl": 22, "all": 32}
+"""Minutes one seed takes on a 2-core CPU at the default settings (measured; docs/stage2.md)."""
 
 HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "base/response_asr", "base response ASR"),
+    ("evaluate", "base/refusal_rate", "base refusal rate"),
+    ("evaluate", "base/over_refusal", "base over-refusal"),
+    ("evaluate", "base/degenerate_rate", "base degenerate rate"),
     ("evaluate", "train_sft/refusal_rate", "SFT refusal rate"),
     ("evaluate", "train_rl_text/refusal_rate", "RL text-only refusal rate"),
     ("evaluate", "train_rl/refusal_rate", "CRAFT refusal rate"),
+    ("evaluate", "train_sft/degenerate_rate", "SFT degenerate rate"),
+    ("evaluate", "train_rl_text/degenerate_rate", "RL text-only degenerate rate"),
     ("evaluate", "train_rl/degenerate_rate", "CRAFT degenerate rate"),
     ("evaluate", "train_sft/response_asr", "SFT response ASR"),
     ("evaluate", "train_rl_text/response_asr", "RL text-only response ASR"),
@@ -31,23 +47,30 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "train_sft/over_refusal", "SFT over-refusal"),
     ("evaluate", "train_rl_text/over_refusal", "RL text-only over-refusal"),
     ("evaluate", "train_rl/over_refusal", "CRAFT over-refusal"),
+    ("evaluate", "train_rl/utility_nll", "CRAFT utility NLL"),
+    ("evaluate", "base/utility_nll", "base utility NLL"),
     ("train_head", "head/auroc", "head AUROC"),
     ("train_head", "baseline/diffmeans_auroc", "difference-of-means AUROC"),
     ("train_rl", "probe_refusal_rate_end", "RL probe refusal (end)"),
+    ("train_rl", "obfuscation_gap_end", "CRAFT obfuscation gap (end)"),
 )
 """(stage, key in data/<stage>/metrics.json, label) of the figures the README reports."""
 
-PERCENT = ("asr", "refusal")
+PERCENT = ("asr", "refusal", "rate")
 
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """``craft seeds``: which seeds to run besides the committed run."""
+    """``craft seeds``: which seeds to run besides the committed run, and which stages they reseed."""
 
     seeds: tuple[int, ...] = (1, 2)
-    """Training seeds, each a full pipeline run (~12 min on a 2-core CPU) as a DVC experiment."""
+    """Training seeds, each one DVC experiment (``MINUTES`` per seed on a 2-core CPU)."""
+    scope: str = "rl"
+    """Which stages get the seed: ``rl`` (train_rl and its ablation; curation and head fixed) or ``all``."""
 
     def __post_init__(self) -> None:
+        require(self.scope in SCOPES, f"--scope {self.scope!r}: use one of {', '.join(SCOPES)} "
+                                      "(rl: only the RL stages; all: every training stage).")
         require(len(self.seeds) >= 1, "--seeds: give at least one seed, e.g. --seeds 1,2.")
         require(all(s >= 0 for s in self.seeds), "--seeds: seeds must be >= 0.")
         require(len(set(self.seeds)) == len(self.seeds), f"--seeds: {list(self.seeds)} repeats a seed.")
@@ -61,10 +84,10 @@ def parse_seeds(text: str) -> tuple[int, ...]:
         raise ConfigError(f"--seeds {text!r}: use comma-separated integers, e.g. 1,2,3.") from None
 
 
-def overrides(seed: int) -> list[str]:
-    """``dvc exp run -S`` assignments that set every training stage's seed to ``seed``; ``++`` (Hydra:
-    add or override) also works for a params.yaml that leaves ``seed`` at its default."""
-    return [f"++{stage}.seed={seed}" for stage in SEEDED]
+def overrides(seed: int, scope: str = "rl") -> list[str]:
+    """``dvc exp run -S`` assignments that set the seed of the ``scope``'s stages to ``seed``; ``++``
+    (Hydra: add or override) also works for a params.yaml that leaves ``seed`` at its default."""
+    return [f"++{stage}.seed={seed}" for stage in SCOPES[scope]]
 
 
 def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

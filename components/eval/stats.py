@@ -119,10 +119,30 @@ def across_seeds(values: Sequence[float]) -> SeedSummary:
     if len(vals) == 1:
         return SeedSummary(1, mean, float("nan"), float("nan"), float("nan"))
     sd = statistics.stdev(vals)
-    df = len(vals) - 1
-    t = _T975[df - 1] if df <= len(_T975) else 2.042 if df <= 40 else 2.021 if df <= 60 else 2.000 if df <= 120 else Z95
-    half = t * sd / math.sqrt(len(vals))
+    half = t975(len(vals) - 1) * sd / math.sqrt(len(vals))
     return SeedSummary(len(vals), mean, sd, mean - half, mean + half)
+
+
+def t975(df: float) -> float:
+    """Two-sided 95% Student t quantile; a fractional df (Welch) is rounded down, which widens the
+    interval (the conservative side)."""
+    df = max(1, int(math.floor(df)))
+    return _T975[df - 1] if df <= len(_T975) else 2.042 if df <= 40 else 2.021 if df <= 60 else 2.000 if df <= 120 else Z95
+
+
+def welch_diff(a: SeedSummary, b: SeedSummary) -> tuple[float, float, float]:
+    """(mean_a − mean_b, lo, hi): Welch's 95% t interval for the difference of two means from their
+    summaries (sd with n − 1), df by Welch–Satterthwaite. NaNs unless both have n ≥ 2."""
+    nan = float("nan")
+    if a.n < 2 or b.n < 2:
+        return nan, nan, nan
+    va, vb = a.sd ** 2 / a.n, b.sd ** 2 / b.n
+    diff, se = a.mean - b.mean, math.sqrt(va + vb)
+    if se == 0:
+        return diff, diff, diff
+    df = (va + vb) ** 2 / (va ** 2 / (a.n - 1) + vb ** 2 / (b.n - 1))
+    half = t975(df) * se
+    return diff, diff - half, diff + half
 
 
 def newcombe_diff(k1: int, n1: int, k2: int, n2: int, z: float = Z95) -> tuple[float, float, float]:
