@@ -35,7 +35,7 @@ class IngestConfig:
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
     max_harmful: int = 120
     """Cap on harmful train + val prompts (round-robin over sources, deterministic by seed); >= 1."""
-    max_benign: int = 60
+    max_benign: int = 120
     """Cap on benign train + val prompts; >= 0 (0 keeps none)."""
     max_test_harmful: int = 160
     """Cap on held-out harmful test prompts (evaluation); >= 1."""

@@ -154,6 +154,11 @@ def train(cfg: TrainHeadConfig, feats: features.Features) -> tuple[SafetyHead, l
     return head.eval(), history
 
 
+def _any_nan(m: dict) -> bool:
+    """Whether an AUROC is undefined (a subset lacked one of its two classes)."""
+    return any(isinstance(v, float) and v != v for k, v in m.items() if "auroc" in k)
+
+
 def summary_markdown(m: dict, history: list[dict]) -> str:
     rows = [f"| {k} | {v:.3f} |" for k, v in m.items() if isinstance(v, float)]
     conf = "\n".join(f"| {lab} | " + " | ".join(str(x) for x in row) + " |"
@@ -163,7 +168,8 @@ def summary_markdown(m: dict, history: list[dict]) -> str:
             f"{m.get('baseline/diffmeans_auroc', float('nan')):.3f}. On model-written rows "
             f"{m.get('head/auroc_model_rows', float('nan')):.3f}, on templated rows "
             f"{m.get('head/auroc_template_rows', float('nan')):.3f}; over-refusal AUROC (benign prompts: "
-            f"answer vs refusal) {m.get('head/auroc_benign', float('nan')):.3f} (nan: a class is missing)."
+            f"answer vs refusal) {m.get('head/auroc_benign', float('nan')):.3f}"
+            f"{' (nan: a class is missing in that subset)' if _any_nan(m) else ''}."
             "\n\n| metric | value |\n|---|---|\n"
             + "\n".join(rows) + "\n\n## Confusion (rows = true, cols = predicted: safe, unsafe, rethink)\n\n"
             "| | safe | unsafe | rethink |\n|---|---|---|---|\n" + conf + "\n\n![projection](projection.png)\n")

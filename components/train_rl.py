@@ -134,15 +134,15 @@ class TrainRLConfig:
     """Dropout on the LoRA input, in [0, 1)."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Names of the modules that get LoRA adapters."""
-    select_harmful: int = 16
+    select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
-    select_benign: int = 8
+    select_benign: int = 32
     """Selection: the first (sorted) benign ``val`` prompts answered greedily; >= 0."""
-    select_lambda: float = 1.0
+    select_lambda: float = 2.0
     """Selection score = val_refusal − select_lambda·val_over_refusal; >= 0."""
     select_judge: str = "heldout"
     """Judge that grades the selection replies (the held-out judge: the policy never trained on it)."""
-    log_every: int = 4
+    log_every: int = 5
     """Steps between selection evaluations (also at step −1 and at the end); >= 1."""
     checkpoint_every: int = 4
     """Steps between resumable checkpoints; >= 1."""

@@ -105,3 +105,10 @@ def test_evaluate_reports_subset_aurocs_on_a_tiny_head():
     m = head_metrics.evaluate(head, h, y, h, y, rows)
     for key in ("head/auroc_model_rows", "head/auroc_template_rows", "head/auroc_benign"):
         assert 0.5 < m[key] <= 1.0, key  # the class means are far apart
+
+
+def test_head_summary_mentions_a_missing_class_only_when_an_auroc_is_nan():
+    from components.train_head import summary_markdown
+
+    assert "a class is missing" not in summary_markdown({"head/auroc": 0.9, "head/auroc_benign": 0.8}, [])
+    assert "a class is missing" in summary_markdown({"head/auroc": 0.9, "head/auroc_benign": float("nan")}, [])
