@@ -26,7 +26,8 @@ and back-propagates its share of every step's prompts, gradients are summed acro
 before each optimizer step (``components.rl.loop``), and only the main process opens the MLflow
 run, selects, and writes checkpoints and outputs. Departures from the paper: LoRA instead of full
 fine-tuning; fewer, larger steps; benign prompts with a kind-aware reward; Dr. GRPO advantages by
-default; validation-based selection of the output adapter.
+default; validation-based selection of the output adapter; the latent reward read from the frozen
+reference's hidden states of the policy's text by default (``reward_source: reference``).
 """
 from __future__ import annotations
 
@@ -121,8 +122,9 @@ class TrainRLConfig:
     """Weight of the consistency reward R_cons = 1 − |p_safe_latent − g|."""
     latent_rewards: str = "sequence"
     """sequence (R_lat on the last token, paper) | dense (potential-shaped per-token R_lat; ppo only)."""
-    reward_source: str = "policy"
-    """policy (live hidden states, paper) | reference (frozen model re-encodes the text)."""
+    reward_source: str = "reference"
+    """reference (the frozen model re-encodes the text: no reward for moving the policy's own
+    activations; chosen on val, docs/stage2.md) | policy (live hidden states, the paper)."""
     judge: str = "ensemble"
     """The reward's text judge (keyword | embedding | ensemble | hf:<path>); never the held-out
     evaluation judge, which grades what this stage trains."""

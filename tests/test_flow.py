@@ -1,6 +1,7 @@
 """Flow smoke test: the Prefect pipeline over real DVC stages and MLflow, on a tiny model."""
 from __future__ import annotations
 
+import json
 import os
 
 import mlflow
@@ -104,4 +105,8 @@ def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_mo
     rows = {r["metric"]: r for r in seed_sweep([1], workspace=str(ws))}
     assert rows["head AUROC"]["n"] == 2 and {"HEAD", "seed-1"} <= set(rows["head AUROC"])
     assert "| metric | HEAD | seed-1 | mean ± sd | 95% CI of the mean | range |" in (ws / "seeds" / "spread.md").read_text()
+    sweep = json.loads((ws / "seeds" / "sweep.json").read_text())  # what `craft promote --seeds` matches
+    assert sweep["scope"] == "rl" and sweep["runs"] == ["HEAD", "seed-1"]
+    assert sweep["lock"]["dvc.train_rl.data/train_rl/adapter"] in lock_before
+    assert rows["head AUROC"]["sd"] == 0  # scope rl: the head is the committed run's
     assert (ws / "dvc.lock").read_text() == lock_before and git("status", "--porcelain", "--untracked-files=no") == ""

@@ -126,7 +126,8 @@ def test_make_batch_places_dense_latent_rewards_per_token(monkeypatch, latent):
     monkeypatch.setattr(shaping, "dense_latent_rewards",
                         lambda model, ro_, head, gamma, source: calls.append((head, gamma, source)) or dense)
     seen = _fake_forward(monkeypatch, 2, 3)
-    cfg = TrainRLConfig(advantage="ppo", latent_rewards=latent, w_lat=0.5, gamma=0.9, kl_in="loss", group_size=2)
+    cfg = TrainRLConfig(advantage="ppo", latent_rewards=latent, w_lat=0.5, gamma=0.9, kl_in="loss", group_size=2,
+                        reward_source="policy")
     parts = {"total": torch.tensor([1.0, 2.0]), "r_lat": torch.tensor([0.6, -0.4])}
     rl_loop.make_batch(cfg, object(), lambda h: torch.zeros(h.shape[:2]), ro, parts, head="HEAD")
     if latent == "sequence":

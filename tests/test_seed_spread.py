@@ -135,3 +135,22 @@ def test_sweep_refuses_uncommitted_changes(tmp_path):
     (tmp_path / "params.yaml").write_text("train_rl: {lr: 0.2}\n")
     with pytest.raises(UncommittedChanges, match=r"params\.yaml.*commit"):
         require_committed(tmp_path)
+
+
+def test_rl_scope_evaluates_only_the_reseeded_models_and_reuses_head_for_the_rest(tmp_path):
+    """Under ``rl`` base and SFT are the committed run's weights: the experiments skip their
+    evaluation, and the spread takes their figures from HEAD, never over an experiment's own."""
+    from flows.seeds import evaluate_overrides, with_reused
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(
+        {"evaluate": {"models": ["base", "train_sft", "train_rl_text", "train_rl"]}}))
+    assert evaluate_overrides(tmp_path, "rl") == ["evaluate.models=[train_rl_text,train_rl]", "evaluate.guard_models=[]"]
+    assert evaluate_overrides(tmp_path, "all") == []
+    found = {"HEAD": {"evaluate": {"base/response_asr": 0.7, "train_sft/over_refusal": 0.05,
+                                   "train_rl/response_asr": 0.3}},
+             "seed-1": {"evaluate": {"train_rl/response_asr": 0.2}, "train_rl": {"selected_step": 9}}}
+    filled = with_reused(found, "rl")
+    assert filled["seed-1"]["evaluate"] == {"base/response_asr": 0.7, "train_sft/over_refusal": 0.05,
+                                            "train_rl/response_asr": 0.2}
+    assert filled["seed-1"]["train_rl"] == {"selected_step": 9} and filled["HEAD"] == found["HEAD"]
+    assert with_reused(found, "all")["seed-1"]["evaluate"] == {"train_rl/response_asr": 0.2}
