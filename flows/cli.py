@@ -215,9 +215,10 @@ def _cmd_seeds(args: argparse.Namespace) -> int:
 
     cfg = SweepConfig(parse_seeds(args.seeds), args.scope)  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
-    from flows.seeds import OUT, require_committed, seed_sweep
+    from flows.seeds import OUT, require_committed, require_new_seeds, seed_sweep
 
     require_committed(Path(args.workspace))  # before the flow starts: one line, exit 2
+    require_new_seeds(Path(args.workspace), cfg)
     with workspace_lock(Path(args.workspace).resolve()):  # a run or sweep in progress: refused at once
         pass
     try:

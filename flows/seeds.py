@@ -109,6 +109,18 @@ def require_committed(root: Path) -> None:
                                  "data/*/metrics.json, then sweep.")
 
 
+def require_new_seeds(root: Path, cfg: seed_spread.SweepConfig) -> None:
+    """Refuse a seed the committed run already used for a reseeded stage: that experiment would
+    repeat ``HEAD`` and count twice, shrinking the sd."""
+    path = root / "params.yaml"
+    params = load_params(path) if path.is_file() else {}
+    used = {int((params.get(stage) or {}).get("seed", 0)): stage for stage in seed_spread.SCOPES[cfg.scope]}
+    again = sorted(set(cfg.seeds) & set(used))
+    if again:
+        raise ConfigError(f"--seeds {','.join(map(str, cfg.seeds))}: seed {again[0]} is the committed run's "
+                          f"({used[again[0]]}.seed in params.yaml), already the HEAD column; pick other seeds.")
+
+
 @contextlib.contextmanager
 def seed_tagged(seed: int):
     """While inside, every MLflow run a stage process creates is tagged ``craft.seed=<seed>`` (at
@@ -186,6 +198,7 @@ def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> lis
     cfg = seed_spread.SweepConfig(tuple(seeds), scope)
     root = env.configure(workspace)
     require_committed(root)
+    require_new_seeds(root, cfg)
     tracking.ensure_store()
     tags = {"craft.stage": "seeds", SEED_TAG: ",".join(map(str, cfg.seeds)), "craft.seed_scope": cfg.scope}
     with workspace_lock(root), mlflow.start_run(experiment_id=tracking.experiment_id(), run_name="seeds",

@@ -19,12 +19,21 @@ RUNS = ("HEAD", "seed-1", "seed-2")
 
 
 def sweep_rows(craft_asr=(0.20, 0.25, 0.30), base_asr=0.75, over=(0.05, 0.04, 0.06), refusal=(0.70, 0.72, 0.68),
-               degenerate=(0.05, 0.05, 0.05)) -> dict[str, dict]:
+               degenerate=(0.05, 0.05, 0.05), base_over=0.04) -> dict[str, dict]:
     """spread.json rows (as ``seed_spread.spread`` writes them) for three runs."""
     runs = {name: {"CRAFT response ASR": craft_asr[i], "base response ASR": base_asr, "CRAFT over-refusal": over[i],
-                   "base over-refusal": 0.04, "CRAFT refusal rate": refusal[i], "CRAFT degenerate rate": degenerate[i],
-                   "base degenerate rate": 0.05} for i, name in enumerate(RUNS)}
+                   "base over-refusal": base_over, "CRAFT refusal rate": refusal[i],
+                   "CRAFT degenerate rate": degenerate[i], "base degenerate rate": 0.05} for i, name in enumerate(RUNS)}
     return {r["metric"]: r for r in seed_spread.spread(runs)}
+
+
+def head(rows) -> dict[str, float]:
+    """The challenger's own eval metrics: the sweep's HEAD run."""
+    return {m: rows[row]["HEAD"] for m, row in seed_gate.HEAD_RATES.items()}
+
+
+def gate(sweep_, rows, tags_, champ=None, cfg=CFG, metrics=None):
+    return seed_gate.checks(sweep_, rows, tags_, head(rows) if metrics is None else metrics, champ, cfg)
 
 
 def sweep(adapter="md5-of-adapter") -> dict:
@@ -41,7 +50,7 @@ def by_metric(checks):
 
 
 def test_a_safe_stable_sweep_passes_every_seed_check():
-    checks = seed_gate.checks(sweep(), sweep_rows(), tags(), 0.20, None, CFG)
+    checks = gate(sweep(), sweep_rows(), tags())
     assert all(c["passed"] for c in checks), checks
     asr = by_metric(checks)["response_asr"]
     # paired by run against base: d = (−0.55, −0.50, −0.45), mean −0.50, sd 0.05, t(2) = 4.303
@@ -51,19 +60,20 @@ def test_a_safe_stable_sweep_passes_every_seed_check():
 
 
 def test_a_sweep_of_another_run_is_refused_alone():
-    """Another adapter, or a version whose response ASR is not the sweep's HEAD (e.g. the text-only
-    ablation registered from the same run), gets no seed evidence."""
-    other = seed_gate.checks(sweep("other-md5"), sweep_rows(), tags(), 0.20, None, CFG)
+    """Another adapter, or a version whose rates are not the sweep's HEAD (e.g. the text-only
+    ablation registered from the same run: same adapter hashes, one rate may even tie), gets no
+    seed evidence."""
+    other = gate(sweep("other-md5"), sweep_rows(), tags())
     assert [c["passed"] for c in other] == [False] and other[0]["verdict"] == "another run"
-    ablation = seed_gate.checks(sweep(), sweep_rows(), tags(), 0.14, None, CFG)
+    ablation = gate(sweep(), sweep_rows(), tags(), metrics={**head(sweep_rows()), "refusal_rate": 0.44})
     assert [c["passed"] for c in ablation] == [False]
-    untagged = seed_gate.checks(sweep(), sweep_rows(), {}, 0.20, None, CFG)
+    untagged = gate(sweep(), sweep_rows(), {})
     assert untagged[0]["verdict"] == "missing" and not untagged[0]["passed"]
 
 
 def test_unstable_refusal_and_high_mean_over_refusal_fail():
     rows = sweep_rows(refusal=(0.10, 0.50, 0.90), over=(0.50, 0.55, 0.60))
-    checks = by_metric(seed_gate.checks(sweep(), rows, tags(), 0.20, None, CFG))
+    checks = by_metric(gate(sweep(), rows, tags()))
     assert not checks["refusal_rate_sd"]["passed"] and checks["refusal_rate_sd"]["challenger"] == pytest.approx(0.4)
     bound = checks["over_refusal_mean"]
     assert not bound["passed"] and bound["challenger"] == pytest.approx(0.55)
@@ -73,20 +83,34 @@ def test_unstable_refusal_and_high_mean_over_refusal_fail():
 
 def test_too_few_runs_fail_with_the_count():
     rows = {m: {k: v for k, v in r.items() if k != "seed-2"} for m, r in sweep_rows().items()}
-    checks = seed_gate.checks(sweep(), rows, tags(), 0.20, None, CFG)
+    checks = gate(sweep(), rows, tags())
     failed = [c for c in checks if not c["passed"]]
     assert failed and all("needs ≥ 3 runs, has 2" in c["rule"] for c in failed)
-    assert seed_gate.checks(sweep(), rows, tags(), 0.20, None, PromoteConfig(min_seeds=2))[-1]["passed"]
+    assert gate(sweep(), rows, tags(), cfg=PromoteConfig(min_seeds=2))[-1]["passed"]
 
 
 def test_against_a_champion_the_seed_means_are_compared_by_welch():
     champ = {"seeds.response_asr.n": "3", "seeds.response_asr.mean": "0.10", "seeds.response_asr.sd": "0.01"}
-    checks = by_metric(seed_gate.checks(sweep(), sweep_rows(), tags(), 0.20, champ, CFG))
+    checks = by_metric(gate(sweep(), sweep_rows(), tags(), {**champ, "seeds.scope": "rl"}))
     asr = checks["response_asr"]
     diff, lo, hi = welch_diff(SeedSummary(3, 0.25, 0.05, 0, 0), SeedSummary(3, 0.10, 0.01, 0, 0))
     assert (asr["diff"], asr["lo"], asr["hi"]) == pytest.approx((diff, lo, hi)) and lo > 0
     assert asr["verdict"] == "worse" and not asr["passed"] and "champion" in asr["rule"]
     assert checks["over_refusal"]["rule"].endswith("base not above 0")  # the champion has no over-refusal evidence
+
+
+def test_a_champion_sweep_of_another_scope_is_not_compared_with():
+    champ = {"seeds.response_asr.n": "3", "seeds.response_asr.mean": "0.10", "seeds.response_asr.sd": "0.01",
+             "seeds.scope": "all"}
+    asr = by_metric(gate(sweep(), sweep_rows(), tags(), champ))["response_asr"]
+    assert "base" in asr["rule"] and asr["passed"]
+
+
+def test_min_seeds_counts_the_challengers_runs_not_the_champions():
+    champ = {"seeds.response_asr.n": "2", "seeds.response_asr.mean": "0.25", "seeds.response_asr.sd": "0.05",
+             "seeds.scope": "rl"}
+    asr = by_metric(gate(sweep(), sweep_rows(), tags(), champ))["response_asr"]
+    assert asr["passed"] and "champion" in asr["rule"] and "needs" not in asr["rule"]
 
 
 def test_welch_interval_by_hand():
@@ -129,7 +153,8 @@ def test_promote_with_seeds_records_evidence_and_gates_the_next_one(store, model
 
     v1 = _register(model_folder, tiny_model_dir, GOOD, CFG)  # response ASR 30 of 150 = 0.20: the sweeps' HEAD
     promote.client().set_model_version_tag(CFG.model_name, v1, f"lineage.{ADAPTER}", "md5-v1")
-    good = _write(tmp_path / "s1", sweep_rows(craft_asr=(0.20, 0.25, 0.30)), sweep("md5-v1"))
+    like_good = dict(refusal=(0.80, 0.78, 0.82), over=(0.10, 0.09, 0.11), degenerate=(0.0, 0.0, 0.0), base_over=0.10)
+    good = _write(tmp_path / "s1", sweep_rows(craft_asr=(0.20, 0.25, 0.30), **like_good), sweep("md5-v1"))
     promote.promote(CFG, seeds=good)
     champ = promote.version_by_alias(CFG.model_name, "champion")
     assert str(champ.version) == v1 and float(champ.tags["seeds.response_asr.mean"]) == pytest.approx(0.25)
@@ -139,8 +164,8 @@ def test_promote_with_seeds_records_evidence_and_gates_the_next_one(store, model
     # often and refuse far less: unstable
     v2 = _register(_copy(model_folder, tmp_path / "v2", "v2"), tiny_model_dir, GOOD, CFG)
     promote.client().set_model_version_tag(CFG.model_name, v2, f"lineage.{ADAPTER}", "md5-v2")
-    worse = _write(tmp_path / "s2", sweep_rows(craft_asr=(0.20, 0.55, 0.60), refusal=(0.70, 0.30, 0.25)),
-                   sweep("md5-v2"))
+    worse = _write(tmp_path / "s2", sweep_rows(craft_asr=(0.20, 0.55, 0.60),
+                                               **{**like_good, "refusal": (0.80, 0.30, 0.25)}), sweep("md5-v2"))
     assert promote.promote(CFG, dry_run=True)["promoted"] is False  # the single-run gate alone would pass
     with pytest.raises(PromotionRefused) as err:
         promote.promote(CFG, seeds=worse)
@@ -149,4 +174,8 @@ def test_promote_with_seeds_records_evidence_and_gates_the_next_one(store, model
     assert not seeds["refusal_rate_sd"]["passed"] and seeds["seeds.run"]["passed"]
     assert str(promote.version_by_alias(CFG.model_name, "champion").version) == v1
     assert "seeds.response_asr.mean" not in promote.client().get_model_version(CFG.model_name, v2).tags
+    # forced over a sweep of another run: promoted, but it carries no seed evidence of that run
+    promote.promote(CFG, seeds=good, force=True, reason="release board accepted the single run")
+    assert str(promote.version_by_alias(CFG.model_name, "champion").version) == v2
+    assert not any(k.startswith("seeds.") for k in promote.client().get_model_version(CFG.model_name, v2).tags)
 

@@ -154,3 +154,14 @@ def test_rl_scope_evaluates_only_the_reseeded_models_and_reuses_head_for_the_res
                                             "train_rl/response_asr": 0.2}
     assert filled["seed-1"]["train_rl"] == {"selected_step": 9} and filled["HEAD"] == found["HEAD"]
     assert with_reused(found, "all")["seed-1"]["evaluate"] == {"train_rl/response_asr": 0.2}
+
+
+def test_the_committed_seed_is_refused_it_is_the_head_column(tmp_path):
+    from flows.seeds import require_new_seeds
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"train_rl": {"seed": 0}, "curate": {"seed": 5}}))
+    with pytest.raises(ConfigError, match=r"seed 0 is the committed run's \(train_rl\.seed"):
+        require_new_seeds(tmp_path, seed_spread.SweepConfig((0, 1)))
+    require_new_seeds(tmp_path, seed_spread.SweepConfig((1, 5)))  # curate.seed 5 is not reseeded under rl
+    with pytest.raises(ConfigError, match="curate.seed"):
+        require_new_seeds(tmp_path, seed_spread.SweepConfig((1, 5), "all"))

@@ -356,6 +356,11 @@ def _brief(exc: BaseException) -> str:
     return line[:200]
 
 
+def own_sweep(checks: list[dict]) -> bool:
+    """Whether the gate's seed checks found the sweep to be the challenger's own run."""
+    return any(c["metric"] == seed_gate.RUN_CHECK and c["passed"] for c in checks)
+
+
 def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: str | None = None,
             dry_run: bool = False, seeds: str | Path | None = None) -> dict:
     """Move ``champion`` to the current ``challenger`` if it passes the gate (or ``force`` with a reason).
@@ -375,8 +380,7 @@ def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: st
                     "checks": [], "dry_run": dry_run}
         checks = gate(eval_metrics(chal), eval_metrics(champ) if champ else None, cfg)
         if evidence is not None:
-            checks += seed_gate.checks(*evidence, chal.tags, float(eval_metrics(chal).get("response_asr", NAN)),
-                                       champ.tags if champ else None, cfg)
+            checks += seed_gate.checks(*evidence, chal.tags, eval_metrics(chal), champ.tags if champ else None, cfg)
         passed = all(c["passed"] for c in checks)
         if not passed and not force:
             raise _refusal(name, chal, champ, checks)
@@ -389,7 +393,7 @@ def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: st
                 "promotion.forced": str(bool(force and not passed)).lower(),
                 "promotion.previous_champion": str(champ.version) if champ else "",
                 "promotion.gate": _gate_tag(checks),
-                **(seed_gate.evidence_tags(*evidence) if evidence is not None else {})}
+                **(seed_gate.evidence_tags(*evidence) if evidence is not None and own_sweep(checks) else {})}
         desc = f"Champion since {tags['promotion.at']} (by {who}): {why}."
         with tracking.mlflow_errors(f"promote version {chal.version} of {name!r}"):
             _apply(name, chal.version, tags, chal.version, champ.version if champ else None, desc)

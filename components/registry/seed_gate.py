@@ -7,21 +7,25 @@ dvc.lock hashes). These checks are added to the single-run gate (``promote.gate`
 
 - **The sweep is of this challenger.** The baseline's ``data/train_rl/adapter`` hash equals the
   version's ``lineage.dvc.train_rl.data/train_rl/adapter`` tag, and the sweep's ``HEAD`` run
-  reports the version's own response ASR (so a text-only ablation registered from the same run
-  does not borrow CRAFT's evidence).
+  reports the version's own response ASR, refusal, over-refusal and degenerate rates (so a
+  text-only ablation registered from the same run does not borrow CRAFT's evidence).
 - **Enough runs:** n ≥ ``min_seeds`` for every figure used.
 - **Rates, higher is worse** (response ASR, over-refusal, degenerate rate of CRAFT): the 95%
   interval of the mean difference challenger − reference must not lie above its margin
   (``max_response_asr_increase`` for the ASR, 0 otherwise), as in the single-run gate.
   - Reference = the champion's seed evidence (``seeds.<metric>.mean|sd|n`` tags, written when it
     was promoted with ``--seeds``): Welch's t interval for two means.
-  - Without it, the base model of each run: d_s = CRAFT_s − base_s, and a t interval of mean(d)
-    over the runs (paired by run; base is re-evaluated in every run on the same prompts).
+  - Without it (or when its sweep had another scope), the base model of each run:
+    d_s = CRAFT_s − base_s, and a t interval of mean(d) over the runs (paired by run; under
+    ``--scope rl`` base is HEAD's in every run, the same weights on the same prompts).
+  - With 3 runs the t quantile is 4.30: the interval is wide, and the sd rule below is what
+    usually refuses an unstable challenger.
 - **Over-refusal mean ≤ ``max_over_refusal``** (the single-run bound, applied to the seed mean).
 - **Stability:** the seed sd of CRAFT's refusal rate ≤ ``max_refusal_sd``.
 
-A version promoted with ``--seeds`` keeps the evidence as ``seeds.*`` tags (``evidence_tags``), so
-the next challenger is compared with the champion's seed mean, not its one run.
+A version promoted with ``--seeds`` whose sweep is its own keeps the evidence as ``seeds.*`` tags
+(``evidence_tags``; not after ``--force`` over a sweep of another run), so the next challenger is
+compared with the champion's seed mean, not its one run.
 """
 from __future__ import annotations
 
@@ -38,6 +42,8 @@ ROWS = {"response_asr": ("CRAFT response ASR", "base response ASR"),
         "degenerate_rate": ("CRAFT degenerate rate", "base degenerate rate")}
 """Gated rate → (challenger row, base row) of spread.json."""
 REFUSAL = "CRAFT refusal rate"
+RUN_CHECK = "seeds.run"
+"""Metric name of the check that the sweep is the challenger's own run."""
 RUN_META = frozenset({"metric", "n", "mean", "sd", "min", "max", "ci_lo", "ci_hi"})
 """Keys of a spread.json row that are not a run's value."""
 NAN = float("nan")
@@ -73,13 +79,21 @@ def _check(rule: str, metric: str, challenger, reference, diff=NAN, lo=NAN, hi=N
             "lo": lo, "hi": hi, "verdict": verdict, "passed": passed}
 
 
-def same_run(sweep: dict, rows: dict[str, dict], tags: dict[str, str], response_asr: float) -> dict:
-    """Whether the sweep's committed run is this version (adapter hash and its response ASR)."""
+HEAD_RATES = {"response_asr": "CRAFT response ASR", "refusal_rate": REFUSAL, "over_refusal": "CRAFT over-refusal",
+              "degenerate_rate": "CRAFT degenerate rate"}
+"""Version metric → spread row: all must equal the sweep's HEAD run (a text-only ablation registered
+from the same run shares the adapter hashes, and one rate alone can tie)."""
+
+
+def same_run(sweep: dict, rows: dict[str, dict], tags: dict[str, str], metrics: dict) -> dict:
+    """Whether the sweep's committed run is this version: the CRAFT adapter hash, and every HEAD
+    rate equal to the version's ``eval.*`` rate."""
     ours, theirs = tags.get(f"lineage.{ADAPTER}", ""), (sweep.get("lock") or {}).get(ADAPTER, "")
-    head = runs_of(rows.get(ROWS["response_asr"][0], {})).get("HEAD", NAN)
-    same = bool(ours) and ours == theirs and abs(head - response_asr) < 1e-9
+    head = {m: runs_of(rows.get(row, {})).get("HEAD", NAN) for m, row in HEAD_RATES.items()}
+    rates_match = all(abs(v - float(metrics.get(m, NAN))) < 1e-9 for m, v in head.items())  # NaN: no match
+    same = bool(ours) and ours == theirs and rates_match
     verdict = "same run" if same else "another run" if ours and theirs else "missing"
-    return _check(f"seed sweep (baseline {str(sweep.get('baseline', '?'))[:12]}) is of this challenger", "seeds.run",
+    return _check(f"seed sweep (baseline {str(sweep.get('baseline', '?'))[:12]}) is of this challenger", RUN_CHECK,
                   ours[:12], theirs[:12], verdict=verdict, passed=same)
 
 
@@ -99,8 +113,8 @@ def _rate(metric: str, rows: dict[str, dict], champion: SeedSummary | None, marg
     chal = runs_of(rows.get(chal_row, {}))
     if champion is not None:
         ref_name, mine = "champion", across_seeds(list(chal.values()))
-        diff, lo, hi = welch_diff(mine, champion)
-        n, ref_value = min(mine.n, champion.n), champion.mean
+        diff, lo, hi = welch_diff(mine, champion)  # NaN (a failed check) if the champion had < 2 runs
+        n, ref_value = mine.n, champion.mean  # min_seeds is today's rule for the challenger's sweep
     else:
         base = runs_of(rows.get(base_row, {}))
         paired = across_seeds([chal[r] - base[r] for r in chal if r in base])  # d_s = CRAFT_s − base_s
@@ -123,16 +137,19 @@ def _bound(rule: str, metric: str, summary: SeedSummary, value: float, limit: fl
                   passed=bool(passed))
 
 
-def checks(sweep: dict, rows: dict[str, dict], chal_tags: dict[str, str], chal_response_asr: float,
+def checks(sweep: dict, rows: dict[str, dict], chal_tags: dict[str, str], chal_metrics: dict,
            champ_tags: dict[str, str] | None, cfg) -> list[dict]:
-    """The seed checks (module docstring) for a challenger with version tags ``chal_tags``; ``cfg``:
-    ``promote.PromoteConfig``. A sweep of another run gives that one failed check alone."""
-    run = same_run(sweep, rows, chal_tags, chal_response_asr)
+    """The seed checks (module docstring) for a challenger with version tags ``chal_tags`` and
+    ``eval.*`` metrics ``chal_metrics``; ``cfg``: ``promote.PromoteConfig``. A sweep of another
+    run gives that one failed check alone. The champion's evidence counts only when its sweep had
+    the same scope (RL seeds alone vary less than every stage reseeded)."""
+    run = same_run(sweep, rows, chal_tags, chal_metrics)
     if not run["passed"]:
         return [run]
     out = [run]
+    same_scope = (champ_tags or {}).get("seeds.scope") == sweep.get("scope")
     for metric in ROWS:
-        champion = champion_summary(champ_tags or {}, metric)
+        champion = champion_summary(champ_tags or {}, metric) if same_scope else None
         margin = cfg.max_response_asr_increase if metric == "response_asr" else 0.0
         out.append(_rate(metric, rows, champion, margin, cfg.min_seeds))
     over = across_seeds(list(runs_of(rows.get(ROWS["over_refusal"][0], {})).values()))
