@@ -26,6 +26,7 @@ from pathlib import Path
 from components.core import env
 from flows.cli_json import emit_json
 from flows.cli_json import jsonable as _jsonable  # noqa: F401 - tests call cli._jsonable
+from flows.cli_ops import add_ops_parsers
 from flows.cli_registry import cmd_models, cmd_promote, cmd_register, cmd_rollback, registry_ready
 
 
@@ -188,46 +189,6 @@ def _cmd_gold_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_pull(args: argparse.Namespace) -> int:
-    from components.core.errors import UserError
-    from flows.remote import pull
-
-    root = Path(args.workspace)
-    if not (root / "dvc.yaml").is_file():
-        raise UserError(f"--workspace {root}: no dvc.yaml there; run from the project folder or pass --workspace.")
-    print(pull(root, logging.getLogger("craft"), args.targets))
-    return 0
-
-
-def _cmd_schedule(args: argparse.Namespace) -> int:
-    from flows.schedule import ScheduleConfig, serve
-    from flows.stages import select
-
-    # A bad time zone, cron expression, limit or stage name: one line, exit 2, before a server starts.
-    cfg = ScheduleConfig(cron=args.cron, timezone=args.timezone, limit=args.limit, overlap=args.overlap)
-    stages = args.stages.split(",") if args.stages else None
-    select(stages)
-    return serve(args.workspace, cfg, stages, args.name)
-
-
-def _cmd_seeds(args: argparse.Namespace) -> int:
-    from components.eval.seed_spread import SweepConfig, parse_seeds
-
-    cfg = SweepConfig(parse_seeds(args.seeds), args.scope)  # a bad list: one line, exit 2, before Prefect loads
-    from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
-    from flows.seeds import OUT, require_committed, require_new_seeds, seed_sweep
-
-    require_committed(Path(args.workspace))  # before the flow starts: one line, exit 2
-    require_new_seeds(Path(args.workspace), cfg)
-    with workspace_lock(Path(args.workspace).resolve()):  # a run or sweep in progress: refused at once
-        pass
-    try:
-        seed_sweep(list(cfg.seeds), workspace=args.workspace, scope=cfg.scope)
-    except (StageFailed, WorkspaceBusy) as exc:
-        print(f"\ncraft seeds: {exc}", file=sys.stderr)
-        return exc.exit_code
-    print((Path(args.workspace) / OUT / "spread.md").read_text())
-    return 0
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -372,19 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="settings file (model, runtime and evaluate sections)")
     p.set_defaults(func=_cmd_audit)
 
-    p = sub.add_parser("seeds", help="re-run the RL stages (or the pipeline) under other seeds and report the spread",
-                       description="One DVC experiment per seed (dvc exp run --temp, the held-out split fixed), then "
-                                   "mean, sd, 95% interval and range of the headline results beside the committed "
-                                   "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
-                                   "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
-                                   "--scope all reseeds every training stage.")
-    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2; on 2 CPU cores ~28 min each "
-                                                  "with --scope rl, ~70 with --scope all)")
-    p.add_argument("--scope", default="rl", choices=["rl", "all"],
-                   help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
-    p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
-    p.set_defaults(func=_cmd_seeds)
-
     p = sub.add_parser("gold-sample", help="sample transcripts of the pipeline's models to hand-label for the gold set",
                        description="Greedy (and some sampled) completions of non-test prompts by each model, "
                                    "written unlabelled; label them following data/gold/GUIDELINES.md and append "
@@ -397,32 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="settings file (model and runtime sections)")
     p.set_defaults(func=_cmd_gold_sample)
 
-    p = sub.add_parser("pull", help="fetch a pushed run's outputs from the default DVC remote",
-                       description="dvc pull the outputs of every stage dvc.lock records (or the given stages "
-                                   "or paths), so that dvc repro recomputes nothing (docs/data-steward.md).")
-    p.add_argument("targets", nargs="*", help="stages or paths (default: every stage dvc.lock records)")
-    p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml")
-    p.set_defaults(func=_cmd_pull)
-
-    p = sub.add_parser("schedule", help="serve the pipeline on a cron schedule (Prefect deployment)",
-                       description="Serve the craft-pipeline flow as a Prefect deployment with a cron schedule "
-                                   "read in --timezone (default UTC). At most --limit runs at once; a run due "
-                                   "meanwhile is queued or skipped (--overlap), never refused by the workspace "
-                                   "lock. Uses PREFECT_API_URL when set; otherwise starts a local Prefect server "
-                                   "on 127.0.0.1. Runs until interrupted. To run on a work pool instead, see "
-                                   "prefect.yaml and docs/deployment.md.")
-    p.add_argument("--cron", required=True, help='cron expression read in --timezone, e.g. "0 3 * * 0" '
-                                                 "(Sundays 03:00)")
-    p.add_argument("--timezone", default="UTC", help="IANA time zone of --cron, e.g. Europe/Berlin; daylight-saving "
-                                                     "shifts follow it (default: UTC, not this machine's zone)")
-    p.add_argument("--limit", type=int, default=1, help="most runs of the deployment at once (default 1: a "
-                                                        "second run of one workspace fails on its lock)")
-    p.add_argument("--overlap", choices=["queue", "skip"], default="queue",
-                   help="a run due while --limit runs are active: queue it until one ends, or skip it (default queue)")
-    p.add_argument("--workspace", default=".", help="project folder the scheduled runs use")
-    p.add_argument("--stages", help="comma-separated stages (default: all)")
-    p.add_argument("--name", default="craft-retrain", help="deployment name")
-    p.set_defaults(func=_cmd_schedule)
+    add_ops_parsers(sub)
     return parser
 
 
