@@ -16,7 +16,9 @@ matches against the challenger), and the table as a Prefect artifact.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
+import logging
 import os
 import re
 import subprocess
@@ -24,6 +26,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -33,10 +36,14 @@ from components.eval import seed_spread
 from components.core import tracking
 from components.core.config import ConfigError, load_params
 from components.core.io import write_text
+from components.sweep import paired
 from flows import lineage
 from flows.pipeline import StageFailed, stage_env, stream, workspace_lock
 
 OUT = "seeds"
+TRANSCRIPTS = "data/evaluate/transcripts.parquet"
+PAIRED_WITH = ("train_rl_text", "base")
+"""The models CRAFT is compared with, paired by prompt within each run (``components.sweep.paired``)."""
 SEED_TAG = "craft.seed"
 RUN_CONTEXT = "MLFLOW_RUN_CONTEXT"
 """JSON tags MLflow adds to every run it creates (its SystemEnvironmentContext); stage processes inherit it."""
@@ -59,6 +66,7 @@ REUSED = {"rl": ("base", "train_sft")}
 HEAD's exactly (the same weights and prompts, greedy decoding, each model generated in batches of
 its own), so the experiments evaluate only the reseeded models and the spread takes these models'
 figures from ``HEAD`` (``with_reused``). Under ``rl`` this saves about 7 of a seed's 34 minutes here."""
+LABELS = {"train_rl": "CRAFT", "train_rl_text": "RL text-only", "base": "base", "train_sft": "SFT"}
 
 
 def evaluate_overrides(root: Path, scope: str) -> list[str]:
@@ -157,23 +165,62 @@ def experiment_name(seed: int, scope: str) -> str:
     return f"seed-{seed}" if scope == "rl" else f"seed-{scope}-{seed}"
 
 
-def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str, dict[str, float]]]:
-    """{run name: {stage: metrics}} for the baseline commit (as ``HEAD``) and the ``seed-*``
-    experiments derived from it, from ``dvc exp show``."""
+def experiment_states(root: Path, baseline: str = "HEAD") -> dict[str, dict]:
+    """{run name: its ``dvc exp show`` state (rev, metrics, outs)} for the baseline commit (as
+    ``HEAD``) and the ``seed-*`` experiments derived from it."""
     shown = _dvc(root, "exp", "show", "--json", "--rev", baseline)
     if shown.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{shown.stderr[-2000:]}")
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict] = {}
     for commit in json.loads(shown.stdout):
         runs = [(commit.get("rev"), commit)] + [(e.get("name"), e["revs"][0]) for e in commit.get("experiments") or []
                                                  if e.get("revs")]
         for name, rev in runs:
             if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-([a-z]+-)?\d+", str(name))):
                 continue
-            metrics = (rev.get("data") or {}).get("metrics") or {}
-            out["HEAD" if name == commit.get("rev") else name] = {
-                Path(path).parent.name: (m.get("data") or {}) for path, m in metrics.items()}
+            out["HEAD" if name == commit.get("rev") else name] = rev
     return out
+
+
+def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str, dict[str, float]]]:
+    """{run name: {stage: metrics}} for the baseline commit (as ``HEAD``) and its ``seed-*`` experiments."""
+    return {name: metrics_of(state) for name, state in experiment_states(root, baseline).items()}
+
+
+def metrics_of(state: dict) -> dict[str, dict[str, float]]:
+    metrics = (state.get("data") or {}).get("metrics") or {}
+    return {Path(path).parent.name: (m.get("data") or {}) for path, m in metrics.items()}
+
+
+def run_transcripts(root: Path, states: dict[str, dict], names: list[str], scope: str) -> dict[str, pd.DataFrame]:
+    """{run name: its evaluation transcripts}, read from the DVC cache at each run's commit; an
+    experiment's table gains HEAD's rows of the models ``scope`` did not re-evaluate (``REUSED``)."""
+    import dvc.api
+
+    tables = {}
+    for name in names:
+        rev = (states[name].get("data") or {}).get("rev") or states[name].get("rev")
+        with dvc.api.open(TRANSCRIPTS, repo=str(root), rev=rev, mode="rb") as f:
+            tables[name] = pd.read_parquet(io.BytesIO(f.read()))
+    head = tables.get("HEAD")
+    for name, t in tables.items():
+        missing = [m for m in REUSED.get(scope, ()) if m not in set(t.model)]
+        if name != "HEAD" and head is not None and missing:
+            tables[name] = pd.concat([t, head[head.model.isin(missing)]], ignore_index=True)
+    return tables
+
+
+def paired_section(root: Path, states: dict[str, dict], names: list[str], scope: str) -> tuple[list, str]:
+    """CRAFT against the text-only ablation and against base on refusal rate − over-refusal, paired
+    by prompt within each run, across the runs: (results, markdown). A run whose transcripts cannot
+    be read (its cache was garbage-collected) leaves the test out with the reason, not the sweep."""
+    try:
+        tables = run_transcripts(root, states, names, scope)
+        tests = [paired.paired_score(tables, "train_rl", other) for other in PAIRED_WITH]
+    except Exception as exc:  # noqa: BLE001 - the spread is written either way
+        logging.getLogger(__name__).warning("paired test across seeds left out: %s", exc)
+        return [], f"Paired test across seeds left out: {type(exc).__name__}: {exc}"
+    return tests, "\n\n".join(paired.markdown(t, LABELS) for t in tests)
 
 
 def run_order(found: dict, scope: str = "rl") -> list[str]:
@@ -192,6 +239,24 @@ def sweep_record(root: Path, baseline: str, cfg: seed_spread.SweepConfig, runs: 
             "seeds": list(cfg.seeds), "runs": runs, "lock": lineage.lock_hashes(root)}
 
 
+def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig) -> str:
+    """Write ``seeds/`` from the experiments of ``baseline`` in the repository (this sweep's and
+    earlier ones' of the same scope); the spread table as markdown."""
+    states = experiment_states(root, baseline)
+    found = with_reused({n: metrics_of(st) for n, st in states.items()}, cfg.scope)
+    runs = {n: seed_spread.headline(found[n]) for n in run_order(found, cfg.scope)}
+    rows = seed_spread.spread(runs)
+    table = seed_spread.markdown(rows, list(runs))
+    tests, text = paired_section(root, states, list(runs), cfg.scope)
+    about = ABOUT[cfg.scope].format(baseline)
+    write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs, scope `{cfg.scope}`)\n\n{about}\n\n"
+                                         f"{table}\n\n{text}\n")
+    write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
+    record = {**sweep_record(root, baseline, cfg, list(runs)), "paired": [t.to_dict() for t in tests]}
+    write_text(root / OUT / "sweep.json", json.dumps(record, indent=2))
+    return table
+
+
 @flow(name="craft-seeds", log_prints=True)
 def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> list[dict]:
     """Run the pipeline once per seed (DVC experiments) and write the spread of the headline figures."""
@@ -207,15 +272,7 @@ def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> lis
         mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline, "scope": cfg.scope})
         for seed in cfg.seeds:
             run_seed(seed, str(root), run.info.run_id, cfg.scope)
-        found = experiment_metrics(root, baseline)
-        found = with_reused(found, cfg.scope)
-        runs = {n: seed_spread.headline(found[n]) for n in run_order(found, cfg.scope)}
-        rows = seed_spread.spread(runs)
-        table = seed_spread.markdown(rows, list(runs))
-        about = ABOUT[cfg.scope].format(baseline)
-        write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs, scope `{cfg.scope}`)\n\n{about}\n\n{table}\n")
-        write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
-        write_text(root / OUT / "sweep.json", json.dumps(sweep_record(root, baseline, cfg, list(runs)), indent=2))
+        table = report(root, baseline, cfg)
         mlflow.log_artifacts(str(root / OUT), OUT)
         create_markdown_artifact(key="seed-spread", markdown=table, description=f"MLflow run {run.info.run_id}")
-    return rows
+    return json.loads((root / OUT / "spread.json").read_text())

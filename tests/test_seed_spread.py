@@ -165,3 +165,53 @@ def test_the_committed_seed_is_refused_it_is_the_head_column(tmp_path):
     require_new_seeds(tmp_path, seed_spread.SweepConfig((1, 5)))  # curate.seed 5 is not reseeded under rl
     with pytest.raises(ConfigError, match="curate.seed"):
         require_new_seeds(tmp_path, seed_spread.SweepConfig((1, 5), "all"))
+
+
+def test_transcripts_of_an_rl_experiment_gain_heads_rows_of_the_models_it_did_not_evaluate(monkeypatch, tmp_path):
+    """Each run's transcripts come from the DVC cache at its own commit; under scope rl base is
+    HEAD's, so the CRAFT-vs-base test pairs each seed's CRAFT with the one base."""
+    import contextlib
+    import io
+
+    import dvc.api
+    import pandas as pd
+
+    from flows import seeds
+
+    def table(models, refused):
+        return pd.DataFrame([{"model": m, "attack": "none", "prompt_id": f"p{i}", "prompt_kind": k,
+                              "label_response": "refusal" if r else "compliance"}
+                             for m in models for i, (k, r) in enumerate(zip(["harmful", "benign"], refused))])
+
+    stored = {"c0": table(["base", "train_sft", "train_rl_text", "train_rl"], [1, 0]),
+              "c1": table(["train_rl_text", "train_rl"], [0, 1])}
+    opened = []
+
+    @contextlib.contextmanager
+    def fake_open(path, repo, rev, mode):
+        opened.append((path, rev))
+        buf = io.BytesIO()
+        stored[rev].to_parquet(buf)
+        yield io.BytesIO(buf.getvalue())
+
+    monkeypatch.setattr(dvc.api, "open", fake_open)
+    states = {"HEAD": {"rev": "c0", "data": {"rev": "c0"}}, "seed-1": {"rev": "c1", "data": {"rev": "c1"}}}
+    tables = seeds.run_transcripts(tmp_path, states, ["HEAD", "seed-1"], "rl")
+    assert opened == [(seeds.TRANSCRIPTS, "c0"), (seeds.TRANSCRIPTS, "c1")]
+    assert sorted(set(tables["seed-1"].model)) == ["base", "train_rl", "train_rl_text", "train_sft"]
+    tests, text = seeds.paired_section(tmp_path, states, ["HEAD", "seed-1"], "rl")
+    assert [t.b for t in tests] == ["train_rl_text", "base"] and "CRAFT vs RL text-only" in text
+    assert tests[1].per_run["seed-1"] == -2.0  # seed-1 CRAFT: harmful answered, benign refused; base: the reverse
+
+
+def test_unreadable_transcripts_leave_the_paired_test_out_with_the_reason(monkeypatch, tmp_path):
+    import dvc.api
+
+    from flows import seeds
+
+    def gone(*a, **k):
+        raise FileNotFoundError("data/evaluate/transcripts.parquet is not in the cache")
+
+    monkeypatch.setattr(dvc.api, "open", gone)
+    tests, text = seeds.paired_section(tmp_path, {"HEAD": {"rev": "c0"}}, ["HEAD"], "rl")
+    assert tests == [] and "left out" in text and "not in the cache" in text
