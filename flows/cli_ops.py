@@ -33,6 +33,11 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 def cmd_seeds(args: argparse.Namespace) -> int:
     from components.eval.seed_spread import SweepConfig, parse_seeds
 
+    if args.report:
+        from flows.seeds import rewrite_report
+
+        print(rewrite_report(args.workspace, SweepConfig(scope=args.scope).scope))
+        return 0
     cfg = SweepConfig(parse_seeds(args.seeds), args.scope)  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
     from flows.seeds import OUT, require_committed, require_new_seeds, seed_sweep
@@ -62,6 +67,9 @@ def add_ops_parsers(sub) -> None:
                                                   "with --scope rl, ~70 with --scope all)")
     p.add_argument("--scope", default="rl", choices=["rl", "all"],
                    help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
+    p.add_argument("--report", action="store_true",
+                   help="run no experiment: write seeds/ anew from the ones of the last commit already in the "
+                        "repository (after an interrupted sweep, or to add what a newer version reports)")
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.set_defaults(func=cmd_seeds)
 

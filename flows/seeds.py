@@ -257,6 +257,21 @@ def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig) -> str:
     return table
 
 
+def rewrite_report(workspace: str = ".", scope: str = "rl") -> str:
+    """``craft seeds --report``: ``seeds/`` anew from the experiments of the last commit that are
+    already in the repository, running none (after an interrupted sweep, or to add what a newer
+    version reports); the spread table as markdown."""
+    root = env.configure(workspace)
+    baseline = lineage.head_commit(root)
+    names = run_order(experiment_metrics(root, baseline), scope)
+    seeds = tuple(int(n.rsplit("-", 1)[1]) for n in names if n != "HEAD")
+    if not seeds:
+        raise ConfigError(f"no {experiment_name(0, scope).rsplit('-', 1)[0]}-N experiments of commit {baseline[:12]} "
+                          f"in this repository (`dvc exp show`); run `craft seeds --seeds 1,2 --scope {scope}` first.")
+    with workspace_lock(root):
+        return report(root, baseline, seed_spread.SweepConfig(seeds, scope))
+
+
 @flow(name="craft-seeds", log_prints=True)
 def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> list[dict]:
     """Run the pipeline once per seed (DVC experiments) and write the spread of the headline figures."""

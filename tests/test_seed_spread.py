@@ -215,3 +215,13 @@ def test_unreadable_transcripts_leave_the_paired_test_out_with_the_reason(monkey
     monkeypatch.setattr(dvc.api, "open", gone)
     tests, text = seeds.paired_section(tmp_path, {"HEAD": {"rev": "c0"}}, ["HEAD"], "rl")
     assert tests == [] and "left out" in text and "not in the cache" in text
+
+
+def test_report_without_experiments_says_to_run_a_sweep_first(monkeypatch, tmp_path):
+    from components.core.config import ConfigError
+    from flows import seeds
+
+    monkeypatch.setattr(seeds.lineage, "head_commit", lambda root: "abcdef1234567890")
+    monkeypatch.setattr(seeds, "experiment_metrics", lambda root, baseline: {"HEAD": {}, "seed-all-1": {}})
+    with pytest.raises(ConfigError, match=r"no seed-N experiments of commit abcdef123456.*craft seeds --seeds 1,2"):
+        seeds.rewrite_report(str(tmp_path), "rl")
