@@ -34,11 +34,15 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     from components.eval.seed_spread import SweepConfig, parse_seeds
 
     if args.report:
+        from components.core.errors import UserError
         from flows.seeds import rewrite_report
+
+        if args.seeds is not None:
+            raise UserError("--report runs no experiment; drop --seeds (or drop --report to run those seeds).")
 
         print(rewrite_report(args.workspace, SweepConfig(scope=args.scope).scope))
         return 0
-    cfg = SweepConfig(parse_seeds(args.seeds), args.scope)  # a bad list: one line, exit 2, before Prefect loads
+    cfg = SweepConfig(parse_seeds(args.seeds or "1,2"), args.scope)  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
     from flows.seeds import OUT, require_committed, require_new_seeds, seed_sweep
 
@@ -63,7 +67,7 @@ def add_ops_parsers(sub) -> None:
                                    "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
                                    "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
                                    "--scope all reseeds every training stage.")
-    p.add_argument("--seeds", default="1,2", help="comma-separated seeds (default 1,2; on 2 CPU cores ~28 min each "
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores ~28 min each "
                                                   "with --scope rl, ~70 with --scope all)")
     p.add_argument("--scope", default="rl", choices=["rl", "all"],
                    help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")

@@ -178,6 +178,8 @@ def experiment_states(root: Path, baseline: str = "HEAD") -> dict[str, dict]:
         for name, rev in runs:
             if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-([a-z]+-)?\d+", str(name))):
                 continue
+            if rev.get("error") and name != commit.get("rev"):
+                continue  # a failed experiment: no outputs to report
             out["HEAD" if name == commit.get("rev") else name] = rev
     return out
 
@@ -199,25 +201,21 @@ def run_transcripts(root: Path, states: dict[str, dict], names: list[str], scope
 
     tables = {}
     for name in names:
-        rev = (states[name].get("data") or {}).get("rev") or states[name].get("rev")
-        with dvc.api.open(TRANSCRIPTS, repo=str(root), rev=rev, mode="rb") as f:
+        with dvc.api.open(TRANSCRIPTS, repo=str(root), rev=states[name]["rev"], mode="rb") as f:
             tables[name] = pd.read_parquet(io.BytesIO(f.read()))
-    head = tables.get("HEAD")
-    for name, t in tables.items():
-        missing = [m for m in REUSED.get(scope, ()) if m not in set(t.model)]
-        if name != "HEAD" and head is not None and missing:
-            tables[name] = pd.concat([t, head[head.model.isin(missing)]], ignore_index=True)
-    return tables
+    return paired.fill_from(tables, "HEAD", REUSED.get(scope, ()))
 
 
 def paired_section(root: Path, states: dict[str, dict], names: list[str], scope: str) -> tuple[list, str]:
     """CRAFT against the text-only ablation and against base on refusal rate − over-refusal, paired
     by prompt within each run, across the runs: (results, markdown). A run whose transcripts cannot
     be read (its cache was garbage-collected) leaves the test out with the reason, not the sweep."""
+    from dvc.exceptions import DvcException
+
     try:
         tables = run_transcripts(root, states, names, scope)
         tests = [paired.paired_score(tables, "train_rl", other) for other in PAIRED_WITH]
-    except Exception as exc:  # noqa: BLE001 - the spread is written either way
+    except (OSError, ValueError, KeyError, DvcException) as exc:  # the spread is written either way
         logging.getLogger(__name__).warning("paired test across seeds left out: %s", exc)
         return [], f"Paired test across seeds left out: {type(exc).__name__}: {exc}"
     return tests, "\n\n".join(paired.markdown(t, LABELS) for t in tests)
@@ -239,10 +237,11 @@ def sweep_record(root: Path, baseline: str, cfg: seed_spread.SweepConfig, runs: 
             "seeds": list(cfg.seeds), "runs": runs, "lock": lineage.lock_hashes(root)}
 
 
-def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig) -> str:
+def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig, states: dict[str, dict] | None = None
+           ) -> tuple[list[dict], str]:
     """Write ``seeds/`` from the experiments of ``baseline`` in the repository (this sweep's and
-    earlier ones' of the same scope); the spread table as markdown."""
-    states = experiment_states(root, baseline)
+    earlier ones' of the same scope): (spread rows, the table as markdown)."""
+    states = experiment_states(root, baseline) if states is None else states
     found = with_reused({n: metrics_of(st) for n, st in states.items()}, cfg.scope)
     runs = {n: seed_spread.headline(found[n]) for n in run_order(found, cfg.scope)}
     rows = seed_spread.spread(runs)
@@ -254,22 +253,25 @@ def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig) -> str:
     write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
     record = {**sweep_record(root, baseline, cfg, list(runs)), "paired": [t.to_dict() for t in tests]}
     write_text(root / OUT / "sweep.json", json.dumps(record, indent=2))
-    return table
+    return rows, table
 
 
 def rewrite_report(workspace: str = ".", scope: str = "rl") -> str:
     """``craft seeds --report``: ``seeds/`` anew from the experiments of the last commit that are
     already in the repository, running none (after an interrupted sweep, or to add what a newer
-    version reports); the spread table as markdown."""
+    version reports); the spread table as markdown. Like a sweep it needs the committed run in the
+    workspace (``sweep.json`` records its dvc.lock hashes)."""
     root = env.configure(workspace)
+    require_committed(root)
     baseline = lineage.head_commit(root)
-    names = run_order(experiment_metrics(root, baseline), scope)
+    states = experiment_states(root, baseline)
+    names = run_order({n: {} for n in states}, scope)
     seeds = tuple(int(n.rsplit("-", 1)[1]) for n in names if n != "HEAD")
     if not seeds:
         raise ConfigError(f"no {experiment_name(0, scope).rsplit('-', 1)[0]}-N experiments of commit {baseline[:12]} "
                           f"in this repository (`dvc exp show`); run `craft seeds --seeds 1,2 --scope {scope}` first.")
     with workspace_lock(root):
-        return report(root, baseline, seed_spread.SweepConfig(seeds, scope))
+        return report(root, baseline, seed_spread.SweepConfig(seeds, scope), states)[1]
 
 
 @flow(name="craft-seeds", log_prints=True)
@@ -287,7 +289,7 @@ def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> lis
         mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline, "scope": cfg.scope})
         for seed in cfg.seeds:
             run_seed(seed, str(root), run.info.run_id, cfg.scope)
-        table = report(root, baseline, cfg)
+        rows, table = report(root, baseline, cfg)
         mlflow.log_artifacts(str(root / OUT), OUT)
         create_markdown_artifact(key="seed-spread", markdown=table, description=f"MLflow run {run.info.run_id}")
-    return json.loads((root / OUT / "spread.json").read_text())
+    return rows

@@ -111,7 +111,7 @@ def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_mo
     assert rows["head AUROC"]["sd"] == 0  # scope rl: the head is the committed run's
     vs = {t["b"]: t for t in sweep["paired"]}  # read from the DVC cache at each run's commit
     assert set(vs) == {"train_rl_text", "base"} and all(t["runs"] == 2 and 0 < t["p_value"] <= 1 for t in vs.values())
-    assert "sign-flip permutation test over prompts and seeds" in (ws / "seeds" / "spread.md").read_text()
+    assert "sign-flip permutation test over prompts (each prompt's runs flipped together)" in (ws / "seeds" / "spread.md").read_text()
     spread = (ws / "seeds" / "spread.json").read_text()
     (ws / "seeds" / "spread.json").unlink()
     from flows.seeds import rewrite_report  # `craft seeds --report`: the same files, no experiment run

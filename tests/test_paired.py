@@ -45,7 +45,7 @@ def test_the_statistic_is_the_mean_over_runs_of_each_runs_difference():
     r1 = run({"a": [0, 0, 0, 0, 1, 0, 0, 0], "b": [0, 0, 0, 0, 0, 0, 0, 0]}, KINDS)  # −0.25
     result = paired.paired_score({"HEAD": r0, "seed-1": r1}, "a", "b", n_perm=500)
     assert result.per_run == {"HEAD": 0.5, "seed-1": -0.25}
-    assert result.diff == pytest.approx(0.125) and result.runs == 2 and result.prompts == 16
+    assert result.diff == pytest.approx(0.125) and result.runs == 2 and result.prompts == 8
     assert result.seed_lo < result.diff < result.seed_hi  # t interval over the 2 per-run differences
 
 
@@ -85,3 +85,22 @@ def test_markdown_states_points_p_and_the_seed_interval():
     r0 = run({"a": [1, 1, 0, 0, 0, 0, 0, 0], "b": [0] * 8}, KINDS)
     text = paired.markdown(paired.paired_score({"HEAD": r0, "seed-1": r0}, "a", "b", n_perm=100), {"a": "CRAFT"})
     assert "CRAFT vs b" in text and "+50.0" in text and "p = " in text and "t interval" in text
+
+
+def test_a_run_repeated_adds_no_evidence():
+    """Each prompt's runs flip together: a second copy of a run leaves T and p as they were (flipping
+    (run, prompt) pairs apart would halve p with every copy)."""
+    kinds = ["harmful"] * 40 + ["benign"] * 40
+    t = run({"a": [1] * 8 + [0] * 72, "b": [1] * 3 + [0] * 77}, kinds)
+    once = paired.paired_score({"HEAD": t}, "a", "b", n_perm=4000)
+    thrice = paired.paired_score({"HEAD": t, "seed-1": t, "seed-2": t}, "a", "b", n_perm=4000)
+    assert thrice.diff == pytest.approx(once.diff) and thrice.p_value == pytest.approx(once.p_value)
+    assert thrice.prompts == once.prompts == 80
+
+
+def test_models_a_run_did_not_re_evaluate_come_from_the_source_run():
+    head = run({"base": [1, 0], "train_rl": [1, 0]}, ["harmful", "benign"])
+    seed = run({"train_rl": [0, 1]}, ["harmful", "benign"])
+    filled = paired.fill_from({"HEAD": head, "seed-1": seed}, "HEAD", ("base", "train_sft"))
+    assert filled["HEAD"] is head and sorted(set(filled["seed-1"].model)) == ["base", "train_rl"]
+    assert paired.paired_score(filled, "train_rl", "base", n_perm=100).per_run == {"HEAD": 0.0, "seed-1": -2.0}

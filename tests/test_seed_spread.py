@@ -222,6 +222,14 @@ def test_report_without_experiments_says_to_run_a_sweep_first(monkeypatch, tmp_p
     from flows import seeds
 
     monkeypatch.setattr(seeds.lineage, "head_commit", lambda root: "abcdef1234567890")
-    monkeypatch.setattr(seeds, "experiment_metrics", lambda root, baseline: {"HEAD": {}, "seed-all-1": {}})
+    monkeypatch.setattr(seeds, "require_committed", lambda root: None)
+    monkeypatch.setattr(seeds, "experiment_states", lambda root, baseline: {"HEAD": {}, "seed-all-1": {}})
     with pytest.raises(ConfigError, match=r"no seed-N experiments of commit abcdef123456.*craft seeds --seeds 1,2"):
         seeds.rewrite_report(str(tmp_path), "rl")
+
+
+def test_report_and_seeds_together_are_refused(capsys):
+    from flows.cli import main
+
+    assert main(["seeds", "--report", "--seeds", "3"]) == 2
+    assert "drop --seeds" in capsys.readouterr().err
