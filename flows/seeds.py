@@ -23,6 +23,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -237,10 +238,21 @@ def sweep_record(root: Path, baseline: str, cfg: seed_spread.SweepConfig, runs: 
             "seeds": list(cfg.seeds), "runs": runs, "lock": lineage.lock_hashes(root)}
 
 
-def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig, states: dict[str, dict] | None = None
-           ) -> tuple[list[dict], str]:
+def run_minutes(root: Path, baseline: str, scope: str, runs: list[str], new: dict[str, float]) -> dict[str, float]:
+    """Wall minutes of each experiment in ``runs``: this sweep's (``new``), else what an earlier
+    ``seeds/sweep.json`` of the same baseline and scope recorded."""
+    path = root / OUT / "sweep.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    same = old.get("baseline") == baseline and old.get("scope") == scope
+    merged = {**(old.get("minutes") or {} if same else {}), **new}
+    return {n: merged[n] for n in runs if n in merged}
+
+
+def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig, states: dict[str, dict] | None = None,
+           minutes: dict[str, float] | None = None) -> tuple[list[dict], str]:
     """Write ``seeds/`` from the experiments of ``baseline`` in the repository (this sweep's and
-    earlier ones' of the same scope): (spread rows, the table as markdown)."""
+    earlier ones' of the same scope; ``minutes``: this sweep's wall time per experiment): (spread
+    rows, the table as markdown)."""
     states = experiment_states(root, baseline) if states is None else states
     found = with_reused({n: metrics_of(st) for n, st in states.items()}, cfg.scope)
     runs = {n: seed_spread.headline(found[n]) for n in run_order(found, cfg.scope)}
@@ -248,10 +260,14 @@ def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig, states: dict
     table = seed_spread.markdown(rows, list(runs))
     tests, text = paired_section(root, states, list(runs), cfg.scope)
     about = ABOUT[cfg.scope].format(baseline)
+    took = run_minutes(root, baseline, cfg.scope, list(runs), minutes or {})
+    timing = ("\n\nWall time per experiment here: " + ", ".join(f"{n} {m:.1f} min" for n, m in took.items()) + "."
+              if took else "")
     write_text(root / OUT / "spread.md", f"# Seed spread ({len(runs)} runs, scope `{cfg.scope}`)\n\n{about}\n\n"
-                                         f"{table}\n\n{text}\n")
+                                         f"{table}\n\n{text}{timing}\n")
     write_text(root / OUT / "spread.json", json.dumps(rows, indent=2))
-    record = {**sweep_record(root, baseline, cfg, list(runs)), "paired": [t.to_dict() for t in tests]}
+    record = {**sweep_record(root, baseline, cfg, list(runs)), "paired": [t.to_dict() for t in tests],
+              "minutes": took}
     write_text(root / OUT / "sweep.json", json.dumps(record, indent=2))
     return rows, table
 
@@ -287,9 +303,13 @@ def seed_sweep(seeds: list[int], workspace: str = ".", scope: str = "rl") -> lis
                                                 tags=tags) as run:
         baseline = lineage.head_commit(root)  # the experiments' parent, even if HEAD moves meanwhile
         mlflow.log_params({"seeds": ",".join(map(str, cfg.seeds)), "baseline": baseline, "scope": cfg.scope})
+        minutes = {}
         for seed in cfg.seeds:
+            start = time.monotonic()
             run_seed(seed, str(root), run.info.run_id, cfg.scope)
-        rows, table = report(root, baseline, cfg)
+            minutes[experiment_name(seed, cfg.scope)] = round((time.monotonic() - start) / 60, 2)
+        mlflow.log_metrics({f"minutes/{n}": m for n, m in minutes.items()})
+        rows, table = report(root, baseline, cfg, minutes=minutes)
         mlflow.log_artifacts(str(root / OUT), OUT)
         create_markdown_artifact(key="seed-spread", markdown=table, description=f"MLflow run {run.info.run_id}")
     return rows

@@ -112,10 +112,13 @@ def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_mo
     vs = {t["b"]: t for t in sweep["paired"]}  # read from the DVC cache at each run's commit
     assert set(vs) == {"train_rl_text", "base"} and all(t["runs"] == 2 and 0 < t["p_value"] <= 1 for t in vs.values())
     assert "sign-flip permutation test over prompts (each prompt's runs flipped together)" in (ws / "seeds" / "spread.md").read_text()
+    assert set(sweep["minutes"]) == {"seed-1"} and sweep["minutes"]["seed-1"] > 0  # `craft seeds` states its time
+    assert "Wall time per experiment here: seed-1" in (ws / "seeds" / "spread.md").read_text()
     spread = (ws / "seeds" / "spread.json").read_text()
     (ws / "seeds" / "spread.json").unlink()
     from flows.seeds import rewrite_report  # `craft seeds --report`: the same files, no experiment run
 
     rewrite_report(str(ws))
     assert (ws / "seeds" / "spread.json").read_text() == spread
+    assert json.loads((ws / "seeds" / "sweep.json").read_text())["minutes"] == sweep["minutes"]  # kept from the sweep
     assert (ws / "dvc.lock").read_text() == lock_before and git("status", "--porcelain", "--untracked-files=no") == ""

@@ -233,3 +233,17 @@ def test_report_and_seeds_together_are_refused(capsys):
 
     assert main(["seeds", "--report", "--seeds", "3"]) == 2
     assert "drop --seeds" in capsys.readouterr().err
+
+
+def test_wall_times_are_this_sweeps_or_an_earlier_sweeps_of_the_same_baseline_and_scope(tmp_path):
+    import json
+
+    from flows import seeds
+
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "sweep.json").write_text(json.dumps(
+        {"baseline": "abc", "scope": "rl", "minutes": {"seed-1": 27.5, "seed-9": 30.0}}))
+    assert seeds.run_minutes(tmp_path, "abc", "rl", ["HEAD", "seed-1", "seed-2"], {"seed-2": 28.0}) == {
+        "seed-1": 27.5, "seed-2": 28.0}
+    assert seeds.run_minutes(tmp_path, "other", "rl", ["HEAD", "seed-1"], {}) == {}  # another commit's sweep
+    assert seeds.run_minutes(tmp_path, "abc", "all", ["HEAD", "seed-1"], {}) == {}
