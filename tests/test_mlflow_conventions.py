@@ -194,7 +194,7 @@ def test_seed_sweep_tags_the_parent_and_every_stage_run_with_its_seed(tmp_path, 
     monkeypatch.setattr(seeds, "require_committed", lambda root: None)
     monkeypatch.setattr(seeds, "get_run_logger", lambda: logging.getLogger("test"))
     monkeypatch.setattr(seeds, "create_markdown_artifact", lambda **kw: None)
-    monkeypatch.setattr(seeds, "experiment_metrics", lambda root, baseline: {"HEAD": {}, "seed-3": {}, "seed-4": {}})
+    monkeypatch.setattr(seeds, "experiment_states", lambda root, baseline: {"HEAD": {}, "seed-3": {}, "seed-4": {}})
     monkeypatch.setenv("MLFLOW_RUN_CONTEXT", json.dumps({"team": "safety"}))
 
     seeds.seed_sweep.fn([3, 4], workspace=str(tmp_path))
