@@ -11,7 +11,10 @@ experiments stay in the repository afterwards: ``dvc exp show`` lists them, ``dv
 brings one's outputs into the workspace. The committed run (the seeds in ``params.yaml``) is the
 column ``HEAD``. Written: ``seeds/spread.md``, ``seeds/spread.json`` (one row per metric), ``seeds/sweep.json``
 (baseline commit, scope, seeds and the baseline's dvc.lock hashes, which ``craft promote --seeds``
-matches against the challenger), and the table as a Prefect artifact.
+matches against the challenger; ``paired``: CRAFT against the ablation and base on refusal rate −
+over-refusal, paired by prompt across the runs, ``components.sweep.paired``; ``minutes``: each
+experiment's wall time), and the table as a Prefect artifact. ``craft seeds --report`` writes them
+anew from the experiments already in the repository.
 """
 from __future__ import annotations
 
