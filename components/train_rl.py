@@ -16,6 +16,11 @@ learning rate rises linearly over the first ``warmup_steps`` steps.
   reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``;
   with ``latent_rewards: dense`` the w_lat·R_lat part is spread over the tokens by potential-based
   shaping, ``components.rl.shaping``), GAE(γ, λ), value loss weighted by ``vf_coef``.
+- ``kl_coef_benign``: the KL weight on benign prompts' rollouts, when it should differ from
+  ``kl_coef`` (a per-row weight; unset, the scalar ``kl_coef`` covers every row).
+- ``init: sft``: policy and reference start as the ``train_sft`` model (its adapter merged into the
+  weights, ``--init-from``); the fresh LoRA learns on top, and the output adapter stacks the two
+  (``components.rl.policy.save_stacked``), so evaluation loads it on the base like any other.
 Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps and
 at the end, greedy replies to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
 judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
@@ -46,6 +51,7 @@ import torch
 
 from components.rl import checkpoint
 from components.lm.adapters import save_adapter
+from components.lm.under_test import load_under_test
 from components.lm import source
 from components.lm import runtime
 from components.rl import loop as rl_loop
@@ -57,13 +63,14 @@ from components.core.config import require, stage_config
 from components.head.model import SafetyHead
 from components.core.io import dir_digest, read_table, write_json, write_text
 from components.eval.judges import make_judge, valid_judge, valid_reward_judge
-from components.rl.policy import LoraSpec, wrap_lora
+from components.rl.policy import LoraSpec, save_stacked, wrap_lora
 from components.data.records import stable_id
 from components.rl import report, selection
 from components.rl.rewards import SOURCES, CraftReward, RewardWeights, obfuscation_gap
 
 log = logging.getLogger("craft.train_rl")
 STAGE = "train_rl"
+INITS = ("base", "sft")
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,10 @@ class TrainRLConfig:
     """PPO ratio clip ε; in (0, 1)."""
     kl_coef: float = 0.05
     """Weight of the KL to the reference policy; >= 0 (paper: 0.01)."""
+    kl_coef_benign: float | None = None
+    """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
+    benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
+    refusal is sampled and penalised; >= 0."""
     kl_in: str = "loss"
     """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
     gamma: float = 1.0
@@ -152,8 +163,13 @@ class TrainRLConfig:
     """Guard: end training early (and keep the last good state) when mean KL exceeds this."""
     seed: int = 0
     """Seed of prompt sampling, rollouts and the LoRA initialisation."""
+    init: str = "base"
+    """What RL starts from: base (a fresh LoRA on the base model: policy = reference = base) | sft
+    (the ``train_sft`` adapter is merged into the weights, so policy and reference start as the SFT
+    model, and the output adapter stacks the SFT and RL adapters: rank lora_r + train_sft.lora_r)."""
 
     def __post_init__(self) -> None:
+        require(self.init in INITS, f"train_rl.init={self.init!r}: use one of {INITS}.")
         require(self.advantage in ("grpo", "ppo"), f"train_rl.advantage={self.advantage!r}: use grpo or ppo.")
         require(self.kl_in in ("loss", "reward"), f"train_rl.kl_in={self.kl_in!r}: use loss or reward.")
         require(self.reward_source in SOURCES,
@@ -169,6 +185,8 @@ class TrainRLConfig:
         require(self.ppo_epochs >= 1, f"train_rl.ppo_epochs={self.ppo_epochs!r}: use 1 or more, e.g. 1.")
         require(0 < self.clip < 1, f"train_rl.clip={self.clip!r}: use a value in (0, 1), e.g. 0.2.")
         require(self.kl_coef >= 0, f"train_rl.kl_coef={self.kl_coef!r}: use 0 (no KL term) or more, e.g. 0.05.")
+        require(self.kl_coef_benign is None or self.kl_coef_benign >= 0,
+                f"train_rl.kl_coef_benign={self.kl_coef_benign!r}: use null (= kl_coef) or 0 or more, e.g. 0.5.")
         require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.0005.")
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
         require(self.checkpoint_every >= 1,
@@ -216,15 +234,26 @@ def code_digest() -> str:
 
 
 def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig,
-                   fingerprint: str, head_dir: str | Path, processes: int = 1) -> Path:
+                   fingerprint: str, head_dir: str | Path, processes: int = 1,
+                   init_dir: str | Path | None = None) -> Path:
     """Checkpoints live outside DVC outputs (DVC clears outputs before a stage re-runs), keyed by
-    everything that shapes the run, so a changed setting, model, numerics, head, RL code or number
-    of processes (each draws its own samples) never resumes an unrelated run. ``fingerprint``: the
-    resolved base model's."""
+    everything that shapes the run, so a changed setting, model, numerics, head, starting adapter,
+    RL code or number of processes (each draws its own samples) never resumes an unrelated run.
+    ``fingerprint``: the resolved base model's."""
     scale = [f"processes={processes}"] if processes > 1 else []  # one process: the key it always had
+    start = [dir_digest(init_adapter(cfg, init_dir))] if cfg.init != "base" else []  # base: the key it had
     key = stable_id(json.dumps(cfg.__dict__, sort_keys=True, default=str), fingerprint, numerics(model_cfg),
-                    dir_digest(head_dir), code_digest(), *scale)
+                    dir_digest(head_dir), code_digest(), *scale, *start)
     return Path(workspace) / ".cache" / "checkpoints" / STAGE / key
+
+
+def init_adapter(cfg: TrainRLConfig, init_dir: str | Path | None) -> Path:
+    """The adapter folder RL starts from under ``init: sft``: ``<init_dir>/adapter`` of a pipeline
+    output folder (``data/train_sft``, ``--init-from``)."""
+    require(init_dir is not None and (Path(init_dir) / "model.json").exists(),
+            f"train_rl.init={cfg.init}: --init-from must name the train_sft output folder with its model.json "
+            f"and adapter/ (got {init_dir!r}); run `craft run --stages train_sft` first, or set init: base.")
+    return Path(init_dir) / json.loads((Path(init_dir) / "model.json").read_text()).get("adapter", "adapter")
 
 
 def _history(folder: Path, start: int) -> list[dict]:
@@ -256,9 +285,11 @@ def warmup(steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / steps) if steps else 1.0
 
 
-def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
+def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, init_dir: str | Path | None = None):
     """The accelerator, the resolved model, and the policy (LoRA), value head and optimizer placed
-    by accelerate, and the LR schedule. Every process builds the same initial state from ``cfg.seed``."""
+    by accelerate, and the LR schedule. Every process builds the same initial state from ``cfg.seed``.
+    Under ``init: sft`` the model is base + the SFT adapter merged (the policy's and the reference's
+    starting point), and the fresh LoRA learns on top of it."""
     from accelerate import Accelerator
 
     dist.check_launch()
@@ -270,7 +301,8 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
             f"process needs a prompt of every step; raise them (a multiple of {n} gives equal shares) or launch fewer.")
     with accelerator.main_process_first():  # a packaged model is converted once, by the main process
         resolved = source.resolve(model_cfg, workspace)
-    lm = runtime.load(resolved, model_cfg)
+    lm = runtime.load(resolved, model_cfg) if cfg.init == "base" else \
+        load_under_test(str(Path(init_adapter(cfg, init_dir)).parent), model_cfg, workspace)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     policy = wrap_lora(lm.model, cfg.lora, None)  # LoRA init from the global RNG seeded just above (stage-owned)
@@ -286,11 +318,11 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str):
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
-        stop_after: int | None = None) -> dict | None:
+        stop_after: int | None = None, init_dir: str | Path | None = None) -> dict | None:
     """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill). With
     several processes only the main one selects, logs, checkpoints and writes ``out``; the others
     return None."""
-    accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace)
+    accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace, init_dir)
     main = accelerator.is_main_process
     head = SafetyHead.load(head_dir, accelerator.device)
     reward = CraftReward(head, make_judge(cfg.judge), RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons),
@@ -343,21 +375,28 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
             log.warning("KL %.3f > kl_stop %.3f at step %d: stopping early", metrics["rl/kl"], cfg.kl_stop, step)
             break
     rl_loop.check_same_adapter(unwrapped)
-    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt) if main else None
+    start = init_adapter(cfg, init_dir) if cfg.init != "base" else None
+    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, start) \
+        if main else None
 
 
 def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict],
-           ckpt: Path) -> dict:
+           ckpt: Path, start: Path | None = None) -> dict:
     """Load the selected (best) adapter, write it with a head copy, model card and curves; return
-    the summary metrics."""
+    the summary metrics. ``start``: the adapter RL started from (init: sft), stacked under the
+    RL adapter, so the output is one adapter on the base model."""
     best = selection.Point(**checkpoint.load_best(ckpt, policy))
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(policy, tokenizer, tmp / "adapter", resolved.model_id)
+    if start is None:
+        save_adapter(policy, tokenizer, tmp / "adapter", resolved.model_id)
+    else:
+        save_stacked(policy, start, tokenizer, tmp / "adapter", resolved.model_id)
     shutil.copytree(head_dir, tmp / "head")
     card = {"base_model_source": model_cfg.source, "base_model_id": resolved.model_id,
             "base_model_fingerprint": resolved.fingerprint, "adapter": "adapter", "head": "head",
-            "reward_source": cfg.reward_source, "advantage": cfg.advantage, "selected_step": best.step}
+            "reward_source": cfg.reward_source, "advantage": cfg.advantage, "selected_step": best.step,
+            "init": cfg.init}
     (tmp / "model.json").write_text(json.dumps(card, indent=2))
     # DVC plots data (dvc.yaml plots:): the training steps, under the names MLflow records.
     (tmp / "history.json").write_text(json.dumps([h for h in history if h["step"] >= 0], indent=1))
@@ -379,6 +418,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--head", True, "trained head folder (data/train_head/head)"),
         ("--out", True, "output folder (data/train_rl)"),
         ("--ablation", False, "params section whose keys override train_rl (e.g. train_rl_text)"),
+        ("--init-from", False, "under train_rl.init: sft, the train_sft output folder RL starts from (data/train_sft)"),
     ])
     name = args.ablation or STAGE
     section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
@@ -387,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     procs = dist.state(runtime.pick_device(model_cfg.device))
     with procs.main_process_first():  # a packaged model is converted once, by the main process
         fingerprint = source.resolve(model_cfg).fingerprint
-    ckpt = checkpoint_dir(".", cfg, model_cfg, fingerprint, args.head, procs.num_processes)
+    ckpt = checkpoint_dir(".", cfg, model_cfg, fingerprint, args.head, procs.num_processes, args.init_from)
     import mlflow
 
     out = Path(args.out)
@@ -396,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         if procs.is_main_process else contextlib.nullcontext()
     with tracked:
         summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
-                      on_metrics=lambda step, m: mlflow.log_metrics(m, step=step))
+                      on_metrics=lambda step, m: mlflow.log_metrics(m, step=step), init_dir=args.init_from)
         if procs.is_main_process:
             write_json(out / "metrics.json", summary)
             write_text(out / "summary.md", report.summary_markdown(summary, name))

@@ -102,6 +102,15 @@ class Batch:
     ref_logp: torch.Tensor   # [B, Tn]
     adv: torch.Tensor        # [B, Tn]
     returns: torch.Tensor | None
+    kl_coef: torch.Tensor | None = None  # [B, 1] per-row KL weight (kl_coef_benign set), else None: cfg.kl_coef
+
+
+def kl_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
+    """[B, 1] KL weight of each row: ``kl_coef_benign`` on benign prompts' rollouts, ``kl_coef`` on
+    harmful ones; None when the two are the same (one scalar, the arithmetic it always had)."""
+    if cfg.kl_coef_benign is None or kinds is None:
+        return None
+    return torch.tensor([cfg.kl_coef_benign if k == "benign" else cfg.kl_coef for k in kinds])[:, None]
 
 
 def single_update(cfg, n: int) -> bool:
@@ -128,10 +137,12 @@ def whiten(adv: torch.Tensor, mask: torch.Tensor, sharded: bool) -> torch.Tensor
 
 @torch.no_grad()
 def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tensor], rows: Rows | None = None,
-               head=None) -> Batch:
+               head=None, kinds: list[str] | None = None) -> Batch:
     """Old and reference log-probs, then advantages (group baseline or GAE). ``parts``: the
-    reward's parts [B] (``CraftReward``); ``head``: the safety head, for dense latent rewards."""
+    reward's parts [B] (``CraftReward``); ``head``: the safety head, for dense latent rewards;
+    ``kinds``: each row's prompt kind [B], for a kind-dependent KL weight."""
     rows = rows or Rows(0, len(ro.prompts), len(ro.prompts))
+    coef = kl_weights(cfg, kinds)
     with reference_mode(policy):
         ref_logp, _, _ = forward_logprobs(policy, ro)
     if single_update(cfg, rows.total):
@@ -142,7 +153,7 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
     rewards = parts["total"].to(ref_logp.device)  # [B]
     if cfg.advantage == "grpo":
         adv, _ = formulas.group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.min_group_std)
-        return Batch(ro, old_logp, ref_logp, adv[:, None] * mask, None)  # [B, 1] → [B, Tn]
+        return Batch(ro, old_logp, ref_logp, adv[:, None] * mask, None, coef)  # [B, 1] → [B, Tn]
     token_r = torch.zeros_like(ref_logp)  # [B, Tn]
     last = mask.sum(1).clamp(min=1) - 1  # index of the final generated token
     if cfg.latent_rewards == "dense":
@@ -154,10 +165,11 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
         rewards = rewards - cfg.w_lat * parts["r_lat"].to(rewards)
     token_r[torch.arange(len(last)), last] += rewards
     if cfg.kl_in == "reward":
-        token_r = token_r - cfg.kl_coef * (old_logp - ref_logp) * mask
+        kl_w = cfg.kl_coef if coef is None else coef.to(token_r)  # scalar or [B, 1]
+        token_r = token_r - kl_w * (old_logp - ref_logp) * mask
     values = value_head(hidden)
     adv, returns = formulas.gae(token_r, values, mask, cfg.gamma, cfg.lam)
-    return Batch(ro, old_logp, ref_logp, whiten(adv, mask, rows.sharded), returns)
+    return Batch(ro, old_logp, ref_logp, whiten(adv, mask, rows.sharded), returns, coef)
 
 
 STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")
@@ -213,8 +225,10 @@ def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, den
     pg, clipped = formulas.clipped_surrogate(logp, old, batch.adv[idx], cfg.clip)
     kl = formulas.k3_kl(logp, batch.ref_logp[idx])
     loss = mean(pg)
-    if cfg.kl_in == "loss":
+    if cfg.kl_in == "loss" and batch.kl_coef is None:
         loss = loss + cfg.kl_coef * mean(kl)
+    elif cfg.kl_in == "loss":  # per-row weights [b, 1]: kl_coef_benign on benign rows
+        loss = loss + mean(batch.kl_coef[idx].to(kl) * kl)
     vf = torch.zeros(())
     if cfg.advantage == "ppo":
         vf = mean((value_head(hidden) - batch.returns[idx]) ** 2)
@@ -238,7 +252,7 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
                  cfg.top_p, accelerator.device, engine, stream=rank)
     row_kinds = [k for _, k in mine for _ in range(cfg.group_size)]  # [B], parallel to ro.prompts
     parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device, row_kinds)
-    batch = make_batch(cfg, policy, value_head, ro, parts, rows, reward.head)
+    batch = make_batch(cfg, policy, value_head, ro, parts, rows, reward.head, row_kinds)
     stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows)
     parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
     lengths = dist.cat(ro.completion_mask.sum(1).float())

@@ -6,8 +6,10 @@ together with the completion mask (generated tokens up to and including the firs
 """
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -37,6 +39,40 @@ def wrap_lora(model, spec: LoraSpec, seed: int | None):
         if seed is not None:
             torch.manual_seed(seed)
         return get_peft_model(model, config)
+
+
+class _OneAdapter:
+    """``model`` seen through ``save_pretrained`` as if ``name`` were its only adapter: peft writes
+    a non-default adapter into ``<folder>/<name>/``; this moves its files up into ``folder``."""
+
+    def __init__(self, model, name: str) -> None:
+        self.model, self.name = model, name
+
+    def save_pretrained(self, folder: str, **kw) -> None:
+        self.model.save_pretrained(folder, selected_adapters=[self.name], **kw)
+        for f in (Path(folder) / self.name).iterdir():
+            shutil.move(str(f), str(Path(folder) / f.name))
+        (Path(folder) / self.name).rmdir()
+
+
+def save_stacked(policy, first: str | Path, tokenizer, folder: str | Path, base_id: str) -> Path:
+    """Save, as one LoRA adapter on the base, ``first`` (an adapter folder) followed by ``policy``'s
+    own adapter, which was trained on a model with ``first`` merged into its weights:
+
+        W' = W + s1·B1·A1 + s2·B2·A2 = W + [B1 | B2]·[s1·A1 ; s2·A2]     rank r1 + r2, scale 1
+
+    peft's ``add_weighted_adapter(combination_type="cat")`` builds exactly this (no SVD, no loss).
+    The extra adapters are removed again, so ``policy`` is left as it was."""
+    from components.lm.adapters import save_adapter
+
+    policy.load_adapter(str(first), adapter_name="init")
+    try:
+        policy.add_weighted_adapter(["init", "default"], [1.0, 1.0], "stacked", combination_type="cat")
+        return save_adapter(_OneAdapter(policy, "stacked"), tokenizer, folder, base_id)
+    finally:
+        for name in ("stacked", "init"):
+            if name in policy.peft_config:
+                policy.delete_adapter(name)
 
 
 @dataclass
