@@ -285,11 +285,11 @@ def warmup(steps: int) -> Callable[[int], float]:
     return lambda s: min(1.0, (s + 1) / steps) if steps else 1.0
 
 
-def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, init_dir: str | Path | None = None):
+def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, start: Path | None = None):
     """The accelerator, the resolved model, and the policy (LoRA), value head and optimizer placed
     by accelerate, and the LR schedule. Every process builds the same initial state from ``cfg.seed``.
-    Under ``init: sft`` the model is base + the SFT adapter merged (the policy's and the reference's
-    starting point), and the fresh LoRA learns on top of it."""
+    ``start`` (init: sft, ``init_adapter``): the model is base + that adapter merged (the policy's and
+    the reference's starting point), and the fresh LoRA learns on top of it."""
     from accelerate import Accelerator
 
     dist.check_launch()
@@ -301,8 +301,7 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, ini
             f"process needs a prompt of every step; raise them (a multiple of {n} gives equal shares) or launch fewer.")
     with accelerator.main_process_first():  # a packaged model is converted once, by the main process
         resolved = source.resolve(model_cfg, workspace)
-    lm = runtime.load(resolved, model_cfg) if cfg.init == "base" else \
-        load_under_test(str(Path(init_adapter(cfg, init_dir)).parent), model_cfg, workspace)
+    lm = runtime.load(resolved, model_cfg) if start is None else load_under_test(str(start.parent), model_cfg, workspace)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     policy = wrap_lora(lm.model, cfg.lora, None)  # LoRA init from the global RNG seeded just above (stage-owned)
@@ -322,7 +321,8 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill). With
     several processes only the main one selects, logs, checkpoints and writes ``out``; the others
     return None."""
-    accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace, init_dir)
+    first = init_adapter(cfg, init_dir) if cfg.init != "base" else None  # init: sft: the adapter RL builds on
+    accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace, first)
     main = accelerator.is_main_process
     head = SafetyHead.load(head_dir, accelerator.device)
     reward = CraftReward(head, make_judge(cfg.judge), RewardWeights(cfg.w_lat, cfg.w_txt, cfg.w_cons),
@@ -375,8 +375,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
             log.warning("KL %.3f > kl_stop %.3f at step %d: stopping early", metrics["rl/kl"], cfg.kl_stop, step)
             break
     rl_loop.check_same_adapter(unwrapped)
-    start = init_adapter(cfg, init_dir) if cfg.init != "base" else None
-    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, start) \
+    return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, first) \
         if main else None
 
 
