@@ -111,6 +111,10 @@ class TrainRLConfig:
     """PPO ratio clip ε; in (0, 1)."""
     kl_coef: float = 0.05
     """Weight of the KL to the reference policy; >= 0 (paper: 0.01)."""
+    benign_sources: tuple[str, ...] = ()
+    """Ingest sources the benign training prompts are drawn from (the prompts' ``source`` column,
+    e.g. [benign_lookalikes]); empty = every benign source. Look-alikes share a harmful prompt's
+    words but not its intent: the contrast the reward must teach. Selection keeps every benign val prompt."""
     kl_coef_benign: float | None = None
     """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
     benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
@@ -270,7 +274,7 @@ def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[dict[str, l
     def of(split: str, kind: str) -> list[str]:
         return sorted(prompts[(prompts.split == split) & (prompts.prompt_kind == kind)].prompt)
 
-    pools = {"harmful": of("train", "harmful"), "benign": of("train", "benign") if cfg.benign_per_step else []}
+    pools = {"harmful": of("train", "harmful"), "benign": benign_pool(prompts, cfg) if cfg.benign_per_step else []}
     val = {"harmful": of("val", "harmful")[: cfg.select_harmful], "benign": of("val", "benign")[: cfg.select_benign]}
     require(len(pools["harmful"]) >= 1 and len(val["harmful"]) >= 1,
             "train_rl: the prompts need harmful prompts in the train and val splits (re-run ingest).")
@@ -278,6 +282,18 @@ def prompt_pools(prompts: pd.DataFrame, cfg: TrainRLConfig) -> tuple[dict[str, l
             f"train_rl.benign_per_step={cfg.benign_per_step}: the prompts have no benign train prompts; "
             "set benign_per_step: 0 or ingest benign prompts.")
     return pools, val
+
+
+def benign_pool(prompts: pd.DataFrame, cfg: TrainRLConfig) -> list[str]:
+    """The sorted benign ``train`` prompts of ``cfg.benign_sources`` (all benign ones when empty)."""
+    benign = prompts[(prompts.split == "train") & (prompts.prompt_kind == "benign")]
+    if not cfg.benign_sources:
+        return sorted(benign.prompt)
+    have = sorted(set(benign.source))
+    missing = sorted(set(cfg.benign_sources) - set(have))
+    require(not missing, f"train_rl.benign_sources: {missing} have no benign train prompts; the sources "
+                         f"with some are {have} (or use [] for all of them).")
+    return sorted(benign[benign.source.isin(cfg.benign_sources)].prompt)
 
 
 def warmup(steps: int) -> Callable[[int], float]:
