@@ -119,6 +119,13 @@ class TrainRLConfig:
     """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
     benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
     refusal is sampled and penalised; >= 0."""
+    contrast_coef: float = 0.0
+    """Weight of the prompt-swap contrast loss (``components.rl.contrast``): each sampled refusal of
+    a harmful prompt must gain more under that prompt than under a benign one; 0 = off; >= 0."""
+    contrast_beta: float = 0.1
+    """β of the contrast loss −log σ(β·(Δ_harmful − Δ_benign)) (Δ: sequence log-ratio to the reference); > 0."""
+    contrast_max: int = 8
+    """Contrast pairs per step at most (the first refusals of the step's harmful rows); >= 1."""
     kl_in: str = "loss"
     """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
     gamma: float = 1.0
@@ -191,6 +198,13 @@ class TrainRLConfig:
         require(self.kl_coef >= 0, f"train_rl.kl_coef={self.kl_coef!r}: use 0 (no KL term) or more, e.g. 0.05.")
         require(self.kl_coef_benign is None or self.kl_coef_benign >= 0,
                 f"train_rl.kl_coef_benign={self.kl_coef_benign!r}: use null (= kl_coef) or 0 or more, e.g. 0.5.")
+        require(self.contrast_coef >= 0,
+                f"train_rl.contrast_coef={self.contrast_coef!r}: use 0 (off) or more, e.g. 0.5.")
+        require(self.contrast_beta > 0, f"train_rl.contrast_beta={self.contrast_beta!r}: use a positive β, e.g. 0.1.")
+        require(self.contrast_max >= 1, f"train_rl.contrast_max={self.contrast_max!r}: use 1 or more, e.g. 8.")
+        require(self.contrast_coef == 0 or self.benign_per_step >= 1,
+                f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "
+                "set benign_per_step to 1 or more, or contrast_coef: 0.")
         require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.0005.")
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
         require(self.checkpoint_every >= 1,

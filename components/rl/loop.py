@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from components.core import dist
 from components.rl import checkpoint
+from components.rl import contrast
 from components.rl import formulas
 from components.rl.policy import Rollout, forward_logprobs, rollout
 from components.eval.judges import SAFE_AT
@@ -175,8 +176,11 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
 STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")
 
 
-def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: Rows | None = None) -> dict:
-    """``ppo_epochs`` passes of minibatch clipped-surrogate updates; returns mean statistics."""
+def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: Rows | None = None,
+           pairs: contrast.Pairs | None = None) -> dict:
+    """``ppo_epochs`` passes of minibatch clipped-surrogate updates; returns mean statistics.
+    ``pairs`` (``contrast_coef`` > 0): the prompt-swap contrast loss joins the first optimizer step
+    of each pass, weighted by ``contrast_coef`` and averaged over every process's pairs."""
     n = batch.adv.shape[0]
     rows = rows or Rows(0, n, n)
     lora, vh = [p for p in policy.parameters() if p.requires_grad], list(value_head.parameters())
@@ -184,9 +188,14 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     synced = lora + vh if cfg.advantage == "ppo" else lora  # the value head trains with ppo only
     tokens = dist.cat(batch.ro.completion_mask.sum(1).float().cpu()) if rows.sharded else None  # [N_global]
     stats: list[torch.Tensor] = []
+    n_pairs, swap = contrast_pairs(cfg, pairs, rows.sharded), []
     for _ in range(cfg.ppo_epochs):
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
+        if pairs is not None:
+            c_loss, margin = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs)
+            accelerator.backward(cfg.contrast_coef * c_loss)
+            swap.append((float(c_loss.detach()), margin))
         for k, idx in enumerate(minibatches):
             denom = tokens[idx].sum().clamp(min=1.0) if rows.sharded else None
             local = rows.local(idx) if rows.sharded else idx
@@ -209,7 +218,22 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     if rows.sharded:
         dist.sum_([table])  # each process holds its share of each minibatch mean: the sum is the mean
     # means over minibatches, summed in order as Python floats
-    return {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
+    out = {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
+    if cfg.contrast_coef > 0:  # this process's share of L_swap and its pairs' mean margin, first pass
+        out.update(contrast_pairs=n_pairs, contrast_loss=swap[0][0] if swap else 0.0,
+                   contrast_margin=swap[0][1] if swap else 0.0)
+    return out
+
+
+def contrast_pairs(cfg, pairs: contrast.Pairs | None, sharded: bool) -> float:
+    """The step's number of contrast pairs over all processes (0 when the term is off or no
+    refusal was sampled); a collective when sharded, so every process calls it."""
+    if cfg.contrast_coef <= 0:
+        return 0.0
+    n = torch.tensor([float(len(pairs.harmful.prompts)) if pairs is not None else 0.0])
+    if sharded:
+        dist.sum_([n])
+    return float(n[0])
 
 
 def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, denom: torch.Tensor | None):
@@ -253,7 +277,11 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     row_kinds = [k for _, k in mine for _ in range(cfg.group_size)]  # [B], parallel to ro.prompts
     parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device, row_kinds)
     batch = make_batch(cfg, policy, value_head, ro, parts, rows, reward.head, row_kinds)
-    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows)
+    pairs = None
+    if cfg.contrast_coef > 0:  # this step's refusals, each paired with a benign training prompt
+        benign = step_prompts(pools["benign"], cfg.contrast_max, cfg.seed, step, "contrast")
+        pairs = contrast.build(model, tokenizer, ro, row_kinds, parts["p_safe_text"], benign, cfg.contrast_max)
+    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows, pairs)
     parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
     lengths = dist.cat(ro.completion_mask.sum(1).float())
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
