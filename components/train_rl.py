@@ -124,6 +124,9 @@ class TrainRLConfig:
     a harmful prompt must gain more under that prompt than under a benign one; 0 = off; >= 0."""
     contrast_beta: float = 0.1
     """β of the contrast loss −log σ(β·(Δ_harmful − Δ_benign)) (Δ: sequence log-ratio to the reference); > 0."""
+    contrast_anchor: float = 0.0
+    """DPO-Positive λ of the contrast loss: the margin loses λ·max(0, −Δ_harmful), so it cannot be
+    won by making the refusal less likely than the reference under the harmful prompt; >= 0."""
     contrast_max: int = 8
     """Contrast pairs per step at most (the first refusals of the step's harmful rows); >= 1."""
     kl_in: str = "loss"
@@ -201,6 +204,8 @@ class TrainRLConfig:
         require(self.contrast_coef >= 0,
                 f"train_rl.contrast_coef={self.contrast_coef!r}: use 0 (off) or more, e.g. 0.5.")
         require(self.contrast_beta > 0, f"train_rl.contrast_beta={self.contrast_beta!r}: use a positive β, e.g. 0.1.")
+        require(self.contrast_anchor >= 0,
+                f"train_rl.contrast_anchor={self.contrast_anchor!r}: use 0 (plain DPO margin) or more, e.g. 5.")
         require(self.contrast_max >= 1, f"train_rl.contrast_max={self.contrast_max!r}: use 1 or more, e.g. 8.")
         require(self.contrast_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "

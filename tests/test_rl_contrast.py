@@ -31,6 +31,14 @@ def test_loss_is_log2_at_the_reference_and_follows_the_margin():
     assert float(d_h.grad) == pytest.approx(-0.05) and float(d_b.grad) == pytest.approx(0.05)  # ∓β/2
 
 
+def test_the_anchor_charges_a_refusal_made_less_likely_than_the_reference():
+    d_b = torch.tensor([-6.0, -6.0])
+    plain = contrast.swap_loss(torch.tensor([-2.0, 2.0]), d_b, 0.5)
+    anchored = contrast.swap_loss(torch.tensor([-2.0, 2.0]), d_b, 0.5, anchor=5.0)
+    assert float(anchored[0]) > float(plain[0])  # Δ_h < 0: charged 5·2 nats of margin
+    assert float(anchored[1]) == pytest.approx(float(plain[1]))  # Δ_h > 0: unchanged
+
+
 def test_log_ratio_sums_generated_tokens_only():
     logp, ref = torch.tensor([[-1.0, -2.0, -9.0]]), torch.tensor([[-1.5, -1.0, 0.0]])
     assert contrast.log_ratio(logp, ref, torch.tensor([[1, 1, 0]])).tolist() == [pytest.approx(-0.5)]
@@ -67,17 +75,18 @@ def test_descending_the_loss_separates_the_prompts(tiny_model_dir):
     opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
     margins = []
     for _ in range(4):
-        loss, margin = contrast.loss(policy, pairs, 0.1)
-        margins.append(margin)
+        loss, stats = contrast.loss(policy, pairs, 0.1)
+        margins.append(stats["margin"])
+        assert stats["margin"] == pytest.approx(stats["gain_harmful"] - stats["gain_benign"], abs=1e-5)
         opt.zero_grad(), loss.backward(), opt.step()
     assert margins[0] == pytest.approx(0.0, abs=1e-5)  # B = 0 at init: π = π_ref
-    assert contrast.loss(policy, pairs, 0.1)[1] > 0.1
+    assert contrast.loss(policy, pairs, 0.1)[1]["margin"] > 0.1
 
 
 def test_contrast_needs_benign_prompts_and_sane_values():
     with pytest.raises(ConfigError, match="benign_per_step"):
         TrainRLConfig(contrast_coef=0.5, benign_per_step=0)
-    for bad in (dict(contrast_coef=-1.0), dict(contrast_beta=0.0), dict(contrast_max=0)):
+    for bad in (dict(contrast_coef=-1.0), dict(contrast_beta=0.0), dict(contrast_max=0), dict(contrast_anchor=-1.0)):
         with pytest.raises(ConfigError, match=next(iter(bad))):
             TrainRLConfig(**bad)
 

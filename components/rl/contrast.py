@@ -16,6 +16,10 @@ with the two sides being one response under two prompts, rather than two respons
     L_swap   = −(1/k)·Σ_j log σ(β·(Δ(y_j | x_h,j) − Δ(y_j | x_b,j)))
     loss    += contrast_coef · L_swap
 
+With ``contrast_anchor`` λ > 0 the margin is DPO-Positive's (Pal et al. 2024, "Smaug"):
+β·(Δ_h − Δ_b − λ·max(0, −Δ_h)), so the margin cannot be won by lowering the refusal under the
+harmful prompt below the reference too (DPO's known failure: both sides fall, the gap grows).
+
 At π = π_ref (Δ = 0) its gradient is −(β/2k)·Σ_j (∇Δ_h,j − ∇Δ_b,j): the direction that tells the
 two prompts apart, not a global push. It saturates (σ → 1) once the margin is large, so unlike an
 unlikelihood term it does not drive log π(y | x_b) towards −∞. It is an auxiliary loss on
@@ -90,17 +94,22 @@ def log_ratio(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) ->
     return ((logp - ref_logp) * mask.to(logp.dtype)).sum(1)
 
 
-def swap_loss(delta_harmful: torch.Tensor, delta_swapped: torch.Tensor, beta: float) -> torch.Tensor:
-    """Per-pair −log σ(β·(Δ_h − Δ_b)) [k] (the module docstring's L_swap before the mean)."""
-    return -F.logsigmoid(beta * (delta_harmful - delta_swapped))
+def swap_loss(delta_harmful: torch.Tensor, delta_swapped: torch.Tensor, beta: float,
+              anchor: float = 0.0) -> torch.Tensor:
+    """Per-pair −log σ(β·(Δ_h − Δ_b − anchor·max(0, −Δ_h))) [k] (L_swap before the mean)."""
+    return -F.logsigmoid(beta * (delta_harmful - delta_swapped - anchor * (-delta_harmful).clamp(min=0)))
 
 
-def loss(policy, pairs: Pairs, beta: float, denom: float | None = None) -> tuple[torch.Tensor, float]:
-    """(Σ_j swap_loss_j / denom, mean margin Δ_h − Δ_b); ``denom``: the number of pairs over all
-    processes (default: this process's k), so the shares of several processes add up to the mean."""
+def loss(policy, pairs: Pairs, beta: float, denom: float | None = None, anchor: float = 0.0
+         ) -> tuple[torch.Tensor, dict[str, float]]:
+    """(Σ_j swap_loss_j / denom, statistics: the pairs' mean Δ_h, Δ_b and margin Δ_h − Δ_b); ``denom``:
+    the number of pairs over all processes (default: this process's k), so the shares of several
+    processes add up to the mean."""
     logp_h = forward_logprobs(policy, pairs.harmful)[0]
     logp_b = forward_logprobs(policy, pairs.swapped)[0]
     d_h = log_ratio(logp_h, pairs.ref_harmful.to(logp_h), pairs.harmful.completion_mask.to(logp_h.device))
     d_b = log_ratio(logp_b, pairs.ref_swapped.to(logp_b), pairs.swapped.completion_mask.to(logp_b.device))
     k = len(d_h) if denom is None else denom
-    return swap_loss(d_h, d_b, beta).sum() / k, float((d_h - d_b).detach().mean())
+    stats = {"gain_harmful": float(d_h.detach().mean()), "gain_benign": float(d_b.detach().mean()),
+             "margin": float((d_h - d_b).detach().mean())}
+    return swap_loss(d_h, d_b, beta, anchor).sum() / k, stats

@@ -193,9 +193,9 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
         if pairs is not None:
-            c_loss, margin = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs)
+            c_loss, c_stats = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs, cfg.contrast_anchor)
             accelerator.backward(cfg.contrast_coef * c_loss)
-            swap.append((float(c_loss.detach()), margin))
+            swap.append({"loss": float(c_loss.detach()), **c_stats})
         for k, idx in enumerate(minibatches):
             denom = tokens[idx].sum().clamp(min=1.0) if rows.sharded else None
             local = rows.local(idx) if rows.sharded else idx
@@ -219,9 +219,10 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
         dist.sum_([table])  # each process holds its share of each minibatch mean: the sum is the mean
     # means over minibatches, summed in order as Python floats
     out = {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
-    if cfg.contrast_coef > 0:  # this process's share of L_swap and its pairs' mean margin, first pass
-        out.update(contrast_pairs=n_pairs, contrast_loss=swap[0][0] if swap else 0.0,
-                   contrast_margin=swap[0][1] if swap else 0.0)
+    if cfg.contrast_coef > 0:  # this process's share of L_swap and its pairs' mean log-ratios, first pass
+        out["contrast_pairs"] = n_pairs
+        for k in ("loss", "gain_harmful", "gain_benign", "margin"):
+            out[f"contrast_{k}"] = swap[0][k] if swap else 0.0
     return out
 
 
