@@ -127,6 +127,9 @@ class TrainRLConfig:
     contrast_anchor: float = 0.0
     """DPO-Positive λ of the contrast loss: the margin loses λ·max(0, −Δ_harmful), so it cannot be
     won by making the refusal less likely than the reference under the harmful prompt; >= 0."""
+    contrast_floor: float | None = None
+    """The benign side of the contrast counts as max(Δ_benign, floor): 0 = no gain from making the
+    refusal rarer under a benign prompt than the reference does (only the spill-over is removed); null = none."""
     contrast_max: int = 8
     """Contrast pairs per step at most (the first refusals of the step's harmful rows); >= 1."""
     kl_in: str = "loss"

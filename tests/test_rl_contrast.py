@@ -39,6 +39,16 @@ def test_the_anchor_charges_a_refusal_made_less_likely_than_the_reference():
     assert float(anchored[1]) == pytest.approx(float(plain[1]))  # Δ_h > 0: unchanged
 
 
+def test_the_floor_gives_nothing_for_pushing_the_benign_side_below_it():
+    d_h = torch.tensor([1.0, 1.0])
+    floored = contrast.swap_loss(d_h, torch.tensor([-5.0, 2.0]), 1.0, floor=0.0)
+    assert float(floored[0]) == pytest.approx(float(contrast.swap_loss(d_h[:1], torch.zeros(1), 1.0)))
+    assert float(floored[1]) == pytest.approx(float(contrast.swap_loss(d_h[:1], torch.tensor([2.0]), 1.0)))
+    d_b = torch.tensor([-1.0, 1.0], requires_grad=True)
+    contrast.swap_loss(d_h, d_b, 1.0, floor=0.0).sum().backward()
+    assert float(d_b.grad[0]) == 0.0 and float(d_b.grad[1]) > 0  # below the floor: no push down
+
+
 def test_log_ratio_sums_generated_tokens_only():
     logp, ref = torch.tensor([[-1.0, -2.0, -9.0]]), torch.tensor([[-1.5, -1.0, 0.0]])
     assert contrast.log_ratio(logp, ref, torch.tensor([[1, 1, 0]])).tolist() == [pytest.approx(-0.5)]

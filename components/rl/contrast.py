@@ -20,6 +20,11 @@ With ``contrast_anchor`` λ > 0 the margin is DPO-Positive's (Pal et al. 2024, "
 β·(Δ_h − Δ_b − λ·max(0, −Δ_h)), so the margin cannot be won by lowering the refusal under the
 harmful prompt below the reference too (DPO's known failure: both sides fall, the gap grows).
 
+With ``contrast_floor`` f set, the benign side counts as max(Δ_b, f): with f = 0 nothing is won by
+making the refusal less likely under the benign prompt than the reference finds it, so the term
+only removes what the refusal gained there (the spill-over), and never turns into a push against
+refusing in general.
+
 At π = π_ref (Δ = 0) its gradient is −(β/2k)·Σ_j (∇Δ_h,j − ∇Δ_b,j): the direction that tells the
 two prompts apart, not a global push. It saturates (σ → 1) once the margin is large, so unlike an
 unlikelihood term it does not drive log π(y | x_b) towards −∞. It is an auxiliary loss on
@@ -95,13 +100,15 @@ def log_ratio(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) ->
 
 
 def swap_loss(delta_harmful: torch.Tensor, delta_swapped: torch.Tensor, beta: float,
-              anchor: float = 0.0) -> torch.Tensor:
-    """Per-pair −log σ(β·(Δ_h − Δ_b − anchor·max(0, −Δ_h))) [k] (L_swap before the mean)."""
-    return -F.logsigmoid(beta * (delta_harmful - delta_swapped - anchor * (-delta_harmful).clamp(min=0)))
+              anchor: float = 0.0, floor: float | None = None) -> torch.Tensor:
+    """Per-pair −log σ(β·(Δ_h − max(Δ_b, floor) − anchor·max(0, −Δ_h))) [k] (L_swap before the mean;
+    no floor: Δ_b as it is)."""
+    benign = delta_swapped if floor is None else delta_swapped.clamp(min=floor)
+    return -F.logsigmoid(beta * (delta_harmful - benign - anchor * (-delta_harmful).clamp(min=0)))
 
 
-def loss(policy, pairs: Pairs, beta: float, denom: float | None = None, anchor: float = 0.0
-         ) -> tuple[torch.Tensor, dict[str, float]]:
+def loss(policy, pairs: Pairs, beta: float, denom: float | None = None, anchor: float = 0.0,
+         floor: float | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """(Σ_j swap_loss_j / denom, statistics: the pairs' mean Δ_h, Δ_b and margin Δ_h − Δ_b); ``denom``:
     the number of pairs over all processes (default: this process's k), so the shares of several
     processes add up to the mean."""
@@ -112,4 +119,4 @@ def loss(policy, pairs: Pairs, beta: float, denom: float | None = None, anchor: 
     k = len(d_h) if denom is None else denom
     stats = {"gain_harmful": float(d_h.detach().mean()), "gain_benign": float(d_b.detach().mean()),
              "margin": float((d_h - d_b).detach().mean())}
-    return swap_loss(d_h, d_b, beta, anchor).sum() / k, stats
+    return swap_loss(d_h, d_b, beta, anchor, floor).sum() / k, stats

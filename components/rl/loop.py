@@ -193,7 +193,8 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
         if pairs is not None:
-            c_loss, c_stats = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs, cfg.contrast_anchor)
+            c_loss, c_stats = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs, cfg.contrast_anchor,
+                                            cfg.contrast_floor)
             accelerator.backward(cfg.contrast_coef * c_loss)
             swap.append({"loss": float(c_loss.detach()), **c_stats})
         for k, idx in enumerate(minibatches):
