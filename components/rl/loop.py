@@ -177,10 +177,11 @@ STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")
 
 
 def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: Rows | None = None,
-           pairs: contrast.Pairs | None = None) -> dict:
+           pairs: contrast.Pairs | None = None, n_pairs: int = 0) -> dict:
     """``ppo_epochs`` passes of minibatch clipped-surrogate updates; returns mean statistics.
-    ``pairs`` (``contrast_coef`` > 0): the prompt-swap contrast loss joins the first optimizer step
-    of each pass, weighted by ``contrast_coef`` and averaged over every process's pairs."""
+    ``pairs`` (``contrast_coef`` > 0): this process's prompt-swap contrast pairs, of ``n_pairs`` over
+    every process; the contrast loss joins the first optimizer step of each pass, weighted by
+    ``contrast_coef`` and averaged over all the pairs."""
     n = batch.adv.shape[0]
     rows = rows or Rows(0, n, n)
     lora, vh = [p for p in policy.parameters() if p.requires_grad], list(value_head.parameters())
@@ -188,15 +189,14 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     synced = lora + vh if cfg.advantage == "ppo" else lora  # the value head trains with ppo only
     tokens = dist.cat(batch.ro.completion_mask.sum(1).float().cpu()) if rows.sharded else None  # [N_global]
     stats: list[torch.Tensor] = []
-    n_pairs, swap = contrast_pairs(cfg, pairs, rows.sharded), []
-    for _ in range(cfg.ppo_epochs):
+    swap = torch.zeros(3, dtype=torch.float64)  # this process's contrast sums, first pass
+    for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
         if pairs is not None:
-            c_loss, c_stats = contrast.loss(policy, pairs, cfg.contrast_beta, n_pairs, cfg.contrast_anchor,
-                                            cfg.contrast_floor)
+            c_loss, sums = contrast.loss(policy, pairs, cfg.contrast_beta, cfg.contrast_anchor, cfg.contrast_floor)
             accelerator.backward(cfg.contrast_coef * c_loss)
-            swap.append({"loss": float(c_loss.detach()), **c_stats})
+            swap = sums if epoch == 0 else swap
         for k, idx in enumerate(minibatches):
             denom = tokens[idx].sum().clamp(min=1.0) if rows.sharded else None
             local = rows.local(idx) if rows.sharded else idx
@@ -220,22 +220,9 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
         dist.sum_([table])  # each process holds its share of each minibatch mean: the sum is the mean
     # means over minibatches, summed in order as Python floats
     out = {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
-    if cfg.contrast_coef > 0:  # this process's share of L_swap and its pairs' mean log-ratios, first pass
-        out["contrast_pairs"] = n_pairs
-        for k in ("loss", "gain_harmful", "gain_benign", "margin"):
-            out[f"contrast_{k}"] = swap[0][k] if swap else 0.0
+    if cfg.contrast_coef > 0:
+        out.update(contrast.summary(swap, n_pairs, rows.sharded))
     return out
-
-
-def contrast_pairs(cfg, pairs: contrast.Pairs | None, sharded: bool) -> float:
-    """The step's number of contrast pairs over all processes (0 when the term is off or no
-    refusal was sampled); a collective when sharded, so every process calls it."""
-    if cfg.contrast_coef <= 0:
-        return 0.0
-    n = torch.tensor([float(len(pairs.harmful.prompts)) if pairs is not None else 0.0])
-    if sharded:
-        dist.sum_([n])
-    return float(n[0])
 
 
 def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, denom: torch.Tensor | None):
@@ -279,11 +266,13 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     row_kinds = [k for _, k in mine for _ in range(cfg.group_size)]  # [B], parallel to ro.prompts
     parts = reward(model, tokenizer, ro.prompts, ro.completions, accelerator.device, row_kinds)
     batch = make_batch(cfg, policy, value_head, ro, parts, rows, reward.head, row_kinds)
-    pairs = None
-    if cfg.contrast_coef > 0:  # this step's refusals, each paired with a benign training prompt
+    pairs, picks = None, torch.zeros(0, dtype=torch.long)
+    if cfg.contrast_coef > 0:  # the step's refusals (over every process), each with a benign training prompt
+        all_kinds = [k for k in kinds for _ in range(cfg.group_size)]  # [N_global]
+        picks = contrast.refusal_rows(all_kinds, dist.cat(parts["p_safe_text"]), cfg.group_size, cfg.contrast_max)
         benign = step_prompts(pools["benign"], cfg.contrast_max, cfg.seed, step, "contrast")
-        pairs = contrast.build(model, tokenizer, ro, row_kinds, parts["p_safe_text"], benign, cfg.contrast_max)
-    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows, pairs)
+        pairs = contrast.build(model, tokenizer, ro, picks, benign, batch.ref_logp, rows.start)
+    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows, pairs, len(picks))
     parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
     lengths = dist.cat(ro.completion_mask.sum(1).float())
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
