@@ -10,7 +10,7 @@ from __future__ import annotations
 from flows.pipeline import pipeline
 
 RUN_TIMEOUT_S = 4 * 3600
-"""The whole default pipeline takes about 70 minutes on a 2-core CPU (README): a scheduled run still going
+"""The whole default pipeline takes about 27 minutes on a 2-core CPU (README): a scheduled run still going
 after 4 hours is stuck (a hung stage), not slow."""
 
 scheduled_pipeline = pipeline.with_options(timeout_seconds=RUN_TIMEOUT_S)
