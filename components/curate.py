@@ -56,8 +56,9 @@ class CurateConfig:
     """Completions sampled per prompt, each judged and labelled as a row of its own; >= 1."""
     max_new_tokens: int = 96
     """Token budget of each sampled completion; >= 1."""
-    batch_size: int = 16
-    """Prompts generated together in one batch; >= 1."""
+    batch_size: int = 64
+    """Prompts generated together in one batch; >= 1. The samples depend on it (one generator
+    draws for every batch in turn); 64 decodes about twice as fast as 16 on a CPU."""
     temperature: float = 0.9
     """Sampling temperature; >= 0 (0 is greedy, which makes every sample of a prompt the same)."""
     top_p: float = 0.95

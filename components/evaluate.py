@@ -67,8 +67,9 @@ class EvaluateConfig:
     """Harmful prompts wrapped by every attack (the first N of the plain ones); >= 0."""
     max_new_tokens: int = 48
     """Token budget of each evaluated response; >= 1."""
-    batch_size: int = 16
-    """Prompts generated together in one batch; >= 1."""
+    batch_size: int = 64
+    """Prompts generated together in one batch; >= 1 (64 decodes about twice as fast as 16 on a
+    CPU; bf16 greedy answers can differ in a few tokens between batch sizes)."""
     judge: str = HELDOUT
     """The evaluation judge: ``heldout`` (fitted on the gold set), or keyword | embedding | ensemble | hf:<path>."""
     allow_reward_judge: bool = False
