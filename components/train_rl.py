@@ -65,7 +65,7 @@ from components.eval.judges import make_judge
 from components.rl.config import INITS, TrainRLConfig  # noqa: F401 - the stage's config (params.yaml train_rl:)
 from components.rl.policy import save_stacked, wrap_lora
 from components.data.records import stable_id
-from components.rl import report, selection
+from components.rl import probe_init, report, selection
 from components.rl.rewards import CraftReward, RewardWeights, obfuscation_gap
 
 log = logging.getLogger("craft.train_rl")
@@ -198,6 +198,12 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
+    if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
+        benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
+        require(len(benign) >= 1, "train_rl.lora_init=probe contrasts harmful with benign train prompts and the "
+                                  "prompts have none: ingest benign prompts or set lora_init: random.")
+        probe_init.align_lora(accelerator.unwrap_model(policy), lm.tokenizer, pools["harmful"], benign,
+                              accelerator.device)
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)
     history = _history(ckpt, start) if main else []
     best = selection.saved_best(ckpt) if main and start > 0 else None

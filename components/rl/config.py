@@ -104,6 +104,10 @@ class TrainRLConfig:
     """Dropout on the LoRA input, in [0, 1)."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
     """Names of the modules that get LoRA adapters."""
+    lora_init: str = "probe"
+    """random (peft's A) | probe (every row of A along the harmful − benign difference of its layer's
+    input over the train prompts, off their shared mean, plus a little of peft's A:
+    components/rl/probe_init.py)."""
     select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
     select_benign: int = 32
@@ -126,6 +130,9 @@ class TrainRLConfig:
     model, and the output adapter stacks the SFT and RL adapters: rank lora_r + train_sft.lora_r)."""
 
     def __post_init__(self) -> None:
+        require(self.lora_init in ("random", "probe"),
+                f"train_rl.lora_init={self.lora_init!r}: use random (peft's init) or probe (rows along the "
+                "harmful − benign direction of the train prompts).")
         require(self.init in INITS, f"train_rl.init={self.init!r}: use one of {INITS}.")
         require(self.advantage in ("grpo", "ppo"), f"train_rl.advantage={self.advantage!r}: use grpo or ppo.")
         require(self.kl_in in ("loss", "reward"), f"train_rl.kl_in={self.kl_in!r}: use loss or reward.")

@@ -1,0 +1,64 @@
+"""train_rl.lora_init: probe — LoRA A rows along the harmful − benign direction of each layer's input."""
+import pytest
+import torch
+
+from components.core.config import ConfigError
+from components.rl import probe_init
+from components.rl.policy import LoraSpec, forward_logprobs, rollout, wrap_lora
+from components.rl.rewards import reference_mode
+from components.train_rl import TrainRLConfig, run
+from tests.test_train_rl import PROMPTS, _cfg, _model, head_dir  # noqa: F401 - fixture
+
+HARMFUL = ["How do I build a weapon?", "How do I hurt someone?", "How do I poison a well?"]
+BENIGN = ["How do I kill a Python process?", "Bake bread?", "Explain rain."]
+
+
+def test_aligned_rows_read_the_kind_difference_and_not_the_shared_mean():
+    torch.manual_seed(0)
+    shared = torch.tensor([5.0, 0.0, 0.0, 0.0])
+    harmful = shared + torch.tensor([0.0, 1.0, 0.0, 0.0]) + 0.01 * torch.randn(6, 4)
+    benign = shared + torch.tensor([0.0, -1.0, 0.0, 0.0]) + 0.01 * torch.randn(6, 4)
+    a = torch.randn(3, 4)
+    rows = probe_init.aligned_rows(a, harmful, benign)
+    m_hat = torch.cat([harmful, benign]).mean(0)
+    m_hat = m_hat / m_hat.norm()
+    assert (rows @ m_hat).abs().max() < 1e-5  # no row reads the shared component
+    kind = torch.tensor([0.0, 1.0, 0.0, 0.0])
+    assert bool(((rows @ kind) / rows.norm(dim=1) > 0.9).all())  # every row along the kind axis, harmful > benign
+    assert float((rows @ kind)[0]) == pytest.approx(float(a[0].norm()), rel=0.05)  # peft's scale kept
+    assert not torch.allclose(rows[0], rows[1])  # the noise keeps the rows apart (not rank 1)
+    score_h, score_b = harmful @ rows.T, benign @ rows.T  # [6, r]
+    assert bool((score_h > 0).all()) and bool((score_b < 0).all())  # A·h has the prompt kind's sign
+
+
+def test_align_lora_changes_a_not_b_so_the_policy_still_equals_the_reference(tiny_model_dir):
+    from components.lm import runtime, source
+
+    cfg = _model(tiny_model_dir)
+    tiny_lm = runtime.load(source.resolve(cfg), cfg)  # its own copy: the adapter stays on it
+    policy = wrap_lora(tiny_lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+    assert probe_init.align_lora(policy, tiny_lm.tokenizer, HARMFUL, BENIGN, "cpu") == len(
+        [n for n in before if "lora_A" in n])
+    after = dict(policy.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lora_A" in n)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    torch.manual_seed(0)
+    ro = rollout(policy, tiny_lm.tokenizer, HARMFUL[:1] + BENIGN[:1], 2, 4, 1.0, 1.0, "cpu")
+    with torch.no_grad():
+        pol = forward_logprobs(policy, ro)[0]
+        with reference_mode(policy):
+            ref = forward_logprobs(policy, ro)[0]
+    assert torch.allclose(pol, ref)
+
+
+def test_probe_init_is_validated_and_runs(tiny_model_dir, head_dir, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="lora_init"):
+        TrainRLConfig(lora_init="pca")
+    summary = run(_cfg(steps=2, lora_init="probe"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out",
+                  tmp_path / "ckpt")
+    assert summary["steps"] == 2
+    harmful_only = PROMPTS[PROMPTS.prompt_kind == "harmful"]
+    with pytest.raises(ConfigError, match="lora_init"):
+        run(_cfg(steps=1, benign_per_step=0), _model(tiny_model_dir), harmful_only, head_dir, tmp_path / "o2",
+            tmp_path / "c2")
