@@ -62,3 +62,30 @@ def test_probe_init_is_validated_and_runs(tiny_model_dir, head_dir, tmp_path):  
     with pytest.raises(ConfigError, match="lora_init"):
         run(_cfg(steps=1, benign_per_step=0), _model(tiny_model_dir), harmful_only, head_dir, tmp_path / "o2",
             tmp_path / "c2")
+
+
+def test_run_aligns_on_the_train_prompts_only_and_only_under_probe(tiny_model_dir, head_dir, tmp_path,  # noqa: F811
+                                                                    monkeypatch):
+    calls = []
+    real = probe_init.align_lora
+    monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device: calls.append(
+        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device))
+    run(_cfg(steps=1, lora_init="random"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ca")
+    assert calls == []
+    run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "cb")
+    train = PROMPTS[PROMPTS.split == "train"]
+    assert calls == [(sorted(train[train.prompt_kind == "harmful"].prompt),
+                      sorted(train[train.prompt_kind == "benign"].prompt))]
+
+
+def test_pooling_ignores_the_padding_a_longer_neighbour_adds(tiny_model_dir):
+    from components.lm import runtime, source
+
+    cfg = _model(tiny_model_dir)
+    lm = runtime.load(source.resolve(cfg), cfg)
+    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    alone = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu")
+    padded = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?", "Explain, at length, how rain forms "
+                                                             "over the sea and why it falls."], "cpu")
+    assert alone.keys() == padded.keys() and len(alone) > 0
+    assert all(torch.allclose(alone[k][0], padded[k][0], atol=1e-4) for k in alone)
