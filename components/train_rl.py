@@ -198,10 +198,11 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
-    if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
-        benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
-        require(len(benign) >= 1, "train_rl.lora_init=probe contrasts harmful with benign train prompts and the "
-                                  "prompts have none: ingest benign prompts or set lora_init: random.")
+    benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
+    if cfg.lora_init == "probe" and not benign:
+        log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
+                    "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
+    elif cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
         probe_init.align_lora(accelerator.unwrap_model(policy), lm.tokenizer, pools["harmful"], benign,
                               accelerator.device)
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)

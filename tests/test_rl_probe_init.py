@@ -58,10 +58,9 @@ def test_probe_init_is_validated_and_runs(tiny_model_dir, head_dir, tmp_path):  
     summary = run(_cfg(steps=2, lora_init="probe"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out",
                   tmp_path / "ckpt")
     assert summary["steps"] == 2
-    harmful_only = PROMPTS[PROMPTS.prompt_kind == "harmful"]
-    with pytest.raises(ConfigError, match="lora_init"):
-        run(_cfg(steps=1, benign_per_step=0), _model(tiny_model_dir), harmful_only, head_dir, tmp_path / "o2",
-            tmp_path / "c2")
+    harmful_only = PROMPTS[PROMPTS.prompt_kind == "harmful"]  # no benign prompts: peft's A, with a warning
+    assert run(_cfg(steps=1, benign_per_step=0), _model(tiny_model_dir), harmful_only, head_dir, tmp_path / "o2",
+               tmp_path / "c2")["steps"] == 1
 
 
 def test_run_aligns_on_the_train_prompts_only_and_only_under_probe(tiny_model_dir, head_dir, tmp_path,  # noqa: F811
@@ -87,5 +86,5 @@ def test_pooling_ignores_the_padding_a_longer_neighbour_adds(tiny_model_dir):
     alone = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu")
     padded = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?", "Explain, at length, how rain forms "
                                                              "over the sea and why it falls."], "cpu")
-    assert alone.keys() == padded.keys() and len(alone) > 0
-    assert all(torch.allclose(alone[k][0], padded[k][0], atol=1e-4) for k in alone)
+    assert len(alone) == len(padded) > 0
+    assert all(torch.allclose(a[0], p[0], atol=1e-4) for a, p in zip(alone, padded))

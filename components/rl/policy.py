@@ -92,7 +92,7 @@ def completion_mask(tokens: torch.Tensor, eos_ids: list[int]) -> torch.Tensor:
     return (~after_first).long()
 
 
-def _lora_linears(model) -> list:
+def lora_linears(model) -> list:
     """The LoRA-wrapped Linear layers whose delta is a plain s·B·A (no DoRA, one active adapter)."""
     from peft.tuners.lora import Linear as LoraLinear
 
@@ -111,7 +111,7 @@ def merged_for_decoding(model):
     without the ~6 extra ops per LoRA layer per token. W itself is never modified (merging into a
     bf16 W and unmerging would not give W back). Outside, everything is as before.
     """
-    mods = _lora_linears(model)
+    mods = lora_linears(model)
     if not mods or not hasattr(model, "disable_adapter"):
         yield
         return

@@ -37,57 +37,77 @@ NOISE = 0.1
 """σ: the share of peft's random rows (off m̂) kept in each aligned row."""
 
 
-def _lora_layers(model) -> dict[str, torch.nn.Module]:
-    from peft.tuners.lora import Linear as LoraLinear
+def _layers(model) -> list[torch.nn.Module]:
+    from components.core.config import require
+    from components.rl.policy import lora_linears
 
-    return {name: m for name, m in model.named_modules() if isinstance(m, LoraLinear)}
+    layers = lora_linears(model)
+    require(layers, "train_rl.lora_init=probe sets plain LoRA A matrices (one active adapter, no DoRA); "
+                    "this model has none: set lora_init: random.")
+    return layers
 
 
 @torch.no_grad()
-def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16) -> dict[str, torch.Tensor]:
-    """Per LoRA layer: its input mean-pooled over each prompt's tokens, [n_prompts, d_in], adapter off."""
-    layers = _lora_layers(model)
-    out: dict[str, list[torch.Tensor]] = {name: [] for name in layers}
-    mask: list[torch.Tensor] = []  # the current batch's [b, T, 1] attention mask, read by the hooks
+def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16) -> list[torch.Tensor]:
+    """Per LoRA layer (``_layers`` order): its input mean-pooled over each prompt's real tokens,
+    [n_prompts, d_in], adapter off; left-padding pads are masked out."""
+    layers = _layers(model)
+    out: list[list[torch.Tensor]] = [[] for _ in layers]
+    mask = None  # the current batch's [b, T, 1] real-token mask, read by the hooks
 
-    def hook(name):
+    def hook(i):
         def fn(_module, args):
-            x = args[0].float()  # [b, T, d_in]
-            out[name].append((x * mask[0]).sum(1) / mask[0].sum(1))  # [b, d_in]
+            x = torch.where(mask, args[0].float(), 0.0)  # [b, T, d_in]; a pad's value never enters
+            out[i].append(x.sum(1) / mask.sum(1))  # [b, d_in]
         return fn
 
-    handles = [m.register_forward_pre_hook(hook(name)) for name, m in layers.items()]
+    handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(layers)]
     try:
         with model.disable_adapter():
             for i in range(0, len(prompts), batch_size):
                 enc = tokenizer([render(tokenizer, p) for p in prompts[i:i + batch_size]], return_tensors="pt",
                                 padding=True, add_special_tokens=False).to(device)
-                mask[:] = [enc["attention_mask"][..., None].float()]
-                model(**enc, use_cache=False)
+                attn = enc["attention_mask"]
+                mask = attn[..., None].bool()
+                model(input_ids=enc["input_ids"], attention_mask=attn, use_cache=False, logits_to_keep=1)
     finally:
         for h in handles:
             h.remove()
-    return {name: torch.cat(xs) for name, xs in out.items()}
+    return [torch.cat(xs) for xs in out]
 
 
-def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor:
-    """The new A [r, d_in] from peft's A and the pooled inputs [n_h, d_in], [n_b, d_in] (docstring)."""
+def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor | None:
+    """The new A [r, d_in] from peft's A and the pooled inputs [n_h, d_in], [n_b, d_in] (docstring);
+    None when there is no kind axis (d⊥ = 0: the two sets differ only along their mean)."""
     a = a.float()
     m = torch.cat([harmful, benign]).mean(0)
     m_hat = m / m.norm().clamp_min(1e-12)
     d = harmful.mean(0) - benign.mean(0)
     d_perp = d - (d @ m_hat) * m_hat
-    axis = d_perp / d_perp.norm().clamp_min(1e-12) * a[0].norm()  # [d_in]
+    if float(d_perp.norm()) <= 1e-8 * float(d.norm().clamp_min(1e-30)):
+        return None
+    axis = d_perp / d_perp.norm() * a[0].norm()  # [d_in]
     return axis[None, :] + NOISE * (a - (a @ m_hat)[:, None] * m_hat[None, :])  # [r, d_in]
 
 
 @torch.no_grad()
 def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device) -> int:
-    """Set every active LoRA A as ``aligned_rows`` says; returns how many layers changed."""
+    """Set every active LoRA A as ``aligned_rows`` says; returns how many layers changed. Layers whose
+    kind axis vanishes keep peft's A. With several processes the A matrices are averaged over them, so every process starts
+    from the same adapter even where their forward passes round differently."""
+    from components.core import dist
+
     xh = pooled_inputs(model, tokenizer, list(harmful), device)
     xb = pooled_inputs(model, tokenizer, list(benign), device)
-    layers = _lora_layers(model)
-    for name, m in layers.items():
+    weights, changed = [], 0
+    for m, h, b in zip(_layers(model), xh, xb):
         weight = m.lora_A[m.active_adapters[0]].weight  # [r, d_in]
-        weight.copy_(aligned_rows(weight, xh[name], xb[name]).to(weight.dtype))
-    return len(layers)
+        rows = aligned_rows(weight, h, b)
+        if rows is not None:
+            weight.copy_(rows.to(weight.dtype))
+            changed += 1
+        weights.append(weight)
+    dist.sum_(weights)  # one process: nothing
+    for w in weights:
+        w.div_(dist.world())
+    return changed
