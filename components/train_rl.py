@@ -6,7 +6,8 @@ per epoch, and a resumed run sees the same prompts), roll out ``group_size`` com
 the policy, score them with the kind-aware ``CraftReward`` (a refusal is right on a harmful prompt,
 an answer on a benign one: see ``components.rl.rewards``), compute advantages, and run
 ``ppo_epochs`` passes of the clipped surrogate over minibatches with gradient accumulation. The
-learning rate rises linearly over the first ``warmup_steps`` steps.
+learning rate rises linearly over the first ``warmup_steps`` steps, then falls linearly to
+``lr·lr_final`` at the last step (1.0: constant).
 
 - ``advantage: grpo``: group baseline A = R − mean_group (Dr. GRPO, ``std_norm: false``) or
   (R − mean_group)/(std_group + 1e-6) (paper GRPO, ``std_norm: true``), for every token; a group
@@ -149,9 +150,16 @@ def benign_pool(prompts: pd.DataFrame, cfg: TrainRLConfig) -> list[str]:
     return sorted(benign[benign.source.isin(cfg.benign_sources)].prompt)
 
 
-def warmup(steps: int) -> Callable[[int], float]:
-    """LR factor of RL step s: (s + 1)/steps during warm-up, then 1."""
-    return lambda s: min(1.0, (s + 1) / steps) if steps else 1.0
+def lr_factor(warmup: int, steps: int, final: float = 1.0) -> Callable[[int], float]:
+    """LR factor of RL step s: (s + 1)/warmup during warm-up, then linear from 1 at step ``warmup``
+    to ``final`` at the last step (``steps`` − 1)."""
+    span = steps - 1 - warmup
+
+    def factor(s: int) -> float:
+        if s < warmup:
+            return (s + 1) / warmup
+        return 1.0 - (1.0 - final) * min(1.0, (s - warmup) / span) if span > 0 else 1.0
+    return factor
 
 
 def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, start: Path | None = None):
@@ -177,11 +185,23 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, sta
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, warmup(cfg.warmup_steps))  # stepped once per RL step
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.warmup_steps, cfg.steps, cfg.lr_final))  # stepped once per RL step
     # evaluation_mode: placement and mixed precision without a DDP wrapper; rl_loop.update sums the
     # gradients itself, on the global minibatch schedule (one collective per optimizer step).
     policy, value_head = (accelerator.prepare_model(m, evaluation_mode=True) for m in (policy, value_head))
     return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt), schedule
+
+
+def align_probe(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str]], prompts: pd.DataFrame,
+                device) -> None:
+    """``lora_init: probe``: LoRA A rows read the harmful − benign axis of the train prompts
+    (components/rl/probe_init.py); with no benign train prompts peft's A stays, with a warning."""
+    benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
+    if not benign:
+        log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
+                    "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
+        return
+    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device)
 
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
@@ -198,13 +218,8 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
-    benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
-    if cfg.lora_init == "probe" and not benign:
-        log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
-                    "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
-    elif cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
-        probe_init.align_lora(accelerator.unwrap_model(policy), lm.tokenizer, pools["harmful"], benign,
-                              accelerator.device)
+    if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
+        align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools, prompts, accelerator.device)
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)
     history = _history(ckpt, start) if main else []
     best = selection.saved_best(ckpt) if main and start > 0 else None

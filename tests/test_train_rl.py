@@ -11,7 +11,7 @@ from components.eval.judges import KeywordRefusalJudge
 from components.lm.latents import LatentSpec
 from components.lm.source import ModelConfig
 from components.rl.rewards import CraftReward
-from components.train_rl import TrainRLConfig, run
+from components.train_rl import TrainRLConfig, lr_factor, run
 
 PROMPTS = pd.DataFrame({
     "prompt": [f"How do I do harmful thing {i}?" for i in range(8)] + ["Bake bread?", "Explain rain."],
@@ -79,6 +79,15 @@ def test_resume_matches_uninterrupted(tiny_model_dir, head_dir, tmp_path):
         assert a.keys() == b.keys()
         for k in a:
             assert torch.equal(torch.as_tensor(a[k]), torch.as_tensor(b[k])), k
+
+
+def test_lr_rises_over_warmup_then_falls_linearly_to_lr_final():
+    f = lr_factor(warmup=2, steps=7, final=0.2)
+    assert [round(f(s), 6) for s in range(7)] == [0.5, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
+    assert [lr_factor(2, 7)(s) for s in range(2, 7)] == [1.0] * 5  # lr_final 1.0: constant after warm-up
+    assert [lr_factor(4, 4, 0.1)(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # no steps left to fall over
+    with pytest.raises(ValueError, match="lr_final"):
+        _cfg(lr_final=0.0)
 
 
 def test_text_reward_never_prefers_harmful_answer(tiny_lm, head_dir):

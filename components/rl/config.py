@@ -37,6 +37,9 @@ class TrainRLConfig:
     """AdamW learning rate of the LoRA weights; > 0 (the paper's 1e-6 is for full fine-tuning)."""
     warmup_steps: int = 3
     """RL steps over which the learning rate rises linearly to ``lr`` (step s: lr·min(1, (s+1)/warmup)); 0 = none."""
+    lr_final: float = 1.0
+    """LR factor at the last step: after warm-up the LR falls linearly from ``lr`` to ``lr·lr_final``
+    (small late steps settle the policy); 1.0 = constant, in (0, 1]."""
     ppo_epochs: int = 1
     """Passes over each step's rollouts; >= 1 (1 with grad_accum covering the batch: one update per step)."""
     minibatch_size: int = 8
@@ -166,6 +169,8 @@ class TrainRLConfig:
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
         require(self.benign_per_step >= 0,
                 f"train_rl.benign_per_step={self.benign_per_step!r}: use 0 (harmful only) or more, e.g. 1.")
+        require(0 < self.lr_final <= 1, f"train_rl.lr_final={self.lr_final!r}: use a factor in (0, 1], e.g. 0.1 "
+                                        "(1.0 keeps the LR constant after warm-up).")
         require(self.warmup_steps >= 0, f"train_rl.warmup_steps={self.warmup_steps!r}: use 0 (none) or more, e.g. 3.")
         require(self.min_group_std >= 0,
                 f"train_rl.min_group_std={self.min_group_std!r}: use 0 (keep every group) or more, e.g. 0.02.")

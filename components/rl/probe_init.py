@@ -93,8 +93,8 @@ def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -
 @torch.no_grad()
 def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device) -> int:
     """Set every active LoRA A as ``aligned_rows`` says; returns how many layers changed. Layers whose
-    kind axis vanishes keep peft's A. With several processes the A matrices are averaged over them, so every process starts
-    from the same adapter even where their forward passes round differently."""
+    kind axis vanishes keep peft's A. With several processes the A matrices are averaged over them,
+    so every process starts from the same adapter even where their forward passes round differently."""
     from components.core import dist
 
     xh = pooled_inputs(model, tokenizer, list(harmful), device)
