@@ -218,6 +218,8 @@ def test_the_best_validation_step_is_the_output_and_survives_a_resume(scripted_s
     resumed = load_file(str(tmp_path / "b" / "adapter" / "adapter_model.safetensors"))
     assert all(torch.equal(resumed[k], v) for k, v in out.items())
     assert again == summary
+    resumed_lr = pd.read_json(tmp_path / "b" / "history.json")["rl/lr"].tolist()
+    assert resumed_lr == history["rl/lr"].tolist()  # the LR schedule resumes mid-fall
 
 
 def test_a_missing_heldout_judge_says_how_to_fix(tiny_model_dir, head_dir, tmp_path):

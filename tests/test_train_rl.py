@@ -86,6 +86,8 @@ def test_lr_rises_over_warmup_then_falls_linearly_to_lr_final():
     assert [round(f(s), 6) for s in range(7)] == [0.5, 1.0, 1.0, 0.8, 0.6, 0.4, 0.2]
     assert [lr_factor(2, 7)(s) for s in range(2, 7)] == [1.0] * 5  # lr_final 1.0: constant after warm-up
     assert [lr_factor(4, 4, 0.1)(s) for s in range(4)] == [0.25, 0.5, 0.75, 1.0]  # no steps left to fall over
+    assert [lr_factor(2, 3, 0.1)(s) for s in range(3)] == [0.5, 1.0, 1.0]  # one step after warm-up: no fall either
+    assert [lr_factor(0, 3, 0.5)(s) for s in range(3)] == [1.0, 0.75, 0.5]  # no warm-up: the fall starts at once
     with pytest.raises(ValueError, match="lr_final"):
         _cfg(lr_final=0.0)
 
