@@ -208,7 +208,7 @@ def test_the_best_validation_step_is_the_output_and_survives_a_resume(scripted_s
     assert at_1.keys() == out.keys() and all(torch.equal(out[k], v) for k, v in at_1.items())
     assert any(not torch.equal(scripted_selection[3][k], v) for k, v in at_1.items())  # step 3 differs
     history = pd.read_json(tmp_path / "a" / "history.json")
-    assert history["rl/lr"].tolist() == pytest.approx([0.025, 0.05, 0.05, 0.005])  # warm-up 2, then lr_final 0.1
+    assert history["rl/lr"].tolist() == pytest.approx([0.025, 0.05, 0.05, 0.05])  # warm-up over 2 steps
     assert {"rl/val_refusal", "rl/val_over_refusal", "rl/val_score", "rl/flat_groups"} <= set(history.columns)
 
     assert _run(tiny_model_dir, head_dir, tmp_path / "b", tmp_path / "ckpt_b", stop_after=2) is None
@@ -219,7 +219,7 @@ def test_the_best_validation_step_is_the_output_and_survives_a_resume(scripted_s
     assert all(torch.equal(resumed[k], v) for k, v in out.items())
     assert again == summary
     resumed_lr = pd.read_json(tmp_path / "b" / "history.json")["rl/lr"].tolist()
-    assert resumed_lr == history["rl/lr"].tolist()  # the LR schedule resumes mid-fall
+    assert resumed_lr == history["rl/lr"].tolist()  # the LR schedule resumes where it stopped
 
 
 def test_a_missing_heldout_judge_says_how_to_fix(tiny_model_dir, head_dir, tmp_path):

@@ -33,11 +33,11 @@ class TrainRLConfig:
     """Rollout sampling temperature (paper: 0.6; higher gives groups more spread to learn from)."""
     top_p: float = 1.0
     """Rollout nucleus-sampling probability mass in (0, 1]; 1.0 turns it off."""
-    lr: float = 2e-3
+    lr: float = 1e-3
     """AdamW learning rate of the LoRA weights; > 0 (the paper's 1e-6 is for full fine-tuning)."""
     warmup_steps: int = 3
     """RL steps over which the learning rate rises linearly to ``lr`` (step s: lr·min(1, (s+1)/warmup)); 0 = none."""
-    lr_final: float = 0.1
+    lr_final: float = 1.0
     """LR factor at the last step: after warm-up the LR falls linearly from ``lr`` to ``lr·lr_final``
     (small late steps settle the policy); 1.0 = constant, in (0, 1]."""
     ppo_epochs: int = 1
