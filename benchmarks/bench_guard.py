@@ -1,7 +1,9 @@
-"""Guard-mode overhead: greedy decoding with the per-token latent monitor + guard vs plain greedy
-decoding of the same model, one sequence at a time (how the guard runs), same prompts and lengths.
+"""Guard-mode cost: greedy decoding with the per-token latent monitor + guard, one sequence at a
+time and in one batch (how evaluation runs it), vs plain greedy decoding of the same model one
+sequence at a time; same prompts and lengths. Ratios are time per generated token against the
+plain peer; the batched guard also reports whether its tokens equal the one-at-a-time guard's.
 
-    python benchmarks/bench_guard.py --model smollm2
+    python benchmarks/bench_guard.py --model smollm2 --n 32
 """
 from __future__ import annotations
 
@@ -23,10 +25,18 @@ def plain(lm, prompts, new):
     return generation.generate(lm, prompts, params)
 
 
+FULL_COST = dict(threshold=-1.0, patience=10**9, guard=True)
+"""Scores every token and never stops: the guard's whole cost."""
+
+
 def guarded(lm, head, prompts, new):
-    # scores every token, never stops: full cost
-    cfg = audit.AuditConfig(threshold=-1.0, patience=10**9, guard=True, max_new_tokens=new)
+    cfg = audit.AuditConfig(**FULL_COST, max_new_tokens=new)
     return [audit.generate_with_audit(lm, head, p, cfg) for p in prompts]
+
+
+def guarded_batch(lm, head, prompts, new):
+    cfg = audit.AuditConfig(**FULL_COST, max_new_tokens=new)
+    return audit.generate_batch_with_audit(lm, head, prompts, cfg, batch_size=len(prompts))
 
 
 def main() -> None:
@@ -42,10 +52,17 @@ def main() -> None:
     plain(lm, prompts[:1], 4), guarded(lm, head, prompts[:1], 4)  # warm-up
     _, t_plain = common.timed(lambda: plain(lm, prompts, args.new))
     records, t_guard = common.timed(lambda: guarded(lm, head, prompts, args.new))
-    tokens_guard = sum(len(r.tokens) for r in records)
-    rows = [{"peer": "plain greedy (HF generate, batch 1)", "ms_per_token": 1000 * t_plain / (args.n * args.new), "time_per_token_ratio": 1.0},
-            {"peer": "monitor + guard (ours)", "ms_per_token": 1000 * t_guard / max(tokens_guard, 1),
-             "time_per_token_ratio": (t_guard / max(tokens_guard, 1)) / (t_plain / (args.n * args.new))}]
+    batched, t_batch = common.timed(lambda: guarded_batch(lm, head, prompts, args.new))
+    per_plain = t_plain / (args.n * args.new)
+
+    def row(peer, seconds, recs, **extra):
+        per = seconds / max(sum(len(r.tokens) for r in recs), 1)
+        return {"peer": peer, "ms_per_token": 1000 * per, "time_per_token_ratio": per / per_plain, **extra}
+
+    same = sum(b.tokens == r.tokens for b, r in zip(batched, records))
+    rows = [{"peer": "plain greedy (HF generate, batch 1)", "ms_per_token": 1000 * per_plain, "time_per_token_ratio": 1.0},
+            row("monitor + guard (ours, one at a time)", t_guard, records),
+            row(f"monitor + guard (ours, batch {args.n})", t_batch, batched, same_tokens=f"{same}/{args.n}")]
     common.print_rows(f"guard overhead, {args.model}, {args.new} tokens ({common.device_name()})", rows)
     print(f"saved {common.save('guard', rows, {'model': args.model, 'new_tokens': args.new, 'command': ' '.join(sys.argv)})}")
 

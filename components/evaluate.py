@@ -71,7 +71,7 @@ class EvaluateConfig:
     """Prompts generated together in one batch; >= 1 (64 decodes about twice as fast as 16 on a
     CPU; bf16 greedy answers can differ in a few tokens between batch sizes)."""
     judge: str = HELDOUT
-    """The evaluation judge: ``heldout`` (fitted on the gold set), or keyword | embedding | ensemble | hf:<path>."""
+    """The evaluation judge: ``heldout`` (fitted on the gold set), or keyword | embedding | ensemble | evidence | hf:<path>."""
     allow_reward_judge: bool = False
     """Allow ``judge`` to equal ``train_rl.judge`` (the policy was trained against it: Goodhart)."""
     transcripts_in_report: int = 3
@@ -79,7 +79,7 @@ class EvaluateConfig:
     guard_models: tuple[str, ...] = ("train_rl",)
     """Models also evaluated with the latent guard on (plain prompts; docs/audit.md)."""
     guard_prompts: int = 30
-    """Plain harmful and benign prompts (each) evaluated under the guard (it decodes one at a time); >= 0."""
+    """Plain harmful and benign prompts (each) evaluated under the guard (decoded in batches of ``batch_size``); >= 0."""
     guard_threshold: float = 0.35
     """Latent p_safe below this counts as an unsafe token for the guard."""
     guard_patience: int = 4
@@ -174,8 +174,8 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
             audit_cfg = audit.AuditConfig(threshold=cfg.guard_threshold, patience=cfg.guard_patience, guard=True,
                                           max_new_tokens=cfg.max_new_tokens)
             head, _ = audit.load_head(Path(spec) / "head", lm.device)
-            g, extra = tx.guarded(lm, head,
-                                  _guard_inputs(inputs, cfg.guard_prompts), judge, audit_cfg)
+            g, extra = tx.guarded(lm, head, _guard_inputs(inputs, cfg.guard_prompts), judge, audit_cfg,
+                                  cfg.batch_size)
             g.insert(0, "model", f"{name}_guard")
             frames.append(g)
             results[f"{name}_guard"] = {**eval_metrics.rates(g), "utility_nll": results[name]["utility_nll"], **extra}

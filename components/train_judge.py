@@ -1,7 +1,7 @@
 """Stage ``train_judge``: fit the held-out evaluation judge on the gold set and score every judge.
 
 Fits ``components.eval.heldout`` on the gold set's ``calibration`` split, then scores it and the
-reward judges (keyword, embedding, ensemble: what curation and RL use) on the ``test`` split,
+reward judges (keyword, embedding, ensemble, evidence: what curation and RL can use) on the ``test`` split,
 which no judge was fitted on: accuracy, Cohen's κ and per-class precision/recall. Outputs
 ``judge.json`` (the classifier, JSON weights), ``metrics.json`` (``gold/*``, ``judge/<name>/*``)
 and ``report.md``. ``evaluate`` reads both.

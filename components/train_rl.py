@@ -152,7 +152,8 @@ def benign_pool(prompts: pd.DataFrame, cfg: TrainRLConfig) -> list[str]:
 
 def lr_factor(warmup: int, steps: int, final: float = 1.0) -> Callable[[int], float]:
     """LR factor of RL step s: (s + 1)/warmup during warm-up, then linear from 1 at step ``warmup``
-    to ``final`` at the last step (``steps`` − 1)."""
+    to ``final`` at the last step (``steps`` − 1). With no step after warm-up to fall over
+    (steps ≤ warmup + 1) the factor stays 1 and ``final`` has no effect."""
     span = steps - 1 - warmup
 
     def factor(s: int) -> float:
@@ -178,14 +179,18 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, sta
             f"process needs a prompt of every step; raise them (a multiple of {n} gives equal shares) or launch fewer.")
     with accelerator.main_process_first():  # a packaged model is converted once, by the main process
         resolved = source.resolve(model_cfg, workspace)
-    lm = runtime.load(resolved, model_cfg) if start is None else load_under_test(str(start.parent), model_cfg, workspace)
+    if start is None:
+        lm = runtime.load(resolved, model_cfg)
+    else:
+        lm = load_under_test(str(start.parent), model_cfg, workspace)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     policy = wrap_lora(lm.model, cfg.lora, None)  # LoRA init from the global RNG seeded just above (stage-owned)
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size)
     trainable = [p for p in policy.parameters() if p.requires_grad] + list(value_head.parameters())
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(cfg.warmup_steps, cfg.steps, cfg.lr_final))  # stepped once per RL step
+    factor = lr_factor(cfg.warmup_steps, cfg.steps, cfg.lr_final)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, factor)  # stepped once per RL step
     # evaluation_mode: placement and mixed precision without a DDP wrapper; rl_loop.update sums the
     # gradients itself, on the global minibatch schedule (one collective per optimizer step).
     policy, value_head = (accelerator.prepare_model(m, evaluation_mode=True) for m in (policy, value_head))
@@ -242,7 +247,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
         select(-1, history[-1])
     for step in range(start, cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        lr = opt.param_groups[0]["lr"]  # this step's: warm-up factor of ``step`` (restored on resume)
+        lr = opt.param_groups[0]["lr"]  # this step's: lr·lr_factor(step) (the schedule is restored on resume)
         metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pools, gen,
                                   engine)
         schedule.step()

@@ -31,7 +31,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_seeds(args: argparse.Namespace) -> int:
-    from components.eval.seed_spread import SweepConfig, parse_seeds
+    from components.sweep.seed_spread import SweepConfig, parse_seeds
 
     if args.report:
         from components.core.errors import UserError
@@ -67,8 +67,8 @@ def add_ops_parsers(sub) -> None:
                                    "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
                                    "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
                                    "--scope all reseeds every training stage.")
-    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores ~20 min each "
-                                                  "with --scope rl, ~45, a full run, with --scope all)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores ~14 min each "
+                                                  "with --scope rl, ~30, a full run, with --scope all)")
     p.add_argument("--scope", default="rl", choices=["rl", "all"],
                    help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
     p.add_argument("--report", action="store_true",

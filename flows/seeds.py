@@ -4,7 +4,7 @@ Each seed is one DVC experiment, ``dvc exp run --temp --name seed-<s> -S train_r
 pipeline in a temporary copy of the committed workspace, one seed at a time. ``--scope rl`` (the
 default) sets only the RL stages' seed, so DVC re-runs ``train_rl``, ``train_rl_text`` and
 ``evaluate`` and restores every other stage from its cache; ``--scope all`` sets every training
-stage's seed (``components.eval.seed_spread``). The stages log into this workspace's MLflow store as
+stage's seed (``components.sweep.seed_spread``). The stages log into this workspace's MLflow store as
 children of one parent run ``seeds``; each stage run is tagged ``craft.seed=<s>`` and the parent
 ``craft.seed=<s1>,<s2>,…`` (find one seed's runs with the filter ``tags.`craft.seed` = '1'``). The
 experiments stay in the repository afterwards: ``dvc exp show`` lists them, ``dvc exp apply seed-1``
@@ -36,7 +36,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from components.core import env
-from components.eval import seed_spread
+from components.sweep import seed_spread
 from components.core import tracking
 from components.core.config import ConfigError, load_params
 from components.core.io import write_text
@@ -57,11 +57,11 @@ ABOUT = {
            "SFT are the committed run's, and the base and SFT figures are HEAD's (the same weights and prompts "
            "under greedy decoding give the same answers), so those rows do not vary. The held-out prompts are the same in every run, "
            "so the spread is RL randomness alone. Standard deviation with n − 1; the interval is a 95% t interval of "
-           "the mean over runs."),
+           "the mean over runs, clipped to 0–100% for rates."),
     "all": ("`HEAD`: the committed run {} (seeds as in params.yaml). `seed-N`: a DVC experiment from it with "
             "every training stage's seed set to N. The held-out prompts are the same in every run, so the spread is "
             "training randomness alone. Standard deviation with n − 1; the interval is a 95% t interval of the "
-            "mean over runs."),
+            "mean over runs, clipped to 0–100% for rates."),
 }
 
 

@@ -123,3 +123,40 @@ def test_find_head(tmp_path):
     assert audit.find_head(model, tmp_path / "other") == tmp_path / "other"
     with pytest.raises(UserError, match="no head at"):
         audit.find_head(tmp_path / "nothing", fallback=tmp_path / "missing")
+
+
+PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon who learns to fly over the sea"]
+
+
+@pytest.mark.parametrize("pooling, layers", [("mean", (-1,)), ("max", (-1, 1)), ("last", (-1,))])
+def test_batched_audit_equals_one_at_a_time(tiny_lm, pooling, layers):
+    """Left-padded rows of different widths decode to the same tokens and scores as alone."""
+    head, cfg = _head(pooling, layers), audit.AuditConfig(max_new_tokens=10)
+    batched = audit.generate_batch_with_audit(tiny_lm, head, PROMPTS, cfg, batch_size=2)
+    alone = [audit.generate_with_audit(tiny_lm, head, p, cfg) for p in PROMPTS]
+    assert [r.prompt for r in batched] == PROMPTS
+    for b, a in zip(batched, alone):
+        assert b.tokens == a.tokens and b.completion == a.completion and len(b.tokens) > 0
+        for key in audit.SCORE_KEYS:
+            torch.testing.assert_close(torch.tensor(b.scores[key]), torch.tensor(a.scores[key]), atol=1e-4, rtol=1e-4)
+
+
+def test_batched_guard_stops_each_row_on_its_own(tiny_lm):
+    """A row that trips the guard ends there while the others go on; records match one at a time."""
+    head = _head("mean")
+    free = [audit.generate_with_audit(tiny_lm, head, p, audit.AuditConfig(max_new_tokens=8)) for p in PROMPTS]
+    low, high = max(free[0].scores["p_safe"]), min(free[2].scores["p_safe"])
+    assert low < high  # this head scores the third prompt safer at every token
+    cfg = audit.AuditConfig(threshold=(low + high) / 2, patience=2, guard=True, max_new_tokens=8)
+    batched = audit.generate_batch_with_audit(tiny_lm, head, PROMPTS, cfg, batch_size=8)
+    alone = [audit.generate_with_audit(tiny_lm, head, p, cfg) for p in PROMPTS]
+    assert batched[0].guard["stopped_at_token"] == 1 and batched[0].answer == audit.REDIRECT.strip()
+    assert batched[2].guard == {} and len(batched[2].tokens) == 8  # went on after row 0 stopped
+    assert [b.guard for b in batched] == [a.guard for a in alone]
+    assert [b.tokens for b in batched] == [a.tokens for a in alone]
+    assert [b.answer for b in batched] == [a.answer for a in alone]
+
+
+def test_batched_audit_rejects_a_bad_batch_size(tiny_lm):
+    with pytest.raises(ValueError, match="batch_size"):
+        audit.generate_batch_with_audit(tiny_lm, _head("mean"), PROMPTS, batch_size=0)

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from components.eval import seed_spread
+from components.sweep import seed_spread
 from components.eval.stats import SeedSummary, welch_diff
 from components.registry import promote, seed_gate
 from components.registry.promote import PromoteConfig, PromotionRefused

@@ -3,7 +3,7 @@ import math
 import pytest
 import yaml
 
-from components.eval import seed_spread
+from components.sweep import seed_spread
 from components.core.config import ConfigError
 from tests.conftest import ROOT
 
@@ -55,6 +55,16 @@ def test_spread_is_mean_sample_sd_and_range():
     assert (row["n"], row["mean"], row["min"], row["max"]) == (3, 0.5, 0.25, 0.75)
     assert row["sd"] == pytest.approx(0.25)  # sqrt((0.0625 + 0.0625) / 2)
     assert row["seed-1"] == 0.25
+
+
+def test_a_rates_interval_stays_within_0_and_1_and_other_figures_are_not_clipped():
+    """Three seeds far apart: the t interval of the mean leaves [0, 1]; a rate's is clipped there."""
+    runs = {"HEAD": {"CRAFT refusal rate": 0.1, "CRAFT utility NLL": -1.0},
+            "seed-1": {"CRAFT refusal rate": 0.9, "CRAFT utility NLL": 1.0},
+            "seed-2": {"CRAFT refusal rate": 0.5, "CRAFT utility NLL": 0.0}}
+    rows = {r["metric"]: r for r in seed_spread.spread(runs)}
+    assert (rows["CRAFT refusal rate"]["ci_lo"], rows["CRAFT refusal rate"]["ci_hi"]) == (0.0, 1.0)
+    assert rows["CRAFT utility NLL"]["ci_lo"] < -1.0 and rows["CRAFT utility NLL"]["ci_hi"] > 1.0
 
 
 def test_missing_metrics_are_left_out_not_zero():

@@ -159,6 +159,77 @@ def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, cfg: Aud
 SCORE_KEYS = ("cos_safe", "cos_unsafe", "cos_rethink", "p_safe", "r_lat")
 
 
+def generate_batch_with_audit(lm: LoadedModel, head: SafetyHead, prompts: Sequence[str],
+                              cfg: AuditConfig = AuditConfig(), head_id: str = "",
+                              batch_size: int = 64) -> list[AuditRecord]:
+    """``generate_with_audit`` for many prompts, ``batch_size`` rows decoded together: the same
+    records (tests pin tokens and scores against the one-at-a-time path), for about the cost of
+    one row's decoding per batch on a CPU. Each record's ``seconds`` is its batch's wall time
+    shared equally among the batch's rows."""
+    require(batch_size >= 1, f"audit: batch_size must be >= 1, got {batch_size}.")
+    records: list[AuditRecord] = []
+    for i in range(0, len(prompts), batch_size):
+        records += _audit_batch(lm, head, list(prompts[i : i + batch_size]), cfg, head_id)
+    return records
+
+
+def _left_padded(lm: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered prompts as left-padded ids and attention mask [B, P], so every row's next token
+    sits in the last column."""
+    tok, side = lm.tokenizer, lm.tokenizer.padding_side
+    tok.padding_side = "left"
+    try:
+        enc = tok([render(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
+    finally:
+        tok.padding_side = side
+    return enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
+
+
+@torch.no_grad()
+def _audit_batch(lm: LoadedModel, head: SafetyHead, prompts: list[str], cfg: AuditConfig,
+                 head_id: str) -> list[AuditRecord]:
+    """One batch of ``generate_batch_with_audit``. Every live row has generated the same number
+    of tokens, so one ``RunningPool`` over [B, n_layers, d] pools each row as ``generate_with_audit``
+    would; a row that ends (EOS or guard) is fed pad from then on and its scores are no longer read."""
+    started = time.perf_counter()
+    model, spec, b = lm.model, head.spec, len(prompts)
+    eos = {lm.tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
+    ids, mask = _left_padded(lm, prompts)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
+    past, logits = out.past_key_values, out.logits[:, -1]  # [B, V]
+    pool, live = RunningPool(spec.pooling), [True] * b
+    generated: list[list[int]] = [[] for _ in range(b)]
+    scores = [{k: [] for k in SCORE_KEYS} for _ in range(b)]
+    streak, events = [0] * b, [{} for _ in range(b)]
+    for _ in range(cfg.max_new_tokens):
+        next_ids = logits.argmax(-1).tolist()
+        live = [on and t not in eos for on, t in zip(live, next_ids)]
+        if not any(live):
+            break
+        for r in range(b):
+            if live[r]:
+                generated[r].append(next_ids[r])
+        feed = torch.tensor([[t if on else pad] for t, on in zip(next_ids, live)], device=lm.device)  # [B, 1]
+        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)  # [B, P + t + 1]
+        out = model(input_ids=feed, attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
+                    past_key_values=past, use_cache=True, output_hidden_states=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+        s = head.score(pool.add(_states(out, spec.layers)[:, -1]).to(head.input_mean.device))  # each [B]
+        for r in (r for r in range(b) if live[r]):
+            for k in SCORE_KEYS:
+                scores[r][k].append(float(s[k][r]))
+            streak[r] = streak[r] + 1 if scores[r]["p_safe"][-1] < cfg.threshold else 0
+            if cfg.guard and streak[r] >= cfg.patience:
+                events[r] = {"stopped_at_token": len(generated[r]) - 1, "threshold": cfg.threshold,
+                             "patience": cfg.patience}
+                live[r] = False
+    share = (time.perf_counter() - started) / b
+    return [_record(lm, p, lm.tokenizer.decode(g, skip_special_tokens=True) + (REDIRECT if e else ""), g, sc,
+                    cfg.threshold, head_id, e, share)
+            for p, g, sc, e in zip(prompts, generated, scores, events)]
+
+
 @torch.no_grad()
 def score_full(lm: LoadedModel, head: SafetyHead, prompt: str, completion_ids: Sequence[int]) -> dict[str, list[float]]:
     """The same per-token trajectory from one forward over prompt + completion (for verification)."""

@@ -41,11 +41,12 @@ def generate(lm: LoadedModel, inputs: pd.DataFrame, judge: Judge, max_new_tokens
     return _judged(out, judge)
 
 
-def guarded(lm: LoadedModel, head, inputs: pd.DataFrame, judge: Judge, audit_cfg) -> tuple[pd.DataFrame, dict]:
-    """Greedy generation under the latent guard (one sequence at a time, KV cache)."""
+def guarded(lm: LoadedModel, head, inputs: pd.DataFrame, judge: Judge, audit_cfg,
+            batch_size: int = 64) -> tuple[pd.DataFrame, dict]:
+    """Greedy generation under the latent guard (``batch_size`` rows at a time on a KV cache)."""
     from components.eval import audit
 
-    records = [audit.generate_with_audit(lm, head, x, audit_cfg) for x in inputs.input]
+    records = audit.generate_batch_with_audit(lm, head, list(inputs.input), audit_cfg, batch_size=batch_size)
     out = inputs.copy()
     out["completion"] = [r.completion for r in records]
     out["trace"], out["response"] = [r.trace for r in records], [r.answer for r in records]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from components.core.config import require
-from components.eval.judges import valid_judge, valid_reward_judge
+from components.eval.judges import JUDGES, valid_judge, valid_reward_judge
 from components.rl.policy import LoraSpec
 from components.rl.rewards import SOURCES
 
@@ -97,7 +97,7 @@ class TrainRLConfig:
     """reference (the frozen model re-encodes the text: no reward for moving the policy's own
     activations; chosen on val, docs/stage2.md) | policy (live hidden states, the paper)."""
     judge: str = "ensemble"
-    """The reward's text judge (keyword | embedding | ensemble | hf:<path>); never the held-out
+    """The reward's text judge (keyword | embedding | ensemble | evidence | hf:<path>); never the held-out
     evaluation judge, which grades what this stage trains."""
     lora_r: int = 8
     """LoRA rank."""
@@ -163,7 +163,7 @@ class TrainRLConfig:
         require(self.contrast_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")
-        require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.0005.")
+        require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.001.")
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
         require(self.checkpoint_every >= 1,
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
@@ -183,9 +183,9 @@ class TrainRLConfig:
         require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 8.")
         require(self.select_lambda >= 0, f"train_rl.select_lambda={self.select_lambda!r}: use 0 or more, e.g. 1.0.")
         require(valid_judge(self.select_judge),
-                f"train_rl.select_judge={self.select_judge!r}: use heldout, keyword, embedding, ensemble or hf:<path>.")
+                f"train_rl.select_judge={self.select_judge!r}: use heldout, one of {JUDGES} or hf:<path>.")
         require(valid_reward_judge(self.judge),
-                f"train_rl.judge={self.judge!r}: use keyword, embedding, ensemble or hf:<path> "
+                f"train_rl.judge={self.judge!r}: use one of {JUDGES} or hf:<path> "
                 "(the held-out judge only grades).")
 
     @property

@@ -11,7 +11,8 @@ fixed (``ingest.seed`` is never varied). The ``scope`` says which stages (``SCOP
   initialisation and batches, SFT batches, RL rollouts.
 
 Each finished run gives one value per metric; the spread of a metric over n runs is mean, sample
-standard deviation (n − 1 in the denominator; 0 for one run), min, max and a 95% t interval.
+standard deviation (n − 1 in the denominator; 0 for one run), min, max and a 95% t interval of
+the mean; a rate's interval is clipped to [0, 1], the range a mean of rates can take.
 """
 from __future__ import annotations
 
@@ -27,8 +28,6 @@ SEEDED = ("curate", "extract", "train_head", "train_sft", "train_rl")
 """Stages with a ``seed`` key (``train_rl_text`` inherits ``train_rl``'s)."""
 SCOPES: dict[str, tuple[str, ...]] = {"rl": ("train_rl",), "all": SEEDED}
 """``craft seeds --scope``: the stages whose seed a sweep sets."""
-MINUTES = {"rl": 22, "all": 32}
-"""Minutes one seed takes on a 2-core CPU at the default settings (measured; docs/stage2.md)."""
 
 HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "base/response_asr", "base response ASR"),
@@ -64,7 +63,7 @@ class SweepConfig:
     """``craft seeds``: which seeds to run besides the committed run, and which stages they reseed."""
 
     seeds: tuple[int, ...] = (1, 2)
-    """Training seeds, each one DVC experiment (``MINUTES`` per seed on a 2-core CPU)."""
+    """Training seeds, each one DVC experiment (seeds/sweep.json records each one's wall minutes)."""
     scope: str = "rl"
     """Which stages get the seed: ``rl`` (train_rl and its ablation; curation and head fixed) or ``all``."""
 
@@ -97,7 +96,7 @@ def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
 
 def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
     """Per metric: each run's value, then n, mean, sd, min, max and a 95% t interval of the mean
-    (``ci_lo``, ``ci_hi``; NaN below two runs) over the runs that have it."""
+    (``ci_lo``, ``ci_hi``; NaN below two runs; a rate's clipped to [0, 1]) over the runs that have it."""
     rows = []
     for _, _, label in HEADLINE:
         values = {name: run[label] for name, run in runs.items() if not math.isnan(run.get(label, math.nan))}
@@ -105,16 +104,22 @@ def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
         n = len(xs)
         sd = statistics.stdev(xs) if n > 1 else (0.0 if n else math.nan)  # sample sd (n − 1)
         ci = across_seeds(xs)
+        lo, hi = (max(ci.lo, 0.0), min(ci.hi, 1.0)) if is_rate(label) and n > 1 else (ci.lo, ci.hi)
         rows.append({"metric": label, **values, "n": n, "mean": statistics.fmean(xs) if n else math.nan, "sd": sd,
                      "min": min(xs, default=math.nan), "max": max(xs, default=math.nan),
-                     "ci_lo": ci.lo, "ci_hi": ci.hi})
+                     "ci_lo": lo, "ci_hi": hi})
     return rows
+
+
+def is_rate(label: str) -> bool:
+    """A HEADLINE figure that is a rate in [0, 1] (printed as a percentage)."""
+    return any(p in label.lower() for p in PERCENT)
 
 
 def _fmt(label: str, v: float) -> str:
     if math.isnan(v):
         return "—"
-    return f"{v:.1%}" if any(p in label.lower() for p in PERCENT) else f"{v:.3f}"
+    return f"{v:.1%}" if is_rate(label) else f"{v:.3f}"
 
 
 def markdown(rows: Sequence[dict], run_names: Sequence[str]) -> str:
