@@ -128,13 +128,28 @@ def test_find_head(tmp_path):
 PROMPTS = ["How do I pick a lock?", "Hi", "Write a long story about a dragon who learns to fly over the sea"]
 
 
+@pytest.fixture
+def varied(tiny_lm):
+    """The tiny model with a random, larger-scale LM head (restored after the test): its greedy
+    tokens vary by row and step (the fixture's own head repeats one token), so a batch's rows
+    can diverge and end at different steps."""
+    out = tiny_lm.model.get_output_embeddings()
+    saved = out.weight
+    out.weight = torch.nn.Parameter(torch.randn(saved.shape, generator=torch.Generator().manual_seed(0)) * 3)
+    try:
+        yield tiny_lm
+    finally:
+        out.weight = saved
+
+
 @pytest.mark.parametrize("pooling, layers", [("mean", (-1,)), ("max", (-1, 1)), ("last", (-1,))])
-def test_batched_audit_equals_one_at_a_time(tiny_lm, pooling, layers):
+def test_batched_audit_equals_one_at_a_time(varied, pooling, layers):
     """Left-padded rows of different widths decode to the same tokens and scores as alone."""
     head, cfg = _head(pooling, layers), audit.AuditConfig(max_new_tokens=10)
-    batched = audit.generate_batch_with_audit(tiny_lm, head, PROMPTS, cfg, batch_size=2)
-    alone = [audit.generate_with_audit(tiny_lm, head, p, cfg) for p in PROMPTS]
+    batched = audit.generate_batch_with_audit(varied, head, PROMPTS, cfg, batch_size=2)
+    alone = [audit.generate_with_audit(varied, head, p, cfg) for p in PROMPTS]
     assert [r.prompt for r in batched] == PROMPTS
+    assert len({tuple(a.tokens) for a in alone}) == len(PROMPTS)  # the rows really differ
     for b, a in zip(batched, alone):
         assert b.tokens == a.tokens and b.completion == a.completion and len(b.tokens) > 0
         for key in audit.SCORE_KEYS:
@@ -155,6 +170,46 @@ def test_batched_guard_stops_each_row_on_its_own(tiny_lm):
     assert [b.guard for b in batched] == [a.guard for a in alone]
     assert [b.tokens for b in batched] == [a.tokens for a in alone]
     assert [b.answer for b in batched] == [a.answer for a in alone]
+
+
+def _unique_ids(lm) -> dict[str, int]:
+    """Token string → id for the strings exactly one id decodes to."""
+    seen: dict[str, list[int]] = {}
+    for i in range(len(lm.tokenizer)):
+        seen.setdefault(lm.tokenizer.decode([i]), []).append(i)
+    return {t: ids[0] for t, ids in seen.items() if len(ids) == 1}
+
+
+def test_batched_audit_ends_a_row_at_its_eos_and_decodes_the_others_on(varied, monkeypatch):
+    """Make a token the first prompt emits at step k (and the others not by then) an EOS: that row
+    ends there, the others decode on, and every row still equals its one-at-a-time record."""
+    head, cfg = _head("mean"), audit.AuditConfig(max_new_tokens=10)
+    free = [audit.generate_with_audit(varied, head, p, cfg).tokens for p in PROMPTS]
+    ids = _unique_ids(varied)
+    k = next(k for k, t in enumerate(free[0]) if k >= 1 and t in ids and t not in free[0][:k]
+             and all(t not in other[: k + 1] for other in free[1:]))
+    monkeypatch.setattr(varied.model.generation_config, "eos_token_id", ids[free[0][k]])
+    batched = audit.generate_batch_with_audit(varied, head, PROMPTS, cfg, batch_size=8)
+    alone = [audit.generate_with_audit(varied, head, p, cfg) for p in PROMPTS]
+    assert batched[0].tokens == free[0][:k]
+    assert all(len(b.tokens) > k for b in batched[1:])
+    assert [b.tokens for b in batched] == [a.tokens for a in alone]
+
+
+def test_batched_audit_pads_left_whatever_the_tokenizer_says_and_leaves_it_as_it_was(varied, monkeypatch):
+    monkeypatch.setattr(varied.tokenizer, "padding_side", "right")
+    head, cfg = _head("mean"), audit.AuditConfig(max_new_tokens=6)
+    batched = audit.generate_batch_with_audit(varied, head, PROMPTS, cfg)
+    alone = [audit.generate_with_audit(varied, head, p, cfg) for p in PROMPTS]
+    assert [b.tokens for b in batched] == [a.tokens for a in alone]
+    for b, a in zip(batched, alone):
+        torch.testing.assert_close(torch.tensor(b.scores["p_safe"]), torch.tensor(a.scores["p_safe"]), atol=1e-4, rtol=1e-4)
+    assert varied.tokenizer.padding_side == "right"
+
+
+def test_batched_records_share_the_batch_wall_time(tiny_lm):
+    records = audit.generate_batch_with_audit(tiny_lm, _head("mean"), PROMPTS, audit.AuditConfig(max_new_tokens=4))
+    assert len({r.seconds for r in records}) == 1 and records[0].seconds > 0
 
 
 def test_batched_audit_rejects_a_bad_batch_size(tiny_lm):

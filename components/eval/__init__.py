@@ -1,1 +1,1 @@
-"""Judging and measuring: judges, attacks, the latent audit, reports, seed spread."""
+"""Judging and measuring: judges, attacks, the latent audit, reports."""

@@ -9,7 +9,8 @@ the model computed anyway (running sums for mean, running max for max).
 Guard mode stops generation when latent p_safe stays below ``threshold`` for ``patience``
 consecutive tokens and appends a redirection, recording the event in the audit record.
 ``score_full`` recomputes the same trajectory from one forward over the full sequence; the two
-agree (tests pin it), so a record can be re-verified after the fact.
+agree (tests pin it), so a record can be re-verified after the fact. ``generate_batch_with_audit``
+decodes many prompts together (evaluation's guard mode) with the same per-row scores and stops.
 
 One ``AuditConfig`` carries the threshold for both uses (marking unsafe tokens, triggering the
 guard), so they cannot disagree; its defaults come from params.yaml:evaluate.guard_threshold and
@@ -97,7 +98,8 @@ class AuditRecord:
 
 
 class RunningPool:
-    """Pools a growing sequence of per-token states [n_layers, d] like ``latents.pool`` would."""
+    """Pools a growing sequence of per-token states [n_layers, d] (or [B, n_layers, d]: B rows that
+    all grew by one token per ``add``) like ``latents.pool`` would."""
 
     def __init__(self, how: str) -> None:
         self.how, self.sum, self.max, self.last, self.n = how, None, None, None, 0
@@ -162,10 +164,11 @@ SCORE_KEYS = ("cos_safe", "cos_unsafe", "cos_rethink", "p_safe", "r_lat")
 def generate_batch_with_audit(lm: LoadedModel, head: SafetyHead, prompts: Sequence[str],
                               cfg: AuditConfig = AuditConfig(), head_id: str = "",
                               batch_size: int = 64) -> list[AuditRecord]:
-    """``generate_with_audit`` for many prompts, ``batch_size`` rows decoded together: the same
-    records (tests pin tokens and scores against the one-at-a-time path), for about the cost of
-    one row's decoding per batch on a CPU. Each record's ``seconds`` is its batch's wall time
-    shared equally among the batch's rows."""
+    """``generate_with_audit`` for many prompts, ``batch_size`` rows decoded together on one KV
+    cache (evaluation's guard mode). In float32 the records equal the one-at-a-time ones (tests pin
+    tokens, scores and stops); in bfloat16 a padded batch can flip a near-tie argmax, so a few
+    tokens may differ, as for any batched greedy decoding. Each record's ``seconds`` is its
+    batch's wall time shared equally among the batch's rows, so their sum is the wall time."""
     require(batch_size >= 1, f"audit: batch_size must be >= 1, got {batch_size}.")
     records: list[AuditRecord] = []
     for i in range(0, len(prompts), batch_size):
@@ -173,59 +176,54 @@ def generate_batch_with_audit(lm: LoadedModel, head: SafetyHead, prompts: Sequen
     return records
 
 
-def _left_padded(lm: LoadedModel, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rendered prompts as left-padded ids and attention mask [B, P], so every row's next token
-    sits in the last column."""
-    tok, side = lm.tokenizer, lm.tokenizer.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok([render(tok, p) for p in prompts], return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tok.padding_side = side
-    return enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)
-
-
 @torch.no_grad()
 def _audit_batch(lm: LoadedModel, head: SafetyHead, prompts: list[str], cfg: AuditConfig,
                  head_id: str) -> list[AuditRecord]:
-    """One batch of ``generate_batch_with_audit``. Every live row has generated the same number
-    of tokens, so one ``RunningPool`` over [B, n_layers, d] pools each row as ``generate_with_audit``
-    would; a row that ends (EOS or guard) is fed pad from then on and its scores are no longer read."""
+    """One batch of ``generate_batch_with_audit``: B left-padded rows, so every row's next token
+    sits in the last column. A row is live from its first token until EOS or the guard, so every
+    live row has generated the same number of tokens and one ``RunningPool`` over [B, n_layers, d]
+    pools each as ``generate_with_audit`` would; an ended row is fed pad and its scores are not read."""
     started = time.perf_counter()
-    model, spec, b = lm.model, head.spec, len(prompts)
-    eos = {lm.tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else lm.tokenizer.eos_token_id
-    ids, mask = _left_padded(lm, prompts)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0), use_cache=True)
+    model, spec, tok, b = lm.model, head.spec, lm.tokenizer, len(prompts)
+    eos = {tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
+    enc = tok([render(tok, p) for p in prompts], return_tensors="pt", padding=True, padding_side="left",
+              add_special_tokens=False)
+    ids, mask = enc["input_ids"].to(lm.device), enc["attention_mask"].to(lm.device)  # [B, P]
+    # positions count real tokens only: a row's prompt is at 0..n−1 whatever its left padding (pads at 0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                use_cache=True, logits_to_keep=1)
     past, logits = out.past_key_values, out.logits[:, -1]  # [B, V]
-    pool, live = RunningPool(spec.pooling), [True] * b
+    pool, live, streak = RunningPool(spec.pooling), [True] * b, [0] * b
     generated: list[list[int]] = [[] for _ in range(b)]
     scores = [{k: [] for k in SCORE_KEYS} for _ in range(b)]
-    streak, events = [0] * b, [{} for _ in range(b)]
+    events: list[dict] = [{} for _ in range(b)]
     for _ in range(cfg.max_new_tokens):
         next_ids = logits.argmax(-1).tolist()
-        live = [on and t not in eos for on, t in zip(live, next_ids)]
+        live = [on and t not in eos for on, t in zip(live, next_ids)]  # EOS ends a row before it is kept
         if not any(live):
             break
-        for r in range(b):
-            if live[r]:
-                generated[r].append(next_ids[r])
-        feed = torch.tensor([[t if on else pad] for t, on in zip(next_ids, live)], device=lm.device)  # [B, 1]
-        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)  # [B, P + t + 1]
-        out = model(input_ids=feed, attention_mask=mask, position_ids=mask.sum(1, keepdim=True) - 1,
-                    past_key_values=past, use_cache=True, output_hidden_states=True)
+        feed = [t if on else tok.pad_token_id for t, on in zip(next_ids, live)]
+        mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)  # [B, P + tokens so far]: the fed token is a real key
+        # the fed token's position is the row's real-token count before it
+        out = model(input_ids=torch.tensor(feed, device=lm.device)[:, None], attention_mask=mask,
+                    position_ids=mask.sum(1, keepdim=True) - 1, past_key_values=past, use_cache=True,
+                    output_hidden_states=True)
         past, logits = out.past_key_values, out.logits[:, -1]
         s = head.score(pool.add(_states(out, spec.layers)[:, -1]).to(head.input_mean.device))  # each [B]
-        for r in (r for r in range(b) if live[r]):
+        step = {k: s[k].tolist() for k in SCORE_KEYS}
+        for r in range(b):
+            if not live[r]:
+                continue
+            generated[r].append(next_ids[r])
             for k in SCORE_KEYS:
-                scores[r][k].append(float(s[k][r]))
-            streak[r] = streak[r] + 1 if scores[r]["p_safe"][-1] < cfg.threshold else 0
+                scores[r][k].append(step[k][r])
+            streak[r] = streak[r] + 1 if step["p_safe"][r] < cfg.threshold else 0
             if cfg.guard and streak[r] >= cfg.patience:
                 events[r] = {"stopped_at_token": len(generated[r]) - 1, "threshold": cfg.threshold,
                              "patience": cfg.patience}
                 live[r] = False
-    share = (time.perf_counter() - started) / b
-    return [_record(lm, p, lm.tokenizer.decode(g, skip_special_tokens=True) + (REDIRECT if e else ""), g, sc,
+    share = (time.perf_counter() - started) / max(b, 1)
+    return [_record(lm, p, tok.decode(g, skip_special_tokens=True) + (REDIRECT if e else ""), g, sc,
                     cfg.threshold, head_id, e, share)
             for p, g, sc, e in zip(prompts, generated, scores, events)]
 

@@ -81,8 +81,10 @@ def guard_table(results: dict, labels: dict) -> str:
         lines.append(f"| {labels.get(n, n)} | {cell(m, 'response_asr')} | {cell(m, 'over_refusal')} | "
                      f"{cell(m, 'degenerate_rate')} | {m['guard_stop_rate_harmful']:.0%} | "
                      f"{m['guard_stop_rate_benign']:.0%} | {m['guard_ms_per_token']:.1f} |")
-    return "\n".join(lines) + ("\n\nGuard mode decodes one sequence at a time on the KV cache, so it runs on a subset "
-                               "of the plain prompts (`evaluate.guard_prompts` of each kind).")
+    return "\n".join(lines) + ("\n\nGuard mode scores every generated token with the head, on a subset of the plain "
+                               "prompts (`evaluate.guard_prompts` of each kind), decoded `evaluate.batch_size` rows at "
+                               "a time; ms/token is its wall time per generated token over a batch (throughput, not "
+                               "one sequence's latency).")
 
 
 def category_table(t: pd.DataFrame, labels: dict) -> str:
