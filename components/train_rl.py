@@ -22,8 +22,8 @@ learning rate rises linearly over the first ``warmup_steps`` steps, then falls l
 - ``init: sft``: policy and reference start as the ``train_sft`` model (its adapter merged into the
   weights, ``--init-from``); the fresh LoRA learns on top, and the output adapter stacks the two
   (``components.rl.policy.save_stacked``), so evaluation loads it on the base like any other.
-Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps and
-at the end, greedy replies to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
+Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps from
+step ``select_from`` on, and at the end, greedy replies to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
 judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
 untrained adapter, included) is the output.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
@@ -255,7 +255,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
         last = step + 1 == cfg.steps
         stop = dist.gather(metrics["rl/kl"] > cfg.kl_stop)[0] and not last  # the main process decides for all
         if main:
-            if (step + 1) % cfg.log_every == 0 or last or stop:
+            if selection.due(step, cfg.log_every, cfg.select_from) or last or stop:
                 select(step, metrics)
             history.append({"step": step, **metrics})
             if on_metrics:

@@ -82,10 +82,45 @@ def test_sampling_is_seeded(tiny_lm):
 
 
 def test_top_p_keeps_the_nucleus():
-    scores = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    kept = decode.top_p_filter(scores, 0.8).isfinite()
-    assert kept.tolist() == [[True, True, False, False]]
-    assert decode.top_p_filter(scores, 0.01).isfinite().tolist() == [[True, False, False, False]]
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept, ids = decode.nucleus(probs, 0.8)
+    assert ids[0, :2].tolist() == [0, 1] and kept[0].tolist() == pytest.approx([0.5, 0.3, 0.0, 0.0])
+    kept, ids = decode.nucleus(probs, 0.01)
+    assert kept[0].tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0])
+
+
+@pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.999])
+def test_nucleus_is_hf_top_p(top_p, monkeypatch):
+    """The kept set equals transformers' TopPLogitsWarper's, also when the set is wider than the
+    first top-k tried (the width doubles)."""
+    from transformers.generation.logits_process import TopPLogitsWarper
+
+    monkeypatch.setattr(decode, "NUCLEUS_K", 4)
+    gen = torch.Generator().manual_seed(0)
+    for scale in (0.5, 2.0, 8.0):  # flat to peaked
+        scores = torch.randn(6, 300, generator=gen) * scale
+        hf = TopPLogitsWarper(top_p)(None, scores.clone()).isfinite()
+        kept, ids = decode.nucleus(torch.softmax(scores, -1), top_p)
+        ours = torch.zeros_like(hf).scatter_(1, ids, kept > 0)
+        assert torch.equal(ours, hf)
+
+
+def test_draw_follows_the_weights():
+    """Inverse-CDF draws: frequencies match the weights (unnormalised too), a zero weight is never
+    drawn, and a seed gives one sequence."""
+    weights = torch.tensor([[5.0, 3.0, 0.0, 2.0]]).repeat(4000, 1)  # 4000 independent rows
+    first = decode.draw(weights, torch.Generator().manual_seed(1))
+    assert torch.equal(first, decode.draw(weights, torch.Generator().manual_seed(1)))
+    freq = torch.bincount(first, minlength=4).float() / len(first)
+    assert freq[2] == 0
+    assert freq.tolist() == pytest.approx([0.5, 0.3, 0.0, 0.2], abs=0.03)  # sd of each share ≤ 0.008
+
+
+def test_sampled_tokens_stay_in_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
+    picks = decode.Sampling(1.0, 0.8, torch.Generator().manual_seed(0)).pick(logits)
+    share = torch.bincount(picks, minlength=4).float() / len(picks)
+    assert share[2:].sum() == 0 and share[0].item() == pytest.approx(0.5 / 0.8, abs=0.04)
 
 
 def test_rollout_ids_can_be_trained_on(tiny_lm):

@@ -2,6 +2,7 @@
 rewards in make_batch, LR warm-up, and validation-based checkpoint selection."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -159,7 +160,7 @@ PROMPTS = pd.DataFrame({
     "prompt_kind": ["harmful"] * 8 + ["benign"] * 2,
     "split": ["train"] * 6 + ["val"] * 2 + ["train", "val"],
 })
-SCORES = {-1: 0.0, 1: 0.5, 3: 0.5}  # step 1 and 3 tie: the earlier wins
+SCORES = {-1: 0.0, 1: 0.5, 2: 0.25, 3: 0.5}  # step 1 and 3 tie: the earlier wins
 
 
 @pytest.fixture()
@@ -178,13 +179,14 @@ def scripted_selection(monkeypatch):
     return seen
 
 
-def _run(tiny_model_dir, head_dir, out: Path, ckpt: Path, stop_after=None):
+def _run(tiny_model_dir, head_dir, out: Path, ckpt: Path, stop_after=None, **overrides):
     from components.lm.source import ModelConfig
     from components.train_rl import run
 
     cfg = TrainRLConfig(steps=4, prompts_per_step=2, benign_per_step=1, group_size=2, max_new_tokens=6, lr=5e-2,
                         warmup_steps=2, minibatch_size=3, judge="keyword", select_judge="keyword", select_harmful=2,
-                        select_benign=1, log_every=2, checkpoint_every=2, lora_r=4, lora_alpha=8)
+                        select_benign=1, log_every=2, select_from=0, checkpoint_every=2, lora_r=4, lora_alpha=8)
+    cfg = dataclasses.replace(cfg, **overrides)
     return run(cfg, ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1), PROMPTS,
                head_dir, out, ckpt, stop_after=stop_after)
 
@@ -231,3 +233,13 @@ def test_a_missing_heldout_judge_says_how_to_fix(tiny_model_dir, head_dir, tmp_p
     with pytest.raises(FileNotFoundError, match="dvc repro train_judge"):
         run(cfg, ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1), PROMPTS,
             head_dir, tmp_path / "out", tmp_path / "ckpt")
+
+
+def test_selection_cadence_starts_at_select_from(scripted_selection, tiny_model_dir, head_dir, tmp_path):
+    from components.rl.selection import due
+
+    assert [s for s in range(30) if due(s, 2, 15)] == [15, 17, 19, 21, 23, 25, 27, 29]
+    assert [s for s in range(10) if due(s, 5)] == [4, 9]
+    summary = _run(tiny_model_dir, head_dir, tmp_path / "a", tmp_path / "ckpt", log_every=1, select_from=2)
+    assert sorted(scripted_selection) == [-1, 2, 3]  # step -1 and the end whatever the cadence
+    assert summary["selected_step"] == 3

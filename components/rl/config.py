@@ -19,7 +19,7 @@ class TrainRLConfig:
 
     advantage: str = "grpo"
     """grpo (group baseline: Dr. GRPO or the paper's, see ``std_norm``) | ppo (value head + GAE)."""
-    steps: int = 20
+    steps: int = 30
     """RL steps (rollout + update) to run; >= 1."""
     prompts_per_step: int = 3
     """Harmful training prompts per step; >= 1."""
@@ -119,8 +119,11 @@ class TrainRLConfig:
     """Selection score = val_refusal − select_lambda·val_over_refusal; >= 0."""
     select_judge: str = "heldout"
     """Judge that grades the selection replies (the held-out judge: the policy never trained on it)."""
-    log_every: int = 5
+    log_every: int = 2
     """Steps between selection evaluations (also at step −1 and at the end); >= 1."""
+    select_from: int = 15
+    """First step of the ``log_every`` cadence (0-based; step −1 and the end are always evaluated):
+    later points cost a val pass each (~6 s on a CPU), early ones were never selected; >= 0."""
     checkpoint_every: int = 4
     """Steps between resumable checkpoints; >= 1."""
     kl_stop: float = 1.0
@@ -165,6 +168,7 @@ class TrainRLConfig:
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")
         require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.001.")
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
+        require(self.select_from >= 0, f"train_rl.select_from={self.select_from!r}: use 0 or more, e.g. 15.")
         require(self.checkpoint_every >= 1,
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")
         require(self.benign_per_step >= 0,

@@ -1,7 +1,7 @@
 """Validation-based checkpoint selection for RL: which adapter of a run becomes the stage's output.
 
 At step −1 (the untrained adapter: LoRA B = 0, the policy equals the reference), every
-``log_every`` steps and at the end, the main process greedily answers the first ``select_harmful``
+``log_every`` steps from step ``select_from`` on (``due``) and at the end, the main process greedily answers the first ``select_harmful``
 harmful and ``select_benign`` benign ``val`` prompts (sorted) and grades them with the selection
 judge (the held-out judge by default: the policy never trained against it):
 
@@ -39,6 +39,12 @@ class Point:
     def metrics(self) -> dict[str, float]:
         return {"rl/val_refusal": self.val_refusal, "rl/val_over_refusal": self.val_over_refusal,
                 "rl/val_score": self.score}
+
+
+def due(step: int, log_every: int, select_from: int = 0) -> bool:
+    """Whether 0-based ``step`` is on the selection cadence: every ``log_every``-th step, from
+    ``select_from`` on. Step −1 and the last step are evaluated whatever this says."""
+    return step >= select_from and (step + 1) % log_every == 0
 
 
 def share(labels: list[str], label: str) -> float:
