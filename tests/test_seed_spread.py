@@ -257,3 +257,15 @@ def test_wall_times_are_this_sweeps_or_an_earlier_sweeps_of_the_same_baseline_an
         "seed-1": 27.5, "seed-2": 28.0}
     assert seeds.run_minutes(tmp_path, "other", "rl", ["HEAD", "seed-1"], {}) == {}  # another commit's sweep
     assert seeds.run_minutes(tmp_path, "abc", "all", ["HEAD", "seed-1"], {}) == {}
+
+
+def test_rates_are_known_by_their_metric_key():
+    """Shares print as percentages and have clipped intervals; AUROCs, NLLs and the gap do not, whatever
+    their labels say."""
+    from components.sweep.seed_spread import HEADLINE, is_rate
+
+    labels = {key: label for _, key, label in HEADLINE}
+    assert is_rate(labels["train_rl/over_refusal"]) and is_rate(labels["train_rl/response_asr"])
+    assert is_rate(labels["probe_refusal_rate_end"])
+    assert not any(is_rate(labels[k]) for k in ("head/auroc", "train_rl/utility_nll", "obfuscation_gap_end"))
+    assert not is_rate("a new refusal margin")  # not a HEADLINE rate

@@ -55,7 +55,9 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
 )
 """(stage, key in data/<stage>/metrics.json, label) of the figures the README reports."""
 
-PERCENT = ("asr", "refusal", "rate")
+RATE_SUFFIXES = ("_asr", "_rate", "over_refusal", "_rate_end")
+"""Metric keys ending so are shares in [0, 1]: printed as percentages, their intervals clipped to [0, 1]."""
+RATES = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE_SUFFIXES))
 
 
 @dataclass(frozen=True)
@@ -112,8 +114,8 @@ def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
 
 
 def is_rate(label: str) -> bool:
-    """A HEADLINE figure that is a rate in [0, 1] (printed as a percentage)."""
-    return any(p in label.lower() for p in PERCENT)
+    """A HEADLINE figure that is a rate in [0, 1] (printed as a percentage), by its metric key."""
+    return label in RATES
 
 
 def _fmt(label: str, v: float) -> str:
