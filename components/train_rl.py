@@ -23,9 +23,10 @@ learning rate rises linearly over the first ``warmup_steps`` steps, then falls l
   weights, ``--init-from``); the fresh LoRA learns on top, and the output adapter stacks the two
   (``components.rl.policy.save_stacked``), so evaluation loads it on the base like any other.
 Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps from
-step ``select_from`` on, and at the end, greedy replies to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
-judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
-untrained adapter, included) is the output.
+step ``select_from`` on, and at the end, greedy replies to fixed ``val`` prompts, as long as
+evaluation's (``select_max_new_tokens``), are graded by ``select_judge`` (the held-out judge); the
+adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the untrained adapter,
+included) is the output.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
 optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores
 and back-propagates its share of every step's prompts, gradients are summed across processes
@@ -233,7 +234,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     def select(step: int, metrics: dict) -> None:  # greedy: no RNG drawn, main process only
         nonlocal best
         point, texts = selection.evaluate(unwrapped, lm.tokenizer, select_judge, val["harmful"], val["benign"],
-                                          cfg.max_new_tokens, device, engine, step, cfg.select_lambda)
+                                          cfg.select_max_new_tokens, device, engine, step, cfg.select_lambda)
         best = selection.keep_if_best(ckpt, unwrapped, point, best)
         metrics.update(point.metrics())
         if step >= 0:  # at step −1 the policy is the reference: no gap

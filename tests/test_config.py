@@ -133,3 +133,10 @@ def test_bad_runtime_value_names_key_and_value():
 def test_wrong_type_is_reported():
     with pytest.raises(ConfigError, match="expected int"):
         build(IngestConfig, {"max_harmful": "many"}, "ingest")
+
+
+def test_selection_replies_are_as_long_as_evaluations():
+    """train_rl's val replies are graded at evaluation's token budget, so val measures what the
+    report measures (a refusal that starts after the rollouts' 32 tokens read as compliance)."""
+    params = load_params(ROOT / "params.yaml")
+    assert params["train_rl"]["select_max_new_tokens"] == params["evaluate"]["max_new_tokens"]

@@ -163,16 +163,26 @@ PROMPTS = pd.DataFrame({
 SCORES = {-1: 0.0, 1: 0.5, 2: 0.25, 3: 0.5}  # step 1 and 3 tie: the earlier wins
 
 
+class _Seen(dict):
+    """{step: adapter weights seen by selection}, plus ``budgets``: max_new_tokens of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.budgets: set[int] = set()
+
+
 @pytest.fixture()
 def scripted_selection(monkeypatch):
     """selection.evaluate scores by step (SCORES) and records the adapter it saw at each step."""
     from components.rl import selection
 
-    seen: dict[int, dict] = {}
+    seen = _Seen()
+    budgets = seen.budgets
 
     def evaluate(policy, tokenizer, judge, harmful, benign, max_new_tokens, device, engine, step, lam):
         seen[step] = {k.replace(".default", ""): p.detach().clone() for k, p in policy.named_parameters()
                       if p.requires_grad}
+        budgets.add(max_new_tokens)
         return Point(step, SCORES[step], 0.0, SCORES[step]), ["I'm sorry."] * len(harmful)
 
     monkeypatch.setattr(selection, "evaluate", evaluate)
@@ -240,6 +250,8 @@ def test_selection_cadence_starts_at_select_from(scripted_selection, tiny_model_
 
     assert [s for s in range(30) if due(s, 2, 15)] == [15, 17, 19, 21, 23, 25, 27, 29]
     assert [s for s in range(10) if due(s, 5)] == [4, 9]
-    summary = _run(tiny_model_dir, head_dir, tmp_path / "a", tmp_path / "ckpt", log_every=1, select_from=2)
+    summary = _run(tiny_model_dir, head_dir, tmp_path / "a", tmp_path / "ckpt", log_every=1, select_from=2,
+                   select_max_new_tokens=9)
     assert sorted(scripted_selection) == [-1, 2, 3]  # step -1 and the end whatever the cadence
     assert summary["selected_step"] == 3
+    assert scripted_selection.budgets == {9}  # val replies get the selection budget, not the rollouts' 6

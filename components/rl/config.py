@@ -19,7 +19,7 @@ class TrainRLConfig:
 
     advantage: str = "grpo"
     """grpo (group baseline: Dr. GRPO or the paper's, see ``std_norm``) | ppo (value head + GAE)."""
-    steps: int = 30
+    steps: int = 20
     """RL steps (rollout + update) to run; >= 1."""
     prompts_per_step: int = 3
     """Harmful training prompts per step; >= 1."""
@@ -115,13 +115,17 @@ class TrainRLConfig:
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
     select_benign: int = 32
     """Selection: the first (sorted) benign ``val`` prompts answered greedily; >= 0."""
+    select_max_new_tokens: int = 48
+    """Token budget of the greedy selection replies: evaluation's (``evaluate.max_new_tokens``), so
+    val measures what evaluation reports. Graded at the rollouts' 32 tokens, a refusal that starts
+    after token 32 read as compliance (docs/stage2.md round 12); >= 1."""
     select_lambda: float = 2.0
     """Selection score = val_refusal − select_lambda·val_over_refusal; >= 0."""
     select_judge: str = "heldout"
     """Judge that grades the selection replies (the held-out judge: the policy never trained on it)."""
-    log_every: int = 2
+    log_every: int = 5
     """Steps between selection evaluations (also at step −1 and at the end); >= 1."""
-    select_from: int = 15
+    select_from: int = 0
     """First step of the ``log_every`` cadence (0-based; step −1 and the end are always evaluated):
     later points cost a val pass each (~6 s on a CPU), early ones were never selected; >= 0."""
     checkpoint_every: int = 4
@@ -185,6 +189,9 @@ class TrainRLConfig:
                 f"or latent_rewards: sequence with advantage {self.advantage}.")
         require(self.select_harmful >= 1, f"train_rl.select_harmful={self.select_harmful!r}: use 1 or more, e.g. 16.")
         require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 8.")
+        require(self.select_max_new_tokens >= 1,
+                f"train_rl.select_max_new_tokens={self.select_max_new_tokens!r}: use 1 or more, e.g. 48 "
+                "(evaluate.max_new_tokens).")
         require(self.select_lambda >= 0, f"train_rl.select_lambda={self.select_lambda!r}: use 0 or more, e.g. 1.0.")
         require(valid_judge(self.select_judge),
                 f"train_rl.select_judge={self.select_judge!r}: use heldout, one of {JUDGES} or hf:<path>.")
