@@ -86,6 +86,8 @@ class CurateConfig:
         require(self.max_new_tokens >= 1, f"curate.max_new_tokens={self.max_new_tokens!r}: use 1 or more, e.g. 96.")
         require(self.batch_size >= 1, f"curate.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
         require(self.temperature >= 0, f"curate.temperature={self.temperature!r}: use 0 (greedy) or more, e.g. 0.7.")
+        require(0 < self.top_p <= 1,
+                f"curate.top_p={self.top_p!r}: use a mass in (0, 1], e.g. 0.95 (1.0 turns it off).")
         require(valid_reward_judge(self.judge),
                 f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path> (the held-out judge only grades).")
         require(0 < self.safe_threshold < 1,

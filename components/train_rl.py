@@ -22,10 +22,10 @@ learning rate rises linearly over the first ``warmup_steps`` steps, then falls l
 - ``init: sft``: policy and reference start as the ``train_sft`` model (its adapter merged into the
   weights, ``--init-from``); the fresh LoRA learns on top, and the output adapter stacks the two
   (``components.rl.policy.save_stacked``), so evaluation loads it on the base like any other.
-Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps from
-step ``select_from`` on, and at the end, greedy replies to fixed ``val`` prompts, as long as
-evaluation's (``select_max_new_tokens``), are graded by ``select_judge`` (the held-out judge); the
-adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the untrained adapter,
+Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps (none
+before step ``select_from``) and at the end, greedy replies of up to ``select_max_new_tokens``
+tokens (evaluation's budget) to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
+judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the untrained adapter,
 included) is the output.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
 optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores

@@ -105,11 +105,15 @@ def test_validation_says_how_to_fix():
         build(ModelConfig, {"dtype": "int3"}, "model")
     with pytest.raises(ConfigError, match="'hf' \\(transformers generate\\)"):
         build(ModelConfig, {"engine": "vllm"}, "model")
+    with pytest.raises(ConfigError, match=r"curate.top_p=0.0: use a mass in \(0, 1\]"):
+        build(CurateConfig, {"top_p": 0.0}, "curate")
 
 
 @pytest.mark.parametrize("cls, section, key, bad", [
     (TrainRLConfig, {"clip": 1.5}, "train_rl.clip", 1.5),
     (TrainRLConfig, {"lr": 0.0}, "train_rl.lr", 0.0),
+    (TrainRLConfig, {"top_p": 0.0}, "train_rl.top_p", 0.0),
+    (TrainRLConfig, {"select_from": -1}, "train_rl.select_from", -1),
     (IngestConfig, {"test_fraction": 0.0}, "ingest.test_fraction", 0.0),
     (ExtractConfig, {"batch_size": 16, "shard_rows": 8}, "extract.shard_rows", 8),
     (TrainHeadConfig, {"ema": 1.0}, "train_head.ema", 1.0),

@@ -89,13 +89,14 @@ def test_top_p_keeps_the_nucleus():
     assert kept[0].tolist() == pytest.approx([0.5, 0.0, 0.0, 0.0])
 
 
+@pytest.mark.parametrize("first_k", [4, 10**6])  # the width doubles; one full sort (the CUDA path)
 @pytest.mark.parametrize("top_p", [0.1, 0.5, 0.9, 0.95, 0.999])
-def test_nucleus_is_hf_top_p(top_p, monkeypatch):
+def test_nucleus_is_hf_top_p(top_p, first_k, monkeypatch):
     """The kept set equals transformers' TopPLogitsWarper's, also when the set is wider than the
-    first top-k tried (the width doubles)."""
+    first top-k tried."""
     from transformers.generation.logits_process import TopPLogitsWarper
 
-    monkeypatch.setattr(decode, "NUCLEUS_K", 4)
+    monkeypatch.setattr(decode, "NUCLEUS_K", first_k)
     gen = torch.Generator().manual_seed(0)
     for scale in (0.5, 2.0, 8.0):  # flat to peaked
         scores = torch.randn(6, 300, generator=gen) * scale
@@ -114,6 +115,25 @@ def test_draw_follows_the_weights():
     freq = torch.bincount(first, minlength=4).float() / len(first)
     assert freq[2] == 0
     assert freq.tolist() == pytest.approx([0.5, 0.3, 0.0, 0.2], abs=0.03)  # sd of each share ≤ 0.008
+
+
+def test_the_most_likely_token_stays_whatever_top_p_says():
+    kept, ids = decode.nucleus(torch.tensor([[0.1, 0.6, 0.3]]), 1e-12)
+    assert ids[0, 0] == 1 and kept[0].tolist() == pytest.approx([0.6, 0.0, 0.0])
+
+
+def test_draw_never_lands_on_a_trailing_zero_weight(monkeypatch):
+    """u that rounds up to the row total draws the last token with weight, not a masked one."""
+    weights = torch.tensor([[0.5, 0.5, 0.0, 0.0]])
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.ones(1, 1, dtype=torch.float64))
+    assert decode.draw(weights).tolist() == [1]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), 0.0])
+def test_draw_refuses_diverged_weights(bad):
+    weights = torch.tensor([[0.5, 0.5], [bad, bad if bad == 0.0 else 0.2]])
+    with pytest.raises(ValueError, match="NaN, infinite or all zero"):
+        decode.draw(weights)
 
 
 def test_sampled_tokens_stay_in_the_nucleus():

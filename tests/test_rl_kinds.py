@@ -249,6 +249,7 @@ def test_selection_cadence_starts_at_select_from(scripted_selection, tiny_model_
     from components.rl.selection import due
 
     assert [s for s in range(30) if due(s, 2, 15)] == [15, 17, 19, 21, 23, 25, 27, 29]
+    assert [s for s in range(30) if due(s, 5, 16)] == [19, 24, 29]  # skips points, does not shift them
     assert [s for s in range(10) if due(s, 5)] == [4, 9]
     summary = _run(tiny_model_dir, head_dir, tmp_path / "a", tmp_path / "ckpt", log_every=1, select_from=2,
                    select_max_new_tokens=9)

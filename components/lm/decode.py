@@ -60,32 +60,44 @@ class Sampling:
 def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
     """One index per row [B] from non-negative weights [B, K], with probability weight / row sum.
 
-    Inverse CDF: u ~ U[0, total), then the first index whose running sum exceeds u, so a zero
-    weight is never drawn. The same law as ``torch.multinomial(probs, 1)``, which spends ~30 ms
-    per step on a [32, 49152] CPU batch against ~2 ms here (docs/benchmarks.md). The running sum
-    is float64, so a 49k vocabulary's tail tokens keep their share.
+    Inverse CDF: u ~ U[0, total), then the first index whose running sum exceeds u; if rounding
+    puts u at the total, the last index with weight. So a zero weight is never drawn. The same law
+    as ``torch.multinomial(probs, 1)``, which spends ~33 ms per step on a [32, 49152] CPU batch
+    against ~4 ms here (docs/benchmarks.md). The running sum is float64, so a 49k vocabulary's tail
+    tokens keep their share. NaN, infinite or all-zero weights (diverged logits) raise.
     """
     cdf = probs.double().cumsum(-1)  # [B, K]
-    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=cdf.shape[1] - 1)
+    total = cdf[:, -1:]  # [B, 1]
+    usable = (torch.isfinite(total) & (total > 0)).all()
+    if cdf.is_cuda:
+        torch._assert_async(usable, "sampling weights are NaN, infinite or all zero")  # no host read
+    elif not bool(usable):
+        raise ValueError("sampling weights are NaN, infinite or all zero: the model's logits diverged")
+    u = torch.rand(cdf.shape[0], 1, generator=generator, device=cdf.device, dtype=cdf.dtype) * total
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(1)  # [B]
+    last = (cdf < total).sum(-1)  # [B] first index whose running sum reaches the total: weight > 0
+    return torch.minimum(idx, last)
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-p set of HF's TopPLogitsWarper: (weights [B, k], most likely first and zero outside
-    the set; their token ids [B, k]) from probabilities [B, V].
+    the set; their token ids [B, k]) from probabilities [B, V], for 0 < top_p ≤ 1.
 
-    A token stays when the tokens ranked above it hold less than ``top_p`` of the mass, so the most
+    A token stays when the tokens ranked above it hold less than ``top_p`` of the mass; the most
     likely one always stays. On a CPU the top ``NUCLEUS_K`` are tried first and the width doubles
     until every row's kept set ends inside it (a full sort of [64, 49152] costs ~100 ms a step); on
-    CUDA one full sort, which needs no host read.
+    CUDA one full sort, which needs no host read. Running sums are float64.
     """
     v = probs.shape[-1]
     k = v if probs.is_cuda else min(NUCLEUS_K, v)
     while True:
         vals, ids = probs.topk(k, -1)  # [B, k], descending
-        above = vals.cumsum(-1) - vals  # mass ranked above each token
-        if k == v or bool((above[:, -1] + vals[:, -1] >= top_p).all()):  # every row's set ends by k
-            return vals.masked_fill(above >= top_p, 0.0), ids
+        mass = vals.double().cumsum(-1)  # [B, k] mass of each token and those ranked above it
+        above = torch.cat([torch.zeros_like(mass[:, :1]), mass[:, :-1]], -1)  # [B, k] exclusive
+        if k == v or bool((mass[:, -1] >= top_p).all()):  # every row's set ends by k
+            drop = above >= top_p
+            drop[:, 0] = False  # the most likely token stays whatever top_p says
+            return vals.masked_fill(drop, 0.0), ids
         k = min(2 * k, v)
 
 

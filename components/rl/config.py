@@ -116,9 +116,10 @@ class TrainRLConfig:
     select_benign: int = 32
     """Selection: the first (sorted) benign ``val`` prompts answered greedily; >= 0."""
     select_max_new_tokens: int = 48
-    """Token budget of the greedy selection replies: evaluation's (``evaluate.max_new_tokens``), so
-    val measures what evaluation reports. Graded at the rollouts' 32 tokens, a refusal that starts
-    after token 32 read as compliance (docs/stage2.md round 12); >= 1."""
+    """Token budget of the greedy selection replies. Keep it equal to ``evaluate.max_new_tokens``
+    (tests/test_config.py checks params.yaml) so val measures what evaluation reports: graded at the
+    rollouts' 32 tokens, a refusal that starts after token 32 read as compliance (docs/stage2.md
+    round 12); >= 1."""
     select_lambda: float = 2.0
     """Selection score = val_refusal − select_lambda·val_over_refusal; >= 0."""
     select_judge: str = "heldout"
@@ -126,8 +127,9 @@ class TrainRLConfig:
     log_every: int = 5
     """Steps between selection evaluations (also at step −1 and at the end); >= 1."""
     select_from: int = 0
-    """First step of the ``log_every`` cadence (0-based; step −1 and the end are always evaluated):
-    later points cost a val pass each (~6 s on a CPU), early ones were never selected; >= 0."""
+    """Cadence points before this 0-based step are skipped (step −1 and the end are always
+    evaluated): each point costs a val pass (~7 s on a CPU), and in round 11b no seed picked a step
+    before 17; >= 0."""
     checkpoint_every: int = 4
     """Steps between resumable checkpoints; >= 1."""
     kl_stop: float = 1.0
@@ -172,6 +174,7 @@ class TrainRLConfig:
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")
         require(self.lr > 0, f"train_rl.lr={self.lr!r}: use a positive learning rate, e.g. 0.001.")
         require(self.log_every >= 1, f"train_rl.log_every={self.log_every!r}: use 1 or more, e.g. 4.")
+        require(0 < self.top_p <= 1, f"train_rl.top_p={self.top_p!r}: use a mass in (0, 1], e.g. 1.0 (off).")
         require(self.select_from >= 0, f"train_rl.select_from={self.select_from!r}: use 0 or more, e.g. 15.")
         require(self.checkpoint_every >= 1,
                 f"train_rl.checkpoint_every={self.checkpoint_every!r}: use 1 or more, e.g. 4.")

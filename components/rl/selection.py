@@ -1,7 +1,8 @@
 """Validation-based checkpoint selection for RL: which adapter of a run becomes the stage's output.
 
 At step −1 (the untrained adapter: LoRA B = 0, the policy equals the reference), every
-``log_every`` steps from step ``select_from`` on (``due``) and at the end, the main process greedily answers the first ``select_harmful``
+``log_every`` steps (points before ``select_from`` skipped: ``due``) and at the end, the main
+process greedily answers (up to ``select_max_new_tokens`` tokens) the first ``select_harmful``
 harmful and ``select_benign`` benign ``val`` prompts (sorted) and grades them with the selection
 judge (the held-out judge by default: the policy never trained against it):
 
@@ -42,8 +43,8 @@ class Point:
 
 
 def due(step: int, log_every: int, select_from: int = 0) -> bool:
-    """Whether 0-based ``step`` is on the selection cadence: every ``log_every``-th step, from
-    ``select_from`` on. Step −1 and the last step are evaluated whatever this says."""
+    """Whether 0-based ``step`` is a selection point: every ``log_every``-th step (steps 4, 9, … for
+    5), those before ``select_from`` skipped. Step −1 and the last step are evaluated whatever this says."""
     return step >= select_from and (step + 1) % log_every == 0
 
 

@@ -57,7 +57,8 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
 
 RATE_SUFFIXES = ("_asr", "_rate", "over_refusal", "_rate_end")
 """Metric keys ending so are shares in [0, 1]: printed as percentages, their intervals clipped to [0, 1]."""
-RATES = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE_SUFFIXES))
+RATE_LABELS = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE_SUFFIXES))
+"""HEADLINE labels of the rates (``promote.RATES`` lists metric stems, a different thing)."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,9 @@ def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
 
 
 def is_rate(label: str) -> bool:
-    """A HEADLINE figure that is a rate in [0, 1] (printed as a percentage), by its metric key."""
-    return label in RATES
+    """Whether the HEADLINE figure labelled ``label`` is a rate in [0, 1] (printed as a percentage):
+    decided by its metric key's ending (``RATE_SUFFIXES``), not by the label's words."""
+    return label in RATE_LABELS
 
 
 def _fmt(label: str, v: float) -> str:
