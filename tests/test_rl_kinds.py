@@ -177,12 +177,11 @@ def scripted_selection(monkeypatch):
     from components.rl import selection
 
     seen = _Seen()
-    budgets = seen.budgets
 
     def evaluate(policy, tokenizer, judge, harmful, benign, max_new_tokens, device, engine, step, lam):
         seen[step] = {k.replace(".default", ""): p.detach().clone() for k, p in policy.named_parameters()
                       if p.requires_grad}
-        budgets.add(max_new_tokens)
+        seen.budgets.add(max_new_tokens)
         return Point(step, SCORES[step], 0.0, SCORES[step]), ["I'm sorry."] * len(harmful)
 
     monkeypatch.setattr(selection, "evaluate", evaluate)
@@ -195,7 +194,7 @@ def _run(tiny_model_dir, head_dir, out: Path, ckpt: Path, stop_after=None, **ove
 
     cfg = TrainRLConfig(steps=4, prompts_per_step=2, benign_per_step=1, group_size=2, max_new_tokens=6, lr=5e-2,
                         warmup_steps=2, minibatch_size=3, judge="keyword", select_judge="keyword", select_harmful=2,
-                        select_benign=1, log_every=2, select_from=0, checkpoint_every=2, lora_r=4, lora_alpha=8)
+                        select_benign=1, log_every=2, checkpoint_every=2, lora_r=4, lora_alpha=8)
     cfg = dataclasses.replace(cfg, **overrides)
     return run(cfg, ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1), PROMPTS,
                head_dir, out, ckpt, stop_after=stop_after)
@@ -245,7 +244,7 @@ def test_a_missing_heldout_judge_says_how_to_fix(tiny_model_dir, head_dir, tmp_p
             head_dir, tmp_path / "out", tmp_path / "ckpt")
 
 
-def test_selection_cadence_starts_at_select_from(scripted_selection, tiny_model_dir, head_dir, tmp_path):
+def test_selection_skips_points_before_select_from(scripted_selection, tiny_model_dir, head_dir, tmp_path):
     from components.rl.selection import due
 
     assert [s for s in range(30) if due(s, 2, 15)] == [15, 17, 19, 21, 23, 25, 27, 29]
