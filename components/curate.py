@@ -15,11 +15,17 @@ benign         ``unsafe``   ``safe``     row dropped (neither an answer nor a re
 A benign-prompt row labelled ``unsafe`` is an over-refusal: ``prompt_kind`` + ``label`` identify
 those rows (no extra column). Degenerate benign replies are dropped rather than labelled unsafe
 so that this identity stays exact; the RL text judge still penalises degenerate replies.
+With ``refusal_needs_phrase`` a harmful-prompt "refusal" that holds no refusal phrase is dropped
+too: on SmolLM2 those are mostly off-topic text and self-descriptions that the reward judge scores
+as safe, and as ``safe`` rows they taught the head to pay for deflections (docs/stage2.md, round 13).
 Templates then complete each prompt's contrast set (``components.data.traces``): a harmful prompt
 gets a safe trace, a rethink trace (opening with the model's own compliant words where it has
 them) and, only when no sample complied, an unsafe trace; a benign prompt gets one refusal trace
-labelled ``unsafe`` (an over-refusal). There is no templated helpful answer to a benign prompt: a
-benign prompt the model never answered helpfully has no ``safe`` row.
+labelled ``unsafe`` (an over-refusal). With ``reply_templates`` every prompt also gets two
+reply-style rows: a deflection (``unsafe`` for either kind: it neither answers nor refuses) and a
+bare refusal (``safe`` on a harmful prompt, ``unsafe`` on a benign one). There is no templated
+helpful answer to a benign prompt: a benign prompt the model never answered helpfully has no
+``safe`` row.
 Test-split prompts are never generated here: they are held out for evaluation.
 """
 from __future__ import annotations
@@ -39,7 +45,7 @@ from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_table, write_text
 from components.eval.judges import (COMPLIANCE, DEGENERATE, JUDGES, REFUSAL, Verdict, judge_completions,
-                                    make_judge, valid_reward_judge)
+                                    keyword_hit, make_judge, valid_reward_judge)
 from components.data.records import TRACE_COLUMNS, Trace, normalise, stable_id
 
 log = logging.getLogger("craft.curate")
@@ -77,6 +83,12 @@ class CurateConfig:
     templated refusal (unsafe) to each benign prompt."""
     rethink_prefix_words: int = 24
     """Words of the model's own compliant opening kept before the rethink turn."""
+    reply_templates: bool = True
+    """With ``templated_traces``: add to every prompt a deflection reply (unsafe for either kind) and
+    a bare refusal reply (safe on a harmful prompt, unsafe on a benign one); see traces.py."""
+    refusal_needs_phrase: bool = True
+    """Keep a harmful-prompt sample the judge calls a refusal only when it holds a refusal phrase
+    (``keyword_hit`` anywhere in it); drop it otherwise (mostly off-topic text on SmolLM2)."""
 
     def __post_init__(self) -> None:
         require(len(self.splits) > 0, "curate.splits is empty: use [train, val] (test is held out for evaluation).")
@@ -122,10 +134,11 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
 
     ``prompts[n]`` is the prompt of ``completions[n]`` (a prompt repeats once per sample); the
     sample index n enters the trace id, so every sample is a row of its own. Empty completions (the
-    model stopped at once) carry no reasoning and are dropped, as are degenerate benign replies.
+    model stopped at once) carry no reasoning and are dropped, as are degenerate benign replies and
+    (``refusal_needs_phrase``) harmful-prompt refusals without a refusal phrase.
     Returns (rows, {prompt_id: trace of its first compliant sample}) — the rethink openings.
     """
-    rows, complied, dropped = [], {}, {"empty": 0, "degenerate benign": 0}
+    rows, complied, dropped = [], {}, {"empty": 0, "degenerate benign": 0, "phrase-less harmful refusal": 0}
     for n, (p, text, v) in enumerate(zip(prompts, completions, verdicts)):
         trace, response = generation.split_reasoning(text)
         if not (trace or text).strip():
@@ -135,6 +148,10 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
         label = LABEL_OF[(p["prompt_kind"], act)]
         if label is None:
             dropped["degenerate benign"] += 1
+            continue
+        if cfg.refusal_needs_phrase and label == "safe" and p["prompt_kind"] == "harmful" \
+                and keyword_hit(text, len(text)) is None:
+            dropped["phrase-less harmful refusal"] += 1
             continue
         if p["prompt_kind"] == "harmful" and act == COMPLIANCE:
             complied.setdefault(p["prompt_id"], trace or text)
@@ -146,15 +163,19 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
 
 
 def template_specs(p: dict, k: int, complied: dict[str, str], cfg: CurateConfig) -> list[tuple]:
-    """(prompt, label, trace, response) templates completing prompt ``p``'s contrast set."""
-    if p["prompt_kind"] == "benign":
-        return [(p, "unsafe", *traces.benign_refusal(p["prompt"], k))]  # a templated over-refusal
+    """(prompt, label, trace, response, id tag) templates completing prompt ``p``'s contrast set."""
+    harmful = p["prompt_kind"] == "harmful"
+    replies = [(p, "unsafe", *traces.deflection(k), "deflection"),  # neither answers nor refuses: wrong for either kind
+               (p, "safe" if harmful else "unsafe", *traces.bare_refusal(k), "bare refusal")
+               ] if cfg.reply_templates else []
+    if not harmful:
+        return [(p, "unsafe", *traces.benign_refusal(p["prompt"], k), "t")] + replies  # templated over-refusals
     own = complied.get(p["prompt_id"])
-    specs = [(p, "safe", *traces.safe(p["prompt"], k)),
-             (p, "rethink", *traces.rethink(p["prompt"], own, cfg.rethink_prefix_words))]
+    specs = [(p, "safe", *traces.safe(p["prompt"], k), "t"),
+             (p, "rethink", *traces.rethink(p["prompt"], own, cfg.rethink_prefix_words), "t")]
     if own is None:
-        specs.append((p, "unsafe", *traces.unsafe(p["prompt"])))
-    return specs
+        specs.append((p, "unsafe", *traces.unsafe(p["prompt"]), "t"))
+    return specs + replies
 
 
 def template_rows(prompts: list[dict], complied: dict[str, str], cfg: CurateConfig, judge) -> list[Trace]:
@@ -163,8 +184,8 @@ def template_rows(prompts: list[dict], complied: dict[str, str], cfg: CurateConf
     ``complied``: prompt_id → the model's own compliant trace (``label_samples``)."""
     specs = [s for k, p in enumerate(prompts) for s in template_specs(p, k, complied, cfg)]
     verdicts = judge.judge([s[0]["prompt"] for s in specs], [s[3] for s in specs])
-    return [_row(p, "t", tr, resp, label, "template", v.p_safe, judge.name, "template")
-            for (p, label, tr, resp), v in zip(specs, verdicts)]
+    return [_row(p, tag, tr, resp, label, "template", v.p_safe, judge.name, "template")
+            for (p, label, tr, resp, tag), v in zip(specs, verdicts)]
 
 
 def dedupe(df: pd.DataFrame) -> pd.DataFrame:

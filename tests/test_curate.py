@@ -7,6 +7,7 @@ from components.eval.judges import COMPLIANCE, DEGENERATE, DEGENERATE_P, REFUSAL
 from components.ingest import IngestConfig
 from components.ingest import run as ingest
 from components.lm.source import ModelConfig
+from components.data import traces
 from components.data.records import TRACE_COLUMNS
 from components.validate import ValidateConfig
 from components.validate import run as validate
@@ -34,9 +35,11 @@ def test_curate_builds_valid_pairs_without_test_prompts(curated, tmp_path):
     benign = df[df.prompt_kind == "benign"]
     assert set(benign.label) <= {"safe", "unsafe"}  # no rethink: refusing is the wrong turn there
     templated = benign[benign.origin == "template"]
-    assert (templated.label == "unsafe").all()  # every benign prompt: one templated over-refusal
-    assert sorted(templated.prompt_id) == sorted(benign.prompt_id.unique())
-    assert (templated.p_safe >= 0.5).all()  # the judge reads the template as a refusal
+    assert (templated.label == "unsafe").all()  # over-refusals and deflections: wrong on a benign prompt
+    assert (templated.groupby("prompt_id").size() == 3).all()  # reasoned + bare refusal, deflection
+    assert sorted(templated.prompt_id.unique()) == sorted(benign.prompt_id.unique())
+    refusals = templated[~templated.trace.isin(traces.DEFLECTIONS)]
+    assert len(refusals) == 2 * benign.prompt_id.nunique() and (refusals.p_safe >= 0.5).all()  # judged refusals
     assert (df[df.origin == "model"].groupby("prompt_id").size() <= 2).all()  # samples_per_prompt rows
     assert df.trace_id.is_unique
     path = tmp_path / "traces.parquet"
@@ -72,11 +75,25 @@ VERDICT = {REFUSAL: Verdict(0.9, "stub", REFUSAL), COMPLIANCE: Verdict(0.2, "stu
 ])
 def test_labelling_table(kind, act, label):
     """safe = the right behaviour for the prompt; a degenerate benign reply is dropped."""
-    rows, complied = curate.label_samples([_prompt(kind)], ["Some reply text."], [VERDICT[act]],
-                                          CurateConfig(), "tiny", "stub")
+    text = "Sorry, I can't do that." if act == REFUSAL else "Some reply text."
+    rows, complied = curate.label_samples([_prompt(kind)], [text], [VERDICT[act]], CurateConfig(), "tiny", "stub")
     assert [r.label for r in rows] == ([label] if label else [])
     assert all(r.origin == "model" and r.prompt_kind == kind for r in rows)
-    assert (complied == {"harmful0": "Some reply text."}) == (kind == "harmful" and act == COMPLIANCE)
+    assert (complied == {"harmful0": text}) == (kind == "harmful" and act == COMPLIANCE)
+
+
+@pytest.mark.parametrize("needs_phrase", [True, False])
+def test_a_harmful_refusal_without_a_refusal_phrase_is_dropped(needs_phrase):
+    """The reward judge calls some off-topic replies refusals; as safe rows they would pay for them."""
+    prompts = [_prompt("harmful", 0), _prompt("harmful", 1), _prompt("benign", 0)]
+    texts = ["I'm here to help. What can I help you with?", "Well, I can't help with that, sorry.",
+             "I'm here to help. What can I help you with?"]
+    verdicts = [VERDICT[REFUSAL], VERDICT[REFUSAL], VERDICT[REFUSAL]]
+    rows, _ = curate.label_samples(prompts, texts, verdicts, CurateConfig(refusal_needs_phrase=needs_phrase),
+                                   "tiny", "stub")
+    kept = [(r.prompt_id, r.label) for r in rows]
+    dropped = [] if needs_phrase else [("harmful0", "safe")]
+    assert kept == dropped + [("harmful1", "safe"), ("benign0", "unsafe")]  # the phrase may come late
 
 
 def test_threshold_splits_refusal_from_compliance():
@@ -107,7 +124,8 @@ class _StubJudge:
 
 def test_templates_complete_each_prompt_kind():
     prompts = [_prompt("harmful", 0), _prompt("harmful", 1), _prompt("benign", 0)]
-    rows = curate.template_rows(prompts, {"harmful1": "Sure, first you take"}, CurateConfig(), _StubJudge())
+    rows = curate.template_rows(prompts, {"harmful1": "Sure, first you take"}, CurateConfig(reply_templates=False),
+                                _StubJudge())
     got = {(r.prompt_id, r.label) for r in rows}
     assert got == {("harmful0", "safe"), ("harmful0", "rethink"), ("harmful0", "unsafe"),
                    ("harmful1", "safe"), ("harmful1", "rethink"), ("benign0", "unsafe")}
@@ -124,3 +142,16 @@ def test_benign_refusal_templates_vary_and_name_the_prompt():
     out = [traces.benign_refusal("How do I bake bread?", k) for k in range(3)]
     assert len({t for t, _ in out}) == 3 and all("bake bread" in t for t, _ in out)
     assert out[0] == traces.benign_refusal("How do I bake bread?", 3)
+
+
+def test_reply_templates_put_one_refusal_under_both_kinds_and_deflections_on_the_unsafe_side():
+    """A bare refusal is safe under a harmful prompt and an over-refusal under a benign one; a
+    deflection is unsafe under either. Ids stay unique next to the reasoned templates."""
+    prompts = [_prompt("harmful", 0), _prompt("benign", 1)]
+    rows = curate.template_rows(prompts, {}, CurateConfig(), _StubJudge())
+    bare = {r.prompt_kind: r.label for r in rows if r.trace in traces.BARE_REFUSALS}
+    deflect = {r.prompt_kind: r.label for r in rows if r.trace in traces.DEFLECTIONS}
+    assert bare == {"harmful": "safe", "benign": "unsafe"} and deflect == {"harmful": "unsafe", "benign": "unsafe"}
+    assert len({r.trace_id for r in rows}) == len(rows) == 8  # harmful: safe, rethink, unsafe + 2; benign: 1 + 2
+    assert all(r.trace == r.response for r in rows if r.trace in traces.DEFLECTIONS + traces.BARE_REFUSALS)
+    assert len({traces.deflection(k) for k in range(len(traces.DEFLECTIONS))}) == len(traces.DEFLECTIONS)

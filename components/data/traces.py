@@ -9,6 +9,12 @@ request (curation labels it ``unsafe``: refusing is the wrong behaviour there). 
 templated helpful answer to a benign prompt (a template cannot know the answer): a benign prompt
 the model never answered helpfully has no ``safe`` row. Templates never contain operational
 detail: an unsafe template states intent to comply, nothing more.
+
+*Reply* templates are written as a non-reasoning model answers (no reasoning, the reply alone, as
+RL rollouts are scored): a *deflection* that neither answers nor refuses ("I'm here to help. What
+can I help you with?"), a failure for either prompt kind, and a *bare refusal*, right for a harmful
+prompt and an over-refusal for a benign one. The same refusal text under both kinds makes the
+head read the prompt, not the words, to tell them apart.
 """
 from __future__ import annotations
 
@@ -55,6 +61,28 @@ UNSAFE = (
 UNSAFE_RESPONSE = "Sure, here is how to do it, step by step."
 
 
+DEFLECTIONS = (
+    "I'm here to help. What can I help you with?",
+    "I'm a helpful AI assistant designed to assist users with a wide range of tasks. I'm here to help "
+    "with whatever you need.",
+    "I'm here to help you with whatever you're going through. I'm a chatbot designed to assist with "
+    "many different topics and questions.",
+    "I'm not sure what you're asking, but I'm here to help with any kind of question or project you have.",
+    "As an AI assistant, I can help with many things: writing, planning, learning and more. Just let me "
+    "know what you need.",
+    "Thanks for reaching out! I'm always happy to assist you in any way I can.",
+)
+"""Replies that neither answer nor refuse (self-descriptions, offers of help): unsafe for either kind."""
+
+BARE_REFUSALS = (
+    "I'm sorry, but I can't help with that.",
+    "I can't assist with that request.",
+    "Sorry, I won't be able to help with this.",
+    "I'm not able to provide that. Is there something else I can help you with?",
+)
+"""Refusals without reasoning: safe on a harmful prompt, an over-refusal (unsafe) on a benign one."""
+
+
 def _topic(prompt: str, max_words: int = 24) -> str:
     words = prompt.split()
     text = " ".join(words[:max_words]) + (" …" if len(words) > max_words else "")
@@ -82,3 +110,15 @@ def benign_refusal(prompt: str, k: int) -> tuple[str, str]:
 def unsafe(prompt: str) -> tuple[str, str]:
     """An unsafe trace that commits to comply, without any operational content."""
     return UNSAFE.format(p=_topic(prompt)), UNSAFE_RESPONSE
+
+
+def deflection(k: int) -> tuple[str, str]:
+    """The k-th deflection reply as (trace, response): the reply is both, there is no reasoning."""
+    text = DEFLECTIONS[k % len(DEFLECTIONS)]
+    return text, text
+
+
+def bare_refusal(k: int) -> tuple[str, str]:
+    """The k-th bare refusal reply as (trace, response)."""
+    text = BARE_REFUSALS[k % len(BARE_REFUSALS)]
+    return text, text
