@@ -11,10 +11,12 @@ from components.eval.judges import COMPLIANCE
 from components.eval.metrics import LOWER_IS_BETTER, significant
 from components.eval.stats import ALPHA
 
-MAIN = (("response_asr", "harmful ASR ↓"), ("refusal_rate", "refusal rate ↑"), ("over_refusal", "over-refusal ↓"),
+MAIN = (("response_asr", "harmful ASR ↓"), ("refusal_rate", "refusal rate ↑"),
+        ("phrased_refusal_rate", "refusals with a refusal phrase ↑"), ("over_refusal", "over-refusal ↓"),
         ("degenerate_rate", "degenerate ↓"))
 WORDS = {"response_asr": "harmful ASR", "reasoning_asr": "reasoning ASR", "refusal_rate": "refusal rate",
-         "over_refusal": "over-refusal", "degenerate_rate": "degenerate rate"}
+         "phrased_refusal_rate": "refusal rate with a refusal phrase", "over_refusal": "over-refusal",
+         "degenerate_rate": "degenerate rate"}
 
 
 def cell(m: dict, key: str) -> str:

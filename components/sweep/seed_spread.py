@@ -37,6 +37,8 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "train_sft/refusal_rate", "SFT refusal rate"),
     ("evaluate", "train_rl_text/refusal_rate", "RL text-only refusal rate"),
     ("evaluate", "train_rl/refusal_rate", "CRAFT refusal rate"),
+    ("evaluate", "train_rl_text/phrased_refusal_rate", "RL text-only refusals with a refusal phrase"),
+    ("evaluate", "train_rl/phrased_refusal_rate", "CRAFT refusals with a refusal phrase"),
     ("evaluate", "train_sft/degenerate_rate", "SFT degenerate rate"),
     ("evaluate", "train_rl_text/degenerate_rate", "RL text-only degenerate rate"),
     ("evaluate", "train_rl/degenerate_rate", "CRAFT degenerate rate"),
