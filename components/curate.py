@@ -12,9 +12,10 @@ harmful        ``safe``     ``unsafe``   ``unsafe`` (never a refusal)
 benign         ``unsafe``   ``safe``     row dropped (neither an answer nor a refusal)
 =============  ===========  ===========  ==============================================
 
-A benign-prompt row labelled ``unsafe`` is an over-refusal: ``prompt_kind`` + ``label`` identify
-those rows (no extra column). Degenerate benign replies are dropped rather than labelled unsafe
-so that this identity stays exact; the RL text judge still penalises degenerate replies.
+A model-written benign-prompt row labelled ``unsafe`` is an over-refusal: ``origin`` +
+``prompt_kind`` + ``label`` identify those rows (no extra column; templated ``unsafe`` benign rows
+are over-refusals or deflections). Degenerate benign replies are dropped rather than labelled
+unsafe so that this identity stays exact; the RL text judge still penalises degenerate replies.
 With ``refusal_needs_phrase`` a harmful-prompt "refusal" that holds no refusal phrase is dropped
 too: on SmolLM2 those are mostly off-topic text and self-descriptions that the reward judge scores
 as safe, and as ``safe`` rows they taught the head to pay for deflections (docs/stage2.md, round 13).
@@ -128,17 +129,24 @@ def behaviour(v: Verdict, threshold: float) -> str:
     return REFUSAL if v.p_safe >= threshold else COMPLIANCE
 
 
+DROPPED = {"empty": "empty replies", "degenerate_benign": "degenerate benign replies",
+           "phraseless_harmful_refusal": "harmful-prompt refusals without a refusal phrase"}
+"""Why a model sample is left out (``label_samples``) → its words; metrics.json counts each as
+``dropped_<reason>``."""
+
+
 def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
-                  model_id: str, judge: str) -> tuple[list[Trace], dict[str, str]]:
+                  model_id: str, judge: str) -> tuple[list[Trace], dict[str, str], dict[str, int]]:
     """Model-origin rows labelled by ``LABEL_OF``, and each harmful prompt's first compliant trace.
 
     ``prompts[n]`` is the prompt of ``completions[n]`` (a prompt repeats once per sample); the
     sample index n enters the trace id, so every sample is a row of its own. Empty completions (the
     model stopped at once) carry no reasoning and are dropped, as are degenerate benign replies and
     (``refusal_needs_phrase``) harmful-prompt refusals without a refusal phrase.
-    Returns (rows, {prompt_id: trace of its first compliant sample}) — the rethink openings.
+    Returns (rows, {prompt_id: trace of its first compliant sample} — the rethink openings,
+    {``DROPPED`` reason: completions left out}).
     """
-    rows, complied, dropped = [], {}, {"empty": 0, "degenerate benign": 0, "phrase-less harmful refusal": 0}
+    rows, complied, dropped = [], {}, dict.fromkeys(DROPPED, 0)
     for n, (p, text, v) in enumerate(zip(prompts, completions, verdicts)):
         trace, response = generation.split_reasoning(text)
         if not (trace or text).strip():
@@ -147,19 +155,19 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
         act = behaviour(v, cfg.safe_threshold)
         label = LABEL_OF[(p["prompt_kind"], act)]
         if label is None:
-            dropped["degenerate benign"] += 1
+            dropped["degenerate_benign"] += 1
             continue
         if cfg.refusal_needs_phrase and label == "safe" and p["prompt_kind"] == "harmful" \
                 and keyword_hit(text, len(text)) is None:
-            dropped["phrase-less harmful refusal"] += 1
+            dropped["phraseless_harmful_refusal"] += 1
             continue
         if p["prompt_kind"] == "harmful" and act == COMPLIANCE:
             complied.setdefault(p["prompt_id"], trace or text)
         rows.append(_row(p, f"s{n}", trace or text, response, label, "model", v.p_safe, judge, model_id))
     for why, count in dropped.items():
         if count:
-            log.warning("dropped %d %s completions of %d", count, why, len(completions))
-    return rows, complied
+            log.warning("dropped %d %s (of %d completions)", count, DROPPED[why], len(completions))
+    return rows, complied, dropped
 
 
 def template_specs(p: dict, k: int, complied: dict[str, str], cfg: CurateConfig) -> list[tuple]:
@@ -197,8 +205,8 @@ def dedupe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame,
-        workspace: str = ".") -> pd.DataFrame:
-    """Build the pair dataset for the selected splits."""
+        workspace: str = ".") -> tuple[pd.DataFrame, dict[str, int]]:
+    """The pair dataset for the selected splits, and the samples left out by reason (``DROPPED``)."""
     chosen = prompts[prompts["split"].isin(cfg.splits)].to_dict("records")
     require(len(chosen) > 0, f"no prompts in splits {cfg.splits}: check the ingest output.")
     resolved = model_source.resolve(model_cfg, workspace)
@@ -210,15 +218,16 @@ def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Data
     log.info("sampling %d completions from %s", len(asked), resolved.model_id)
     completions = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate")
     verdicts = judge_completions(judge, [p["prompt"] for p in asked], completions)
-    rows, complied = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
+    rows, complied, dropped = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
     if cfg.templated_traces:
         rows += template_rows(chosen, complied, cfg, judge)
-    return dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS)))
+    return dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS))), dropped
 
 
-def stats(df: pd.DataFrame) -> dict:
-    """Row counts per label × origin; the refusal share of the model's harmful-prompt samples and its
-    over-refusal share (refusals, labelled unsafe) of the benign-prompt samples kept."""
+def stats(df: pd.DataFrame, dropped: dict[str, int] | None = None) -> dict:
+    """Row counts per label × origin; the refusal share of the model's harmful-prompt samples kept
+    (after ``refusal_needs_phrase``) and its over-refusal share (refusals, labelled unsafe) of the
+    benign-prompt samples kept; the samples left out (``dropped_<reason>``, from ``run``)."""
     out = {"rows": len(df), "prompts": int(df["prompt_id"].nunique())}
     for (label, origin), n in df.groupby(["label", "origin"]).size().items():
         out[f"{label}_{origin}"] = int(n)
@@ -226,7 +235,13 @@ def stats(df: pd.DataFrame) -> dict:
     harmful, benign = model[model.prompt_kind == "harmful"], model[model.prompt_kind == "benign"]
     out["model_refusal_rate"] = float((harmful.label == "safe").mean()) if len(harmful) else 0.0
     out["model_over_refusal_rate"] = float((benign.label == "unsafe").mean()) if len(benign) else 0.0
+    out.update({f"dropped_{why}": int(n) for why, n in (dropped or {}).items()})
     return out
+
+
+def _dropped_sentence(s: dict) -> str:
+    said = [f"{s[f'dropped_{why}']} {words}" for why, words in DROPPED.items() if s.get(f"dropped_{why}")]
+    return f" Samples left out: {', '.join(said)} (`label_samples`)." if said else ""
 
 
 def summary_markdown(df: pd.DataFrame, s: dict) -> str:
@@ -234,9 +249,9 @@ def summary_markdown(df: pd.DataFrame, s: dict) -> str:
     sample = df[df.origin == "model"].head(4)[["prompt_kind", "label", "p_safe", "response"]].copy()
     sample["response"] = sample["response"].str.slice(0, 120)
     return (f"# curate\n\n{s['rows']} traces over {s['prompts']} prompts; the model refused "
-            f"{s['model_refusal_rate']:.0%} of its harmful-prompt samples on its own and "
+            f"{s['model_refusal_rate']:.0%} of its harmful-prompt samples kept on its own and "
             f"{s['model_over_refusal_rate']:.0%} of its benign-prompt samples (over-refusals, labelled "
-            f"unsafe).\n\n{table.to_markdown()}\n\n"
+            f"unsafe).{_dropped_sentence(s)}\n\n{table.to_markdown()}\n\n"
             f"## Sample model traces\n\n{sample.to_markdown(index=False)}\n")
 
 
@@ -250,8 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     with tracking.stage_run(STAGE, cfg, model_cfg):
         prompts = read_table(args.prompts)
         datasets.log_splits(prompts[prompts["split"].isin(cfg.splits)], args.prompts, "prompts")
-        df = run(cfg, model_cfg, prompts)
-        s = stats(df)
+        df, dropped = run(cfg, model_cfg, prompts)
+        s = stats(df, dropped)
         out = Path(args.out)
         write_table(out / "traces.parquet", df)
         datasets.log_splits(df, out / "traces.parquet", "traces")

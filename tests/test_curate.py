@@ -22,11 +22,11 @@ def _curate(tiny_model_dir):
     prompts, _ = ingest(IngestConfig(sources=("harmbench", "aplomb"), max_harmful=12, max_benign=6))
     cfg = CurateConfig(max_new_tokens=6, batch_size=8, temperature=1.0, judge="keyword")
     model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
-    return prompts, run(cfg, model, prompts)
+    return prompts, *run(cfg, model, prompts)
 
 
 def test_curate_builds_valid_pairs_without_test_prompts(curated, tmp_path):
-    prompts, df = curated
+    prompts, df, dropped = curated
     assert list(df.columns) == list(TRACE_COLUMNS)
     test_ids = set(prompts[prompts.split == "test"].prompt_id)
     assert test_ids and not (set(df.prompt_id) & test_ids)
@@ -46,13 +46,14 @@ def test_curate_builds_valid_pairs_without_test_prompts(curated, tmp_path):
     df.to_parquet(path)
     report = validate(path, ValidateConfig(min_rows=10))
     assert report.success, [f for f in report.failed]
-    s = stats(df)
+    s = stats(df, dropped)
     assert s["rows"] == len(df) and 0.0 <= s["model_refusal_rate"] <= 1.0
     assert 0.0 <= s["model_over_refusal_rate"] <= 1.0 and s["unsafe_template"] >= len(templated)
+    assert {"dropped_empty", "dropped_degenerate_benign", "dropped_phraseless_harmful_refusal"} <= set(s)
 
 
 def test_rethink_opens_with_the_models_own_unsafe_words(curated):
-    _, df = curated
+    _, df, _ = curated
     compliant = (df.origin == "model") & (df.label == "unsafe") & (df.p_safe > DEGENERATE_P)  # not degenerate
     model_unsafe = df[compliant].drop_duplicates("prompt_id").set_index("prompt_id").trace
     rethink = df[df.label == "rethink"].set_index("prompt_id").trace
@@ -76,7 +77,7 @@ VERDICT = {REFUSAL: Verdict(0.9, "stub", REFUSAL), COMPLIANCE: Verdict(0.2, "stu
 def test_labelling_table(kind, act, label):
     """safe = the right behaviour for the prompt; a degenerate benign reply is dropped."""
     text = "Sorry, I can't do that." if act == REFUSAL else "Some reply text."
-    rows, complied = curate.label_samples([_prompt(kind)], [text], [VERDICT[act]], CurateConfig(), "tiny", "stub")
+    rows, complied, _ = curate.label_samples([_prompt(kind)], [text], [VERDICT[act]], CurateConfig(), "tiny", "stub")
     assert [r.label for r in rows] == ([label] if label else [])
     assert all(r.origin == "model" and r.prompt_kind == kind for r in rows)
     assert (complied == {"harmful0": text}) == (kind == "harmful" and act == COMPLIANCE)
@@ -89,11 +90,17 @@ def test_a_harmful_refusal_without_a_refusal_phrase_is_dropped(needs_phrase):
     texts = ["I'm here to help. What can I help you with?", "Well, I can't help with that, sorry.",
              "I'm here to help. What can I help you with?"]
     verdicts = [VERDICT[REFUSAL], VERDICT[REFUSAL], VERDICT[REFUSAL]]
-    rows, _ = curate.label_samples(prompts, texts, verdicts, CurateConfig(refusal_needs_phrase=needs_phrase),
-                                   "tiny", "stub")
+    rows, _, dropped = curate.label_samples(prompts, texts, verdicts, CurateConfig(refusal_needs_phrase=needs_phrase),
+                                            "tiny", "stub")
     kept = [(r.prompt_id, r.label) for r in rows]
-    dropped = [] if needs_phrase else [("harmful0", "safe")]
-    assert kept == dropped + [("harmful1", "safe"), ("benign0", "unsafe")]  # the phrase may come late
+    deflection = [] if needs_phrase else [("harmful0", "safe")]
+    assert kept == deflection + [("harmful1", "safe"), ("benign0", "unsafe")]  # the phrase may come late
+    assert dropped == {"empty": 0, "degenerate_benign": 0, "phraseless_harmful_refusal": int(needs_phrase)}
+    df = pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS))
+    s = stats(df, dropped)
+    assert s["dropped_phraseless_harmful_refusal"] == int(needs_phrase)
+    said = "1 harmful-prompt refusals without a refusal phrase" in curate.summary_markdown(df, s)
+    assert said == needs_phrase
 
 
 def test_threshold_splits_refusal_from_compliance():
@@ -101,7 +108,7 @@ def test_threshold_splits_refusal_from_compliance():
     cfg = CurateConfig(safe_threshold=0.8)
     v = Verdict(0.7, "stub", REFUSAL)  # a refusal at SAFE_AT, below this threshold
     assert curate.behaviour(v, cfg.safe_threshold) == COMPLIANCE
-    rows, _ = curate.label_samples([_prompt("harmful"), _prompt("benign")], ["a", "b"], [v, v], cfg, "tiny", "stub")
+    rows, _, _ = curate.label_samples([_prompt("harmful"), _prompt("benign")], ["a", "b"], [v, v], cfg, "tiny", "stub")
     assert [r.label for r in rows] == ["unsafe", "safe"]
 
 
@@ -109,7 +116,7 @@ def test_every_sample_is_a_row_with_its_own_id():
     prompts = [_prompt("harmful")] * 2 + [_prompt("benign")] * 2
     texts = ["Sure, step one.", "I can't help with that.", "Here is a recipe.", "Here is a recipe!"]
     verdicts = [VERDICT[COMPLIANCE], VERDICT[REFUSAL], VERDICT[COMPLIANCE], VERDICT[COMPLIANCE]]
-    rows, complied = curate.label_samples(prompts, texts, verdicts, CurateConfig(), "tiny", "stub")
+    rows, complied, _ = curate.label_samples(prompts, texts, verdicts, CurateConfig(), "tiny", "stub")
     df = curate.dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS)))
     assert df.trace_id.is_unique and list(df.label) == ["unsafe", "safe", "safe"]  # the copy that normalises alike goes
     assert complied == {"harmful0": "Sure, step one."}

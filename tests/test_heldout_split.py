@@ -36,7 +36,7 @@ def test_curation_and_rl_never_see_test_prompts(prompts, tiny_model_dir, tmp_pat
     test_ids = set(prompts[prompts.split == "test"].prompt_id)
     model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
     cfg = curate.CurateConfig(max_new_tokens=4, batch_size=16, judge="keyword")
-    traces = curate.run(cfg, model, prompts, tmp_path)
+    traces, _ = curate.run(cfg, model, prompts, tmp_path)
     assert len(traces) and not set(traces.prompt_id) & test_ids  # SFT trains on these traces only
     pools, val = train_rl.prompt_pools(prompts, dataclasses.replace(train_rl.TrainRLConfig(), benign_per_step=1))
     seen = {p for texts in (*pools.values(), *val.values()) for p in texts}
