@@ -46,7 +46,7 @@ from components.core import tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_table, write_text
 from components.eval.judges import (COMPLIANCE, DEGENERATE, JUDGES, REFUSAL, Verdict, judge_completions,
-                                    keyword_hit, make_judge, valid_reward_judge)
+                                    has_refusal_phrase, make_judge, valid_reward_judge)
 from components.data.records import TRACE_COLUMNS, Trace, normalise, stable_id
 
 log = logging.getLogger("craft.curate")
@@ -89,7 +89,7 @@ class CurateConfig:
     a bare refusal reply (safe on a harmful prompt, unsafe on a benign one); see traces.py."""
     refusal_needs_phrase: bool = True
     """Keep a harmful-prompt sample the judge calls a refusal only when it holds a refusal phrase
-    (``keyword_hit`` anywhere in it); drop it otherwise (mostly off-topic text on SmolLM2)."""
+    (``has_refusal_phrase``); drop it otherwise (mostly off-topic text on SmolLM2)."""
 
     def __post_init__(self) -> None:
         require(len(self.splits) > 0, "curate.splits is empty: use [train, val] (test is held out for evaluation).")
@@ -158,7 +158,7 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
             dropped["degenerate_benign"] += 1
             continue
         if cfg.refusal_needs_phrase and label == "safe" and p["prompt_kind"] == "harmful" \
-                and keyword_hit(text, len(text)) is None:
+                and not has_refusal_phrase(text):
             dropped["phraseless_harmful_refusal"] += 1
             continue
         if p["prompt_kind"] == "harmful" and act == COMPLIANCE:

@@ -168,7 +168,7 @@ def summary_markdown(m: dict, history: list[dict]) -> str:
             f"{m.get('baseline/diffmeans_auroc', float('nan')):.3f}. On model-written rows "
             f"{m.get('head/auroc_model_rows', float('nan')):.3f}, on templated rows "
             f"{m.get('head/auroc_template_rows', float('nan')):.3f}; over-refusal AUROC (benign prompts: "
-            f"answer vs refusal) {m.get('head/auroc_benign', float('nan')):.3f}"
+            f"answer vs refusal or deflection) {m.get('head/auroc_benign', float('nan')):.3f}"
             f"{' (nan: a class is missing in that subset)' if _any_nan(m) else ''}."
             "\n\n| metric | value |\n|---|---|\n"
             + "\n".join(rows) + "\n\n## Confusion (rows = true, cols = predicted: safe, unsafe, rethink)\n\n"

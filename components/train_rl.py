@@ -25,8 +25,8 @@ learning rate rises linearly over the first ``warmup_steps`` steps, then falls l
 Checkpoint selection (``components.rl.selection``): before training, every ``log_every`` steps (none
 before step ``select_from``) and at the end, greedy replies of up to ``select_max_new_tokens``
 tokens (evaluation's budget) to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
-judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the untrained adapter,
-included) is the output.
+judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
+untrained adapter, included) is the output.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
 optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores
 and back-propagates its share of every step's prompts, gradients are summed across processes
@@ -207,7 +207,7 @@ def align_probe(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str
         log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
                     "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
         return
-    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device)
+    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device, cfg.probe_at)
 
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,

@@ -155,6 +155,26 @@ def test_rollout_ids_can_be_trained_on(tiny_lm):
     tiny_lm.model.zero_grad(set_to_none=True)
 
 
+def test_completion_logprobs_equal_the_full_forward(tiny_lm):
+    """forward_logprobs runs the LM head on the completion positions only: the log-probs, logits
+    and hidden states equal those read off a forward over every position."""
+    from components.rl.formulas import token_logprobs
+    from components.rl.policy import forward_logprobs, rollout
+
+    ro = rollout(tiny_lm.model, tiny_lm.tokenizer, PROMPTS[:3], 2, 5, 1.0, 1.0, tiny_lm.device)
+    idx = torch.tensor([4, 0, 3])
+    logp, logits, hidden = forward_logprobs(tiny_lm.model, ro, idx, want_hidden=True)
+    ids, attn, tp = ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_len
+    with torch.no_grad():
+        full = tiny_lm.model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                             output_hidden_states=True, use_cache=False)
+    want = full.logits[:, tp - 1 : -1]
+    assert logits.shape == want.shape == (3, ids.shape[1] - tp, want.shape[-1])
+    torch.testing.assert_close(logits.detach(), want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(logp.detach(), token_logprobs(want, ids[:, tp:]), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(hidden.detach(), full.hidden_states[-1][:, tp - 1 : -1])
+
+
 def test_merged_decoding_equals_adapter_decoding(tiny_model_dir):
     """Rollouts fold LoRA into shadow weights: same greedy tokens as the adapter path (float32),
     base weights untouched, no extra parameters registered."""

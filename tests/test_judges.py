@@ -21,6 +21,13 @@ def test_keyword_judge_looks_only_at_the_opening():
     assert KeywordRefusalJudge().judge([PROMPT], [late])[0].p_safe < 0.5
 
 
+def test_a_refusal_phrase_counts_anywhere_in_the_text():
+    late = "Sure, here is everything. " + "x " * 200 + "I\u2019m sorry"
+    assert judges.has_refusal_phrase(late) and judges.keyword_hit(late) is None  # past the opening window
+    assert judges.has_refusal_phrase(CURLY) and not judges.has_refusal_phrase(COMPLIANCE)
+    assert not judges.has_refusal_phrase("")
+
+
 @pytest.mark.parametrize("name", ["embedding", "ensemble", "evidence"])
 def test_embedding_judges_rank_refusal_above_compliance(name):
     judge = make_judge(name)

@@ -55,6 +55,8 @@ def test_align_lora_changes_a_not_b_so_the_policy_still_equals_the_reference(tin
 def test_probe_init_is_validated_and_runs(tiny_model_dir, head_dir, tmp_path):  # noqa: F811
     with pytest.raises(ConfigError, match="lora_init"):
         TrainRLConfig(lora_init="pca")
+    with pytest.raises(ConfigError, match="probe_at"):
+        TrainRLConfig(probe_at="first")
     summary = run(_cfg(steps=2, lora_init="probe"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out",
                   tmp_path / "ckpt")
     assert summary["steps"] == 2
@@ -67,8 +69,8 @@ def test_run_aligns_on_the_train_prompts_only_and_only_under_probe(tiny_model_di
                                                                     monkeypatch):
     calls = []
     real = probe_init.align_lora
-    monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device: calls.append(
-        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device))
+    monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device, at: calls.append(
+        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device, at))
     run(_cfg(steps=1, lora_init="random"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ca")
     assert calls == []
     run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "cb")
@@ -88,3 +90,36 @@ def test_pooling_ignores_the_padding_a_longer_neighbour_adds(tiny_model_dir):
                                                              "over the sea and why it falls."], "cpu")
     assert len(alone) == len(padded) > 0
     assert all(torch.allclose(a[0], p[0], atol=1e-4) for a, p in zip(alone, padded))
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_last_position_is_the_last_real_token_whichever_side_pads(tiny_model_dir, side):
+    from components.lm import runtime, source
+
+    cfg = _model(tiny_model_dir)
+    lm = runtime.load(source.resolve(cfg), cfg)
+    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    lm.tokenizer.padding_side = side
+    alone = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="last")
+    padded = probe_init.pooled_inputs(policy, lm.tokenizer, ["Explain, at length, how rain forms over the sea.",
+                                                             "Bake bread?"], "cpu", at="last")
+    mean = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="mean")
+    assert all(torch.allclose(a[0], p[1], atol=1e-4) for a, p in zip(alone, padded))
+    assert not all(torch.allclose(a[0], m[0], atol=1e-4) for a, m in zip(alone, mean))  # not the mean
+
+
+def test_align_lora_at_last_keeps_a_where_every_prompt_has_the_same_input(tiny_model_dir):
+    """At the last position the first layer's q/k/v read the same token (the chat template's end) for
+    every prompt: no kind axis there, so peft's A stays; the other layers are aligned; B stays 0."""
+    from components.lm import runtime, source
+
+    cfg = _model(tiny_model_dir)
+    tiny_lm = runtime.load(source.resolve(cfg), cfg)
+    policy = wrap_lora(tiny_lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" in n}
+    changed = probe_init.align_lora(policy, tiny_lm.tokenizer, HARMFUL, BENIGN, "cpu", at="last")
+    after = dict(policy.named_parameters())
+    kept = [n for n in before if "lora_A" in n and torch.equal(before[n], after[n])]
+    assert changed == len([n for n in before if "lora_A" in n]) - len(kept) > 0
+    assert kept and all(".layers.0." in n and any(k in n for k in ("q_proj", "k_proj", "v_proj")) for n in kept)
+    assert all(torch.equal(before[n], after[n]) for n in before if "lora_B" in n)

@@ -76,6 +76,12 @@ def keyword_hit(text: str, window: int = 200) -> str | None:
     return hit.group(0) if hit else None
 
 
+def has_refusal_phrase(text: str) -> bool:
+    """Whether a refusal phrase occurs anywhere in ``text`` (``keyword_hit`` over all of it): what
+    curation asks of a harmful-prompt refusal and the report's phrased-refusal rate counts."""
+    return keyword_hit(text, len(text)) is not None
+
+
 class Judge(Protocol):
     name: str
 

@@ -62,6 +62,11 @@ class TrainRLConfig:
     """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
     benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
     refusal is sampled and penalised; >= 0."""
+    benign_adv_weight: float = 1.0
+    """Factor on the advantages of benign prompts' rollouts (1.0: every row alike). With
+    ``prompts_per_step`` harmful and ``benign_per_step`` benign prompts a step, the benign rows carry
+    benign/(harmful + benign) of the policy gradient; a factor of harmful/benign (3 at 3 + 1) gives the
+    two kinds equal weight without more rollouts. The KL term is not scaled; > 0."""
     contrast_coef: float = 0.0
     """Weight of the prompt-swap contrast loss (``components.rl.contrast``): each sampled refusal of
     a harmful prompt must gain more under that prompt than under a benign one; 0 = off; >= 0."""
@@ -111,6 +116,9 @@ class TrainRLConfig:
     """random (peft's A) | probe (every row of A along the harmful − benign difference of its layer's
     input over the train prompts, off their shared mean, plus a little of peft's A:
     components/rl/probe_init.py)."""
+    probe_at: str = "mean"
+    """lora_init probe: where each train prompt's layer inputs are read: last (the last prompt
+    position, which emits the first reply token) | mean (over the prompt's tokens)."""
     select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
     select_benign: int = 32
@@ -142,6 +150,8 @@ class TrainRLConfig:
     model, and the output adapter stacks the SFT and RL adapters: rank lora_r + train_sft.lora_r)."""
 
     def __post_init__(self) -> None:
+        require(self.probe_at in ("last", "mean"),
+                f"train_rl.probe_at={self.probe_at!r}: use last (the prompt's last position) or mean (over its tokens).")
         require(self.lora_init in ("random", "probe"),
                 f"train_rl.lora_init={self.lora_init!r}: use random (peft's init) or probe (rows along the "
                 "harmful − benign direction of the train prompts).")
@@ -163,6 +173,9 @@ class TrainRLConfig:
         require(self.kl_coef >= 0, f"train_rl.kl_coef={self.kl_coef!r}: use 0 (no KL term) or more, e.g. 0.05.")
         require(self.kl_coef_benign is None or self.kl_coef_benign >= 0,
                 f"train_rl.kl_coef_benign={self.kl_coef_benign!r}: use null (= kl_coef) or 0 or more, e.g. 0.5.")
+        require(self.benign_adv_weight > 0,
+                f"train_rl.benign_adv_weight={self.benign_adv_weight!r}: use a positive factor, e.g. 1.0 (off) or 3.0 "
+                "(benign rows weigh as much as harmful ones at 3 + 1 prompts a step).")
         require(self.contrast_coef >= 0,
                 f"train_rl.contrast_coef={self.contrast_coef!r}: use 0 (off) or more, e.g. 0.5.")
         require(self.contrast_beta > 0, f"train_rl.contrast_beta={self.contrast_beta!r}: use a positive β, e.g. 0.1.")

@@ -114,6 +114,15 @@ def kl_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
     return torch.tensor([cfg.kl_coef_benign if k == "benign" else cfg.kl_coef for k in kinds])[:, None]
 
 
+def adv_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
+    """[B, 1] factor on each row's advantage: ``benign_adv_weight`` on benign prompts' rollouts, 1 on
+    harmful ones; None when it is 1 (the arithmetic the loop always had). The gradient of the
+    surrogate is linear in A, so a factor w weighs a benign rollout as w rollouts of it would."""
+    if cfg.benign_adv_weight == 1.0 or kinds is None:
+        return None
+    return torch.tensor([cfg.benign_adv_weight if k == "benign" else 1.0 for k in kinds])[:, None]
+
+
 def single_update(cfg, n: int) -> bool:
     """True when each batch gets exactly one optimizer step (one epoch, all minibatches accumulated):
     the policy cannot move during the pass, so old log-probs equal the current ones (ratio ≡ 1)
@@ -143,7 +152,7 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
     reward's parts [B] (``CraftReward``); ``head``: the safety head, for dense latent rewards;
     ``kinds``: each row's prompt kind [B], for a kind-dependent KL weight."""
     rows = rows or Rows(0, len(ro.prompts), len(ro.prompts))
-    coef = kl_weights(cfg, kinds)
+    coef, scale = kl_weights(cfg, kinds), adv_weights(cfg, kinds)
     with reference_mode(policy):
         ref_logp, _, _ = forward_logprobs(policy, ro)
     if single_update(cfg, rows.total):
@@ -154,7 +163,8 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
     rewards = parts["total"].to(ref_logp.device)  # [B]
     if cfg.advantage == "grpo":
         adv, _ = formulas.group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.min_group_std)
-        return Batch(ro, old_logp, ref_logp, adv[:, None] * mask, None, coef)  # [B, 1] → [B, Tn]
+        adv = adv[:, None] if scale is None else adv[:, None] * scale.to(adv)  # [B, 1]
+        return Batch(ro, old_logp, ref_logp, adv * mask, None, coef)  # [B, 1] → [B, Tn]
     token_r = torch.zeros_like(ref_logp)  # [B, Tn]
     last = mask.sum(1).clamp(min=1) - 1  # index of the final generated token
     if cfg.latent_rewards == "dense":
@@ -170,7 +180,8 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
         token_r = token_r - kl_w * (old_logp - ref_logp) * mask
     values = value_head(hidden)
     adv, returns = formulas.gae(token_r, values, mask, cfg.gamma, cfg.lam)
-    return Batch(ro, old_logp, ref_logp, whiten(adv, mask, rows.sharded), returns, coef)
+    adv = whiten(adv, mask, rows.sharded)  # the value targets (returns) stay unscaled
+    return Batch(ro, old_logp, ref_logp, adv if scale is None else adv * scale.to(adv), returns, coef)
 
 
 STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")

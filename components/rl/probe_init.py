@@ -10,8 +10,10 @@ of the same vector: the net move is the imbalance of the two, a refusal bias tha
 prompt (docs/stage2.md, rounds 3–6: "refuse more, not refuse these"). The base model does separate
 the kinds (probe AUROC 0.98 on mean-pooled prompt states, round 5), only not along A's rows.
 
-What. For every LoRA-wrapped Linear, the inputs it sees are mean-pooled over each training prompt's
-tokens (chat template included), with the adapter off; then, for A [r, d_in] as peft drew it,
+What. For every LoRA-wrapped Linear, the inputs it sees on each training prompt (chat template
+included, adapter off) are read at ``AT`` positions: ``last``, the last prompt position, whose state
+emits the first reply token (where a refusal is decided), or ``mean``, pooled over the prompt's tokens
+(round 8's choice); then, for A [r, d_in] as peft drew it,
 
     d   = mean_harmful(h̄) − mean_benign(h̄)                          [d_in]
     m̂   = mean over all prompts of h̄, normalised                     (the shared component)
@@ -24,6 +26,12 @@ carries the prompt's harmfulness with a sign, and a penalised benign refusal mov
 as a rewarded harmful one. Only ``train`` prompts are used (never val or test). B stays 0, so the
 policy still starts equal to the reference. Measured in docs/stage2.md (round 8): aligning only
 A[0] left the refuse-more line as it was; aligning every row moved it.
+
+Why ``last``. A·h is centred (harmful > 0 > benign) only on the inputs m̂ was taken from. Read at
+the last prompt position, the axis built from mean-pooled prompts is offset by many times its
+spread (round 14: in most layers both kinds project below zero, harmful 22% and benign 8% above),
+so there s·B·A·h is nearly the same for every prompt, a refusal bias; built and centred on
+last-position inputs, 65% of val harmful and 5% of val benign prompts project above zero.
 """
 from __future__ import annotations
 
@@ -35,6 +43,8 @@ from components.lm.generation import render
 
 NOISE = 0.1
 """σ: the share of peft's random rows (off m̂) kept in each aligned row."""
+AT = ("last", "mean")
+"""Where a prompt's layer inputs are read: its last position, or the mean over its tokens."""
 
 
 def _layers(model) -> list[torch.nn.Module]:
@@ -48,17 +58,23 @@ def _layers(model) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16) -> list[torch.Tensor]:
-    """Per LoRA layer (``_layers`` order): its input mean-pooled over each prompt's real tokens,
-    [n_prompts, d_in], adapter off; left-padding pads are masked out."""
+def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16,
+                  at: str = "mean") -> list[torch.Tensor]:
+    """Per LoRA layer (``_layers`` order): its input [n_prompts, d_in] on each prompt, adapter off,
+    mean-pooled over the real tokens (``at="mean"``) or at the last real token (``"last"``); pads
+    (either side) never enter."""
     layers = _layers(model)
     out: list[list[torch.Tensor]] = [[] for _ in layers]
     mask = None  # the current batch's [b, T, 1] real-token mask, read by the hooks
 
     def hook(i):
         def fn(_module, args):
-            x = torch.where(mask, args[0].float(), 0.0)  # [b, T, d_in]; a pad's value never enters
-            out[i].append(x.sum(1) / mask.sum(1))  # [b, d_in]
+            x = args[0].float()  # [b, T, d_in]
+            if at == "last":
+                last = mask.shape[1] - 1 - mask[..., 0].flip(1).int().argmax(1)  # [b] last real position
+                out[i].append(x[torch.arange(len(x)), last])  # [b, d_in]
+            else:
+                out[i].append(torch.where(mask, x, 0.0).sum(1) / mask.sum(1))  # [b, d_in]
         return fn
 
     handles = [m.register_forward_pre_hook(hook(i)) for i, m in enumerate(layers)]
@@ -91,14 +107,16 @@ def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -
 
 
 @torch.no_grad()
-def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device) -> int:
-    """Set every active LoRA A as ``aligned_rows`` says; returns how many layers changed. Layers whose
-    kind axis vanishes keep peft's A. With several processes the A matrices are averaged over them,
-    so every process starts from the same adapter even where their forward passes round differently."""
+def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device, at: str = "mean") -> int:
+    """Set every active LoRA A as ``aligned_rows`` says, from the inputs read ``at`` (``AT``); returns
+    how many layers changed. Layers whose kind axis vanishes (e.g. the first layer's last position,
+    the same token for every prompt) keep peft's A. With several processes the A matrices are
+    averaged over them, so every process starts from the same adapter even where their forward
+    passes round differently."""
     from components.core import dist
 
-    xh = pooled_inputs(model, tokenizer, list(harmful), device)
-    xb = pooled_inputs(model, tokenizer, list(benign), device)
+    xh = pooled_inputs(model, tokenizer, list(harmful), device, at=at)
+    xb = pooled_inputs(model, tokenizer, list(benign), device, at=at)
     weights, changed = [], 0
     for m, h, b in zip(_layers(model), xh, xb):
         weight = m.lora_A[m.active_adapters[0]].weight  # [r, d_in]
