@@ -116,9 +116,10 @@ class TrainRLConfig:
     """random (peft's A) | probe (every row of A along the harmful − benign difference of its layer's
     input over the train prompts, off their shared mean, plus a little of peft's A:
     components/rl/probe_init.py)."""
-    probe_at: str = "mean"
+    probe_at: str = "last"
     """lora_init probe: where each train prompt's layer inputs are read: last (the last prompt
-    position, which emits the first reply token) | mean (over the prompt's tokens)."""
+    position, which emits the first reply token; docs/stage2.md round 14) | mean (over the
+    prompt's tokens, round 8)."""
     select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
     select_benign: int = 32
