@@ -106,6 +106,8 @@ def test_last_position_is_the_last_real_token_whichever_side_pads(tiny_model_dir
     mean = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="mean")
     assert all(torch.allclose(a[0], p[1], atol=1e-4) for a, p in zip(alone, padded))
     assert not all(torch.allclose(a[0], m[0], atol=1e-4) for a, m in zip(alone, mean))  # not the mean
+    with pytest.raises(ValueError, match="at="):
+        probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="first")
 
 
 def test_align_lora_at_last_keeps_a_where_every_prompt_has_the_same_input(tiny_model_dir):

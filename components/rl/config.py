@@ -9,6 +9,7 @@ from components.core.config import require
 from components.eval.judges import JUDGES, valid_judge, valid_reward_judge
 from components.rl.policy import LoraSpec
 from components.rl.rewards import SOURCES
+from components.rl.probe_init import AT as PROBE_AT
 
 INITS = ("base", "sft")
 
@@ -151,7 +152,7 @@ class TrainRLConfig:
     model, and the output adapter stacks the SFT and RL adapters: rank lora_r + train_sft.lora_r)."""
 
     def __post_init__(self) -> None:
-        require(self.probe_at in ("last", "mean"),
+        require(self.probe_at in PROBE_AT,
                 f"train_rl.probe_at={self.probe_at!r}: use last (the prompt's last position) or mean (over its tokens).")
         require(self.lora_init in ("random", "probe"),
                 f"train_rl.lora_init={self.lora_init!r}: use random (peft's init) or probe (rows along the "

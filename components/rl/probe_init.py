@@ -11,7 +11,7 @@ prompt (docs/stage2.md, rounds 3–6: "refuse more, not refuse these"). The base
 the kinds (probe AUROC 0.98 on mean-pooled prompt states, round 5), only not along A's rows.
 
 What. For every LoRA-wrapped Linear, the inputs it sees on each training prompt (chat template
-included, adapter off) are read at ``AT`` positions: ``last``, the last prompt position, whose state
+included, adapter off) are read at one of ``AT``: ``last``, the last prompt position, whose state
 emits the first reply token (where a refusal is decided), or ``mean``, pooled over the prompt's tokens
 (round 8's choice); then, for A [r, d_in] as peft drew it,
 
@@ -63,6 +63,8 @@ def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: 
     """Per LoRA layer (``_layers`` order): its input [n_prompts, d_in] on each prompt, adapter off,
     mean-pooled over the real tokens (``at="mean"``) or at the last real token (``"last"``); pads
     (either side) never enter."""
+    if at not in AT:
+        raise ValueError(f"probe_init: at={at!r}; use one of {AT}.")
     layers = _layers(model)
     out: list[list[torch.Tensor]] = [[] for _ in layers]
     mask = None  # the current batch's [b, T, 1] real-token mask, read by the hooks
