@@ -156,8 +156,8 @@ def test_rollout_ids_can_be_trained_on(tiny_lm):
 
 
 def test_completion_logprobs_equal_the_full_forward(tiny_lm):
-    """forward_logprobs runs the LM head on the completion positions only: the log-probs, logits
-    and hidden states equal those read off a forward over every position."""
+    """forward_logprobs' log-probs, logits and hidden states are those of the completion positions
+    of a forward over the whole sequence, in the rows asked for."""
     from components.rl.formulas import token_logprobs
     from components.rl.policy import forward_logprobs, rollout
 
