@@ -200,8 +200,9 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, sta
 
 def align_probe(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str]], prompts: pd.DataFrame,
                 device) -> None:
-    """``lora_init: probe``: LoRA A rows read the harmful − benign axis of the train prompts
-    (components/rl/probe_init.py); with no benign train prompts peft's A stays, with a warning."""
+    """``lora_init: probe``: LoRA A rows read the harmful − benign axis of the train prompts' layer
+    inputs, taken where ``probe_at`` says (``last``: the last prompt position; ``mean``: over the
+    prompt; components/rl/probe_init.py); with no benign train prompts peft's A stays, with a warning."""
     benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
     if not benign:
         log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "

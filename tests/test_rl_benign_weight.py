@@ -74,3 +74,9 @@ def test_ppo_scales_the_whitened_advantages_not_the_value_targets(monkeypatch):
     torch.testing.assert_close(weighted.adv[:2], plain.adv[:2])
     torch.testing.assert_close(weighted.adv[2:], 2.0 * plain.adv[2:])
     torch.testing.assert_close(weighted.returns, plain.returns)
+
+
+def test_per_kind_puts_each_factor_on_its_rows():
+    w = rl_loop.per_kind(["harmful", "benign", "benign", "harmful"], benign=3.0, harmful=0.5)
+    assert w.shape == (4, 1)
+    assert w.flatten().tolist() == [0.5, 3.0, 3.0, 0.5]

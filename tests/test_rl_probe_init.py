@@ -85,9 +85,9 @@ def test_pooling_ignores_the_padding_a_longer_neighbour_adds(tiny_model_dir):
     cfg = _model(tiny_model_dir)
     lm = runtime.load(source.resolve(cfg), cfg)
     policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
-    alone = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu")
-    padded = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?", "Explain, at length, how rain forms "
-                                                             "over the sea and why it falls."], "cpu")
+    alone = probe_init.layer_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu")
+    padded = probe_init.layer_inputs(policy, lm.tokenizer, ["Bake bread?", "Explain, at length, how rain forms "
+                                                            "over the sea and why it falls."], "cpu")
     assert len(alone) == len(padded) > 0
     assert all(torch.allclose(a[0], p[0], atol=1e-4) for a, p in zip(alone, padded))
 
@@ -100,14 +100,14 @@ def test_last_position_is_the_last_real_token_whichever_side_pads(tiny_model_dir
     lm = runtime.load(source.resolve(cfg), cfg)
     policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
     lm.tokenizer.padding_side = side
-    alone = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="last")
-    padded = probe_init.pooled_inputs(policy, lm.tokenizer, ["Explain, at length, how rain forms over the sea.",
-                                                             "Bake bread?"], "cpu", at="last")
-    mean = probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="mean")
+    alone = probe_init.layer_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="last")
+    padded = probe_init.layer_inputs(policy, lm.tokenizer, ["Explain, at length, how rain forms over the sea.",
+                                                            "Bake bread?"], "cpu", at="last")
+    mean = probe_init.layer_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="mean")
     assert all(torch.allclose(a[0], p[1], atol=1e-4) for a, p in zip(alone, padded))
     assert not all(torch.allclose(a[0], m[0], atol=1e-4) for a, m in zip(alone, mean))  # not the mean
     with pytest.raises(ValueError, match="at="):
-        probe_init.pooled_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="first")
+        probe_init.layer_inputs(policy, lm.tokenizer, ["Bake bread?"], "cpu", at="first")
 
 
 def test_align_lora_at_last_keeps_a_where_every_prompt_has_the_same_input(tiny_model_dir):

@@ -125,37 +125,12 @@ def prompt_ids(lm: LoadedModel, prompt: str) -> torch.Tensor:
     return lm.tokenizer(render(lm.tokenizer, prompt), return_tensors="pt", add_special_tokens=False)["input_ids"].to(lm.device)
 
 
-@torch.no_grad()
 def generate_with_audit(lm: LoadedModel, head: SafetyHead, prompt: str, cfg: AuditConfig = AuditConfig(),
                         head_id: str = "") -> AuditRecord:
     """Greedy decoding on the KV cache with a latent safety score for every generated token;
-    with ``cfg.guard`` it stops after ``cfg.patience`` tokens in a row below ``cfg.threshold``."""
-    started = time.perf_counter()
-    model, spec = lm.model, head.spec
-    eos = {lm.tokenizer.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
-    out = model(input_ids=prompt_ids(lm, prompt), use_cache=True)
-    past, logits = out.past_key_values, out.logits[0, -1]
-    pool, generated, streak, guard_event = RunningPool(spec.pooling), [], 0, {}
-    scores: dict[str, list[float]] = {k: [] for k in SCORE_KEYS}
-    for _ in range(cfg.max_new_tokens):
-        next_id = int(logits.argmax())
-        if next_id in eos:
-            break
-        generated.append(next_id)
-        # feeding the token yields its own hidden state (what a full forward has at that position)
-        out = model(input_ids=torch.tensor([[next_id]], device=lm.device), past_key_values=past,
-                    use_cache=True, output_hidden_states=True)
-        past, logits = out.past_key_values, out.logits[0, -1]
-        s = head.score(pool.add(_states(out, spec.layers)[0, -1]).unsqueeze(0).to(head.input_mean.device))
-        for k in scores:
-            scores[k].append(float(s[k][0]))
-        streak = streak + 1 if scores["p_safe"][-1] < cfg.threshold else 0
-        if cfg.guard and streak >= cfg.patience:
-            guard_event = {"stopped_at_token": len(generated) - 1, "threshold": cfg.threshold, "patience": cfg.patience}
-            break
-    completion = lm.tokenizer.decode(generated, skip_special_tokens=True) + (REDIRECT if guard_event else "")
-    return _record(lm, prompt, completion, generated, scores, cfg.threshold, head_id, guard_event,
-                   time.perf_counter() - started)
+    with ``cfg.guard`` it stops after ``cfg.patience`` tokens in a row below ``cfg.threshold``.
+    One prompt is a batch of one row of ``_audit_batch`` (no padding)."""
+    return _audit_batch(lm, head, [prompt], cfg, head_id)[0]
 
 
 SCORE_KEYS = ("cos_safe", "cos_unsafe", "cos_rethink", "p_safe", "r_lat")
@@ -182,7 +157,8 @@ def _audit_batch(lm: LoadedModel, head: SafetyHead, prompts: list[str], cfg: Aud
     """One batch of ``generate_batch_with_audit``: B left-padded rows, so every row's next token
     sits in the last column. A row is live from its first token until EOS or the guard, so every
     live row has generated the same number of tokens and one ``RunningPool`` over [B, n_layers, d]
-    pools each as ``generate_with_audit`` would; an ended row is fed pad and its scores are not read."""
+    pools each row over its own generated tokens; an ended row is fed pad and its scores are not
+    read."""
     started = time.perf_counter()
     model, spec, tok, b = lm.model, head.spec, lm.tokenizer, len(prompts)
     eos = {tok.eos_token_id} | set(_as_list(model.generation_config.eos_token_id))
@@ -204,7 +180,8 @@ def _audit_batch(lm: LoadedModel, head: SafetyHead, prompts: list[str], cfg: Aud
             break
         feed = [t if on else tok.pad_token_id for t, on in zip(next_ids, live)]
         mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)  # [B, P + tokens so far]: the fed token is a real key
-        # the fed token's position is the row's real-token count before it
+        # feeding the token yields its own hidden state (what a full forward has at that position);
+        # its position is the row's real-token count before it
         out = model(input_ids=torch.tensor(feed, device=lm.device)[:, None], attention_mask=mask,
                     position_ids=mask.sum(1, keepdim=True) - 1, past_key_values=past, use_cache=True,
                     output_hidden_states=True)

@@ -106,12 +106,17 @@ class Batch:
     kl_coef: torch.Tensor | None = None  # [B, 1] per-row KL weight (kl_coef_benign set), else None: cfg.kl_coef
 
 
+def per_kind(kinds: list[str], benign: float, harmful: float) -> torch.Tensor:
+    """[B, 1] per-row factor: ``benign`` on benign prompts' rollouts, ``harmful`` on the others."""
+    return torch.tensor([benign if k == "benign" else harmful for k in kinds])[:, None]
+
+
 def kl_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
     """[B, 1] KL weight of each row: ``kl_coef_benign`` on benign prompts' rollouts, ``kl_coef`` on
     harmful ones; None when the two are the same (one scalar, the arithmetic it always had)."""
     if cfg.kl_coef_benign is None or kinds is None:
         return None
-    return torch.tensor([cfg.kl_coef_benign if k == "benign" else cfg.kl_coef for k in kinds])[:, None]
+    return per_kind(kinds, cfg.kl_coef_benign, cfg.kl_coef)
 
 
 def adv_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
@@ -120,7 +125,7 @@ def adv_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
     surrogate is linear in A, so a factor w weighs a benign rollout as w rollouts of it would."""
     if cfg.benign_adv_weight == 1.0 or kinds is None:
         return None
-    return torch.tensor([cfg.benign_adv_weight if k == "benign" else 1.0 for k in kinds])[:, None]
+    return per_kind(kinds, cfg.benign_adv_weight, 1.0)
 
 
 def single_update(cfg, n: int) -> bool:

@@ -58,8 +58,8 @@ def _layers(model) -> list[torch.nn.Module]:
 
 
 @torch.no_grad()
-def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16,
-                  at: str = "mean") -> list[torch.Tensor]:
+def layer_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: int = 16,
+                 at: str = "mean") -> list[torch.Tensor]:
     """Per LoRA layer (``_layers`` order): its input [n_prompts, d_in] on each prompt, adapter off,
     mean-pooled over the real tokens (``at="mean"``) or at the last real token (``"last"``); pads
     (either side) never enter."""
@@ -95,8 +95,9 @@ def pooled_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: 
 
 
 def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor | None:
-    """The new A [r, d_in] from peft's A and the pooled inputs [n_h, d_in], [n_b, d_in] (docstring);
-    None when there is no kind axis (d⊥ = 0: the two sets differ only along their mean)."""
+    """The new A [r, d_in] from peft's A and the layer inputs [n_h, d_in], [n_b, d_in] that
+    ``layer_inputs`` read (module docstring); None when there is no kind axis (d⊥ = 0: the two
+    sets differ only along their mean)."""
     a = a.float()
     m = torch.cat([harmful, benign]).mean(0)
     m_hat = m / m.norm().clamp_min(1e-12)
@@ -117,8 +118,8 @@ def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], 
     passes round differently."""
     from components.core import dist
 
-    xh = pooled_inputs(model, tokenizer, list(harmful), device, at=at)
-    xb = pooled_inputs(model, tokenizer, list(benign), device, at=at)
+    xh = layer_inputs(model, tokenizer, list(harmful), device, at=at)
+    xb = layer_inputs(model, tokenizer, list(benign), device, at=at)
     weights, changed = [], 0
     for m, h, b in zip(_layers(model), xh, xb):
         weight = m.lora_A[m.active_adapters[0]].weight  # [r, d_in]
