@@ -67,9 +67,13 @@ class EvaluateConfig:
     """Harmful prompts wrapped by every attack (the first N of the plain ones); >= 0."""
     max_new_tokens: int = 48
     """Token budget of each evaluated response; >= 1."""
-    batch_size: int = 64
-    """Prompts generated together in one batch; >= 1 (64 decodes about twice as fast as 16 on a
-    CPU; bf16 greedy answers can differ in a few tokens between batch sizes)."""
+    batch_size: int = 256
+    """Most prompts generated together in one batch; >= 1 (on a CPU 64 decodes about twice as fast
+    as 16; bf16 greedy answers can differ in a few tokens between batchings)."""
+    batch_tokens: int = 12288
+    """Most tokens in one batch, rows × (longest prompt + ``max_new_tokens``); 0 = no limit (every
+    batch ``batch_size`` rows). Long jailbreak prompts then decode in smaller batches and short ones
+    in up to ``batch_size`` rows (benchmarks/bench_eval_batches.py); >= 0."""
     judge: str = HELDOUT
     """The evaluation judge: ``heldout`` (fitted on the gold set), or keyword | embedding | ensemble | evidence | hf:<path>."""
     allow_reward_judge: bool = False
@@ -99,6 +103,8 @@ class EvaluateConfig:
         require(self.attack_prompts >= 0, f"evaluate.attack_prompts={self.attack_prompts!r}: use 0 or more, e.g. 40.")
         require(self.max_new_tokens >= 1, f"evaluate.max_new_tokens={self.max_new_tokens!r}: use 1 or more, e.g. 48.")
         require(self.batch_size >= 1, f"evaluate.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
+        require(self.batch_tokens >= 0,
+                f"evaluate.batch_tokens={self.batch_tokens!r}: use 0 (no limit) or a token count, e.g. 16384.")
         require(self.guard_prompts >= 0, f"evaluate.guard_prompts={self.guard_prompts!r}: use 0 or more, e.g. 30.")
 
 
@@ -164,7 +170,7 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         lm = load_under_test(spec, model_cfg, workspace)
         if (Path(spec) / "adapter").is_dir():  # registration checks it evaluates this very adapter
             adapters[name] = dir_digest(Path(spec) / "adapter")
-        t = tx.generate(lm, inputs, judge, cfg.max_new_tokens, cfg.batch_size)
+        t = tx.generate(lm, inputs, judge, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens)
         t.insert(0, "model", name)
         frames.append(t)
         results[name] = {**eval_metrics.rates(t), "utility_nll": tx.reference_nll(lm, chosen)}

@@ -114,3 +114,47 @@ def test_hf_sampling_draws_as_it_always_has(tiny_lm):
     ref = tiny_lm.model.generate(**enc, max_new_tokens=8, pad_token_id=tok.pad_token_id, do_sample=True,
                                  temperature=1.0, top_p=0.9)
     assert torch.equal(ids, ref[:, enc["input_ids"].shape[1]:])
+
+
+def test_batches_without_a_token_limit_are_fixed_size():
+    from components.lm.generation import batches
+
+    assert batches([3, 1, 2, 0, 4], 2) == [[3, 1], [2, 0], [4]]
+    assert batches([3, 1, 2], 2, lengths=[5, 5, 5, 5], batch_tokens=0) == [[3, 1], [2]]
+
+
+def test_batches_stop_before_the_token_limit():
+    """rows × (longest prompt + new tokens) ≤ batch_tokens; a row longer than the limit goes alone."""
+    from components.lm.generation import batches
+
+    lengths = [2, 2, 2, 2, 6, 6, 30, 4]
+    order = [0, 1, 2, 3, 7, 4, 5, 6]  # ascending length, as generate orders them
+    got = batches(order, 8, lengths, batch_tokens=24, max_new_tokens=2)
+    # 4 rows × (2 + 2) = 16, a 5th with length 4: 5 × 6 = 30 > 24; then [7, 4]: 2 × 8 = 16, 3 × 8 = 24
+    assert got == [[0, 1, 2, 3], [7, 4, 5], [6]]
+    for b in got[:-1]:
+        assert len(b) * (max(lengths[i] for i in b) + 2) <= 24
+    assert sorted(i for b in got for i in b) == sorted(order)
+    assert batches(order, 2, lengths, batch_tokens=10_000, max_new_tokens=2) == [[0, 1], [2, 3], [7, 4], [5, 6]]
+
+
+def test_token_limited_batches_keep_input_order(tiny_lm, monkeypatch):
+    """A token limit changes how rows are grouped, never which reply belongs to which prompt."""
+    from components.lm import generation
+
+    prompts = ["Hi", "Write a haiku about snow please and make it long " * 4, "How do I kill a process?", "Ok"]
+    sizes = []
+    real = generation.new_tokens
+    monkeypatch.setattr(generation, "new_tokens", lambda m, t, enc, *a, **k: sizes.append(enc["input_ids"].shape[0])
+                        or real(m, t, enc, *a, **k))
+    limited = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=6, batch_size=4, batch_tokens=90))
+    assert len(sizes) > 1 and sum(sizes) == 4
+    single = [generate(tiny_lm, [p], SamplingParams(max_new_tokens=6, batch_size=1))[0] for p in prompts]
+    assert limited == single
+
+
+def test_sampling_params_refuse_bad_batches():
+    with pytest.raises(ValueError, match="batch_tokens"):
+        SamplingParams(batch_tokens=-1)
+    with pytest.raises(ValueError, match="batch_size"):
+        SamplingParams(batch_size=0)

@@ -30,9 +30,9 @@ def _judged(out: pd.DataFrame, judge: Judge, answers: list[str] | None = None) -
 
 
 def generate(lm: LoadedModel, inputs: pd.DataFrame, judge: Judge, max_new_tokens: int,
-             batch_size: int) -> pd.DataFrame:
-    """Greedy, batched generation for every input row, then three-way verdicts."""
-    params = generation.SamplingParams(max_new_tokens, batch_size)
+             batch_size: int, batch_tokens: int = 0) -> pd.DataFrame:
+    """Greedy, batched generation for every input row (``generation.batches``), then three-way verdicts."""
+    params = generation.SamplingParams(max_new_tokens, batch_size, batch_tokens=batch_tokens)
     out = inputs.copy()
     out["completion"] = generation.generate(lm, list(inputs.input), params, desc=f"evaluate {lm.model_id}")
     split = [generation.split_reasoning(c) for c in out.completion]

@@ -34,6 +34,10 @@ class SamplingParams:
     """Optional system message; empty keeps the chat template's default."""
     ignore_eos: bool = False
     """Always generate ``max_new_tokens`` (benchmarks: equal work for every peer)."""
+    batch_tokens: int = 0
+    """Most tokens one batch may hold, rows × (its longest prompt + ``max_new_tokens``); 0 = no
+    limit (every batch ``batch_size`` rows). With a limit, long prompts decode in smaller batches
+    and short ones in up to ``batch_size`` rows (``batches``)."""
     engine: str = ""
     """Empty: the loaded model's (params.yaml ``model.engine``). ``ours``: components.lm.decode
     (static KV cache, no per-step host work, CUDA graphs on CUDA); ``hf``: ``model.generate`` (the
@@ -42,6 +46,9 @@ class SamplingParams:
     def __post_init__(self):
         if self.engine and self.engine not in ENGINES:
             raise ValueError(f"engine={self.engine!r}: use one of {ENGINES}")
+        if self.batch_size < 1 or self.batch_tokens < 0:
+            raise ValueError(f"batch_size={self.batch_size!r}, batch_tokens={self.batch_tokens!r}: use batch_size >= 1 "
+                             "and batch_tokens >= 0 (0 = no token limit)")
 
 
 def hf_cache_kwargs(device) -> dict:
@@ -108,8 +115,10 @@ def generate(
     out: list[str] = [""] * len(texts)
     gen = torch.Generator(device=lm.device).manual_seed(params.seed)
     bar = tqdm(total=len(texts), desc=desc, unit="prompt", leave=False)
-    for start in range(0, len(order), params.batch_size):
-        idx = order[start : start + params.batch_size]
+    lengths = None
+    if params.batch_tokens:
+        lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
+    for idx in batches(order, params.batch_size, lengths, params.batch_tokens, params.max_new_tokens):
         batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                     add_special_tokens=False).to(lm.device)
         new = new_tokens(model, tok, batch, params.max_new_tokens, temperature=params.temperature, top_p=params.top_p,
@@ -119,6 +128,28 @@ def generate(
         bar.update(len(idx))
     bar.close()
     return out
+
+
+def batches(order: Sequence[int], batch_size: int, lengths: Sequence[int] | None = None, batch_tokens: int = 0,
+            max_new_tokens: int = 0) -> list[list[int]]:
+    """``order`` cut into consecutive batches of at most ``batch_size`` rows. With ``lengths``
+    (prompt tokens of each row) and ``batch_tokens`` > 0, a batch also stops growing before
+    rows × (its longest prompt + ``max_new_tokens``) exceeds ``batch_tokens``: the left-padded
+    [rows, T_prompt + T_new] KV cache a decode step reads. A row longer than the limit alone still
+    gets a batch of its own."""
+    if not batch_tokens or lengths is None:
+        return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+    out: list[list[int]] = []
+    current: list[int] = []
+    longest = 0
+    for i in order:
+        grown = max(longest, lengths[i])  # the batch's longest prompt if row i joins
+        if current and (len(current) == batch_size or (len(current) + 1) * (grown + max_new_tokens) > batch_tokens):
+            out.append(current)
+            current, grown = [], lengths[i]
+        current.append(i)
+        longest = grown
+    return out + ([current] if current else [])
 
 
 def split_reasoning(text: str) -> tuple[str, str]:

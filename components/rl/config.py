@@ -20,7 +20,7 @@ class TrainRLConfig:
 
     advantage: str = "grpo"
     """grpo (group baseline: Dr. GRPO or the paper's, see ``std_norm``) | ppo (value head + GAE)."""
-    steps: int = 20
+    steps: int = 25
     """RL steps (rollout + update) to run; >= 1."""
     prompts_per_step: int = 3
     """Harmful training prompts per step; >= 1."""
