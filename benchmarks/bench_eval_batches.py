@@ -7,8 +7,8 @@ The inputs are what the `evaluate` stage decodes for one model (params.yaml:eval
 harmful and benign test prompts, then the first ``attack_prompts`` harmful ones under every attack
 (long jailbreak templates next to one-line questions). Without ``data/ingest/prompts.parquet``
 the prompts come from the installed sources. Every peer decodes greedily with EOS on, as
-evaluation does, so a batch runs until its longest reply ends; the peer is ``evaluate.batch_size``
-rows a batch. Rows report seconds, the speed-up against that peer and how many of the replies
+evaluation does, so a batch runs until its longest reply ends; the peer is ``--peer-rows`` rows a
+batch (64: evaluation's batches before ``evaluate.batch_tokens``). Rows report seconds, the speed-up against that peer and how many of the replies
 equal the peer's (batch composition can flip a near-tied greedy token).
 """
 from __future__ import annotations
@@ -41,6 +41,7 @@ def eval_inputs(cfg: evaluate.EvaluateConfig, n_plain: int) -> list[str]:
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--limits", default="12288,16384", help="batch_tokens values to time, comma-separated")
+    ap.add_argument("--peer-rows", type=int, default=64, help="rows a batch of the fixed-size peer")
     ap.add_argument("--cap", type=int, default=256, help="most rows a batch under a token limit")
     ap.add_argument("--n-plain", type=int, default=280, help="prompts when there is no ingest output")
     args = ap.parse_args()
@@ -48,10 +49,10 @@ def main() -> None:
     cfg = stage_config(evaluate.EvaluateConfig, "evaluate", load_params("params.yaml"))
     lm, _ = common.load(args.model, args.device, args.dtype)
     inputs = eval_inputs(cfg, args.n_plain)
-    peer = generation.SamplingParams(cfg.max_new_tokens, cfg.batch_size)
+    peer = generation.SamplingParams(cfg.max_new_tokens, args.peer_rows)
     generation.generate(lm, inputs[:8], peer)  # warm-up
     base_out, base_s = common.timed(lambda: generation.generate(lm, inputs, peer))
-    rows = [{"peer": f"fixed batches of {cfg.batch_size} rows", "seconds": base_s, "speedup": 1.0,
+    rows = [{"peer": f"fixed batches of {args.peer_rows} rows", "seconds": base_s, "speedup": 1.0,
              "same_replies": len(inputs)}]
     for limit in (int(x) for x in args.limits.split(",") if x):
         params = generation.SamplingParams(cfg.max_new_tokens, args.cap, batch_tokens=limit)

@@ -38,8 +38,7 @@ def device_name() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the architecture: CPU figures differ between
-    machines of the same size (an AMD EPYC and an Intel Xeon of 2 cores ran the pipeline 1.2x apart)."""
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture (docs/benchmarks.md: machines of one size differ)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

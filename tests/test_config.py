@@ -118,6 +118,7 @@ def test_validation_says_how_to_fix():
     (ExtractConfig, {"batch_size": 16, "shard_rows": 8}, "extract.shard_rows", 8),
     (TrainHeadConfig, {"ema": 1.0}, "train_head.ema", 1.0),
     (EvaluateConfig, {"attacks": ["nope"]}, "evaluate.attacks", "nope"),
+    (EvaluateConfig, {"batch_tokens": -1}, "evaluate.batch_tokens", -1),
     (ValidateConfig, {"min_class_fraction": 0.5}, "validate.min_class_fraction", 0.5),
     (PromoteConfig, {"max_over_refusal": 1.5}, "promote.max_over_refusal", 1.5),
 ], ids=lambda v: v if isinstance(v, str) and "." in v else None)

@@ -136,6 +136,16 @@ def test_batches_stop_before_the_token_limit():
         assert len(b) * (max(lengths[i] for i in b) + 2) <= 24
     assert sorted(i for b in got for i in b) == sorted(order)
     assert batches(order, 2, lengths, batch_tokens=10_000, max_new_tokens=2) == [[0, 1], [2, 3], [7, 4], [5, 6]]
+    assert batches([], 2, [], batch_tokens=10, max_new_tokens=1) == []
+
+
+def test_a_new_batch_measures_only_its_own_rows():
+    """After a cut the longest prompt restarts at the new row: generate orders rows by characters,
+    so token lengths can fall, and a long row must not keep shrinking the batches after it."""
+    from components.lm.generation import batches
+
+    lengths = [2, 2, 2, 2, 6, 6, 30, 4]
+    assert batches([6, 0, 1], 8, lengths, batch_tokens=24, max_new_tokens=2) == [[6], [0, 1]]
 
 
 def test_token_limited_batches_keep_input_order(tiny_lm, monkeypatch):
@@ -148,7 +158,7 @@ def test_token_limited_batches_keep_input_order(tiny_lm, monkeypatch):
     monkeypatch.setattr(generation, "new_tokens", lambda m, t, enc, *a, **k: sizes.append(enc["input_ids"].shape[0])
                         or real(m, t, enc, *a, **k))
     limited = generate(tiny_lm, prompts, SamplingParams(max_new_tokens=6, batch_size=4, batch_tokens=90))
-    assert len(sizes) > 1 and sum(sizes) == 4
+    assert len(sizes) > 1 and max(sizes) > 1 and sum(sizes) == 4
     single = [generate(tiny_lm, [p], SamplingParams(max_new_tokens=6, batch_size=1))[0] for p in prompts]
     assert limited == single
 
