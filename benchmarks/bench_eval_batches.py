@@ -8,8 +8,9 @@ harmful and benign test prompts, then the first ``attack_prompts`` harmful ones 
 (long jailbreak templates next to one-line questions). Without ``data/ingest/prompts.parquet``
 the prompts come from the installed sources. Every peer decodes greedily with EOS on, as
 evaluation does, so a batch runs until its longest reply ends; the peer is ``--peer-rows`` rows a
-batch (64: evaluation's batches before ``evaluate.batch_tokens``). Rows report seconds, the speed-up against that peer and how many of the replies
-equal the peer's (batch composition can flip a near-tied greedy token).
+batch (64: evaluation's batches before ``evaluate.batch_tokens``). Rows report seconds, the
+speed-up against that peer and how many of the replies equal the peer's (batch composition can
+flip a near-tied greedy token).
 """
 from __future__ import annotations
 
