@@ -38,7 +38,8 @@ def device_name() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the architecture (docs/benchmarks.md: machines of one size differ)."""
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture: CPU figures differ between
+    machines of one size (docs/benchmarks.md)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
