@@ -102,9 +102,9 @@ class EvaluateConfig:
                 f"evaluate.attack_templates={self.attack_templates!r}: use 1 or more, e.g. 3.")
         require(self.attack_prompts >= 0, f"evaluate.attack_prompts={self.attack_prompts!r}: use 0 or more, e.g. 40.")
         require(self.max_new_tokens >= 1, f"evaluate.max_new_tokens={self.max_new_tokens!r}: use 1 or more, e.g. 48.")
-        require(self.batch_size >= 1, f"evaluate.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
+        require(self.batch_size >= 1, f"evaluate.batch_size={self.batch_size!r}: use 1 or more, e.g. 256.")
         require(self.batch_tokens >= 0,
-                f"evaluate.batch_tokens={self.batch_tokens!r}: use 0 (no limit) or a token count, e.g. 16384.")
+                f"evaluate.batch_tokens={self.batch_tokens!r}: use 0 (no limit) or a token count, e.g. 12288.")
         require(self.guard_prompts >= 0, f"evaluate.guard_prompts={self.guard_prompts!r}: use 0 or more, e.g. 30.")
 
 
@@ -188,8 +188,9 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         del lm
     require(len(frames) > 0, f"evaluate: none of the models {list(cfg.models)} exists; train them with "
                              "`craft run` or name existing model folders.")
+    # batching is part of the protocol: in bf16 a greedy reply can part at a near-tie when its batch changes
     protocol = {"judge": judge_identity(cfg.judge), "max_new_tokens": cfg.max_new_tokens,
-                "engine": model_cfg.engine}
+                "engine": model_cfg.engine, "batch_size": cfg.batch_size, "batch_tokens": cfg.batch_tokens}
     return pd.concat(frames, ignore_index=True), results, {**eval_set(inputs, protocol), "adapters": adapters}
 
 

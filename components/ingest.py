@@ -5,6 +5,9 @@ its split when sources grow, so a new dataset version never moves a test prompt 
 Caps apply per pool after the split: ``max_harmful``/``max_benign`` bound the training pool
 (train + val: what curation, SFT and RL may see), ``max_test_harmful``/``max_test_benign`` the
 held-out evaluation set; both draw round-robin over sources so small sources are not drowned.
+``max_val_harmful``/``max_val_benign``, when set, cap the ``val`` split on its own (RL's checkpoint
+selection reads it) and leave ``max_harmful``/``max_benign`` to bound ``train`` alone: a val set
+sized on purpose, not by the share that falls to it from a train + val cap.
 """
 from __future__ import annotations
 
@@ -34,9 +37,16 @@ class IngestConfig:
     sources: tuple[str, ...] = DEFAULT_SOURCES
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
     max_harmful: int = 120
-    """Cap on harmful train + val prompts (round-robin over sources, deterministic by seed); >= 1."""
-    max_benign: int = 120
-    """Cap on benign train + val prompts; >= 0 (0 keeps none)."""
+    """Cap on harmful train (+ val, unless ``max_val_harmful`` is set) prompts (round-robin over sources, deterministic by seed); >= 1."""
+    max_benign: int = 100
+    """Cap on benign train (+ val, unless ``max_val_benign`` is set) prompts; >= 0 (0 keeps none)."""
+    max_val_harmful: int | None = None
+    """Cap on harmful ``val`` prompts, drawn apart from ``train`` (``max_harmful`` then bounds
+    ``train`` alone); None = val shares ``max_harmful`` with train; >= 1."""
+    max_val_benign: int | None = 48
+    """Cap on benign ``val`` prompts, drawn apart from ``train`` (``max_benign`` then bounds
+    ``train`` alone): the benign set RL's checkpoint selection measures over-refusal on; None = val
+    shares ``max_benign`` with train; >= 0."""
     max_test_harmful: int = 160
     """Cap on held-out harmful test prompts (evaluation); >= 1."""
     max_test_benign: int = 120
@@ -56,6 +66,12 @@ class IngestConfig:
         require(len(self.sources) > 0, "ingest.sources is empty: name at least one prompt source.")
         require(self.max_harmful > 0, f"ingest.max_harmful={self.max_harmful!r}: use 1 or more, e.g. 160.")
         require(self.max_benign >= 0, f"ingest.max_benign={self.max_benign!r}: use 0 or more, e.g. 60.")
+        require(self.max_val_harmful is None or self.max_val_harmful > 0,
+                f"ingest.max_val_harmful={self.max_val_harmful!r}: use 1 or more (e.g. 32), or null to share "
+                "max_harmful with train.")
+        require(self.max_val_benign is None or self.max_val_benign >= 0,
+                f"ingest.max_val_benign={self.max_val_benign!r}: use 0 or more (e.g. 48), or null to share "
+                "max_benign with train.")
         require(self.max_test_harmful > 0,
                 f"ingest.max_test_harmful={self.max_test_harmful!r}: use 1 or more, e.g. 160.")
         require(self.max_test_benign >= 0,
@@ -96,6 +112,13 @@ def _cap(prompts: list[Prompt], limit: int, seed: int) -> list[Prompt]:
     return kept
 
 
+def _pools(train_cap: int, val_cap: int | None, test_cap: int) -> list[tuple[tuple[str, ...], int]]:
+    """(splits drawn together, their cap): train + val under one cap unless val has its own."""
+    if val_cap is None:
+        return [(("train", "val"), train_cap), (("test",), test_cap)]
+    return [(("train",), train_cap), (("val",), val_cap), (("test",), test_cap)]
+
+
 def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
     """Read, clean, de-duplicate, cap and split. Returns the prompt table and its stats."""
     seen: dict[str, Prompt] = {}
@@ -113,11 +136,12 @@ def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
             seen[pid] = Prompt(pid, raw.text, raw.prompt_kind, raw.source, raw.category,
                                split_of(pid, cfg), raw.reference)
     rows: list[Prompt] = []
-    for kind, train_cap, test_cap in (("harmful", cfg.max_harmful, cfg.max_test_harmful),
-                                      ("benign", cfg.max_benign, cfg.max_test_benign)):
+    for kind, train_cap, val_cap, test_cap in (
+            ("harmful", cfg.max_harmful, cfg.max_val_harmful, cfg.max_test_harmful),
+            ("benign", cfg.max_benign, cfg.max_val_benign, cfg.max_test_benign)):
         pool = [p for p in seen.values() if p.prompt_kind == kind]
-        rows += _cap([p for p in pool if p.split != "test"], train_cap, cfg.seed)
-        rows += _cap([p for p in pool if p.split == "test"], test_cap, cfg.seed)
+        for splits, cap in _pools(train_cap, val_cap, test_cap):
+            rows += _cap([p for p in pool if p.split in splits], cap, cfg.seed)
     df = pd.DataFrame([p.__dict__ for p in rows], columns=list(PROMPT_COLUMNS))
     assert df["prompt"].map(normalise).is_unique
     stats = dict(stats, kept=len(df), **{

@@ -115,6 +115,8 @@ def test_validation_says_how_to_fix():
     (TrainRLConfig, {"top_p": 0.0}, "train_rl.top_p", 0.0),
     (TrainRLConfig, {"select_from": -1}, "train_rl.select_from", -1),
     (IngestConfig, {"test_fraction": 0.0}, "ingest.test_fraction", 0.0),
+    (IngestConfig, {"max_val_benign": -1}, "ingest.max_val_benign", -1),
+    (IngestConfig, {"max_val_harmful": 0}, "ingest.max_val_harmful", 0),
     (ExtractConfig, {"batch_size": 16, "shard_rows": 8}, "extract.shard_rows", 8),
     (TrainHeadConfig, {"ema": 1.0}, "train_head.ema", 1.0),
     (EvaluateConfig, {"attacks": ["nope"]}, "evaluate.attacks", "nope"),

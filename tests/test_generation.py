@@ -164,7 +164,14 @@ def test_token_limited_batches_keep_input_order(tiny_lm, monkeypatch):
 
 
 def test_sampling_params_refuse_bad_batches():
-    with pytest.raises(ValueError, match="batch_tokens"):
+    """Each bad field gets its own message, naming that field only."""
+    with pytest.raises(ValueError, match="batch_tokens") as bad_tokens:
         SamplingParams(batch_tokens=-1)
-    with pytest.raises(ValueError, match="batch_size"):
+    assert "batch_size" not in str(bad_tokens.value)
+    with pytest.raises(ValueError, match="batch_size") as bad_rows:
         SamplingParams(batch_size=0)
+    assert "batch_tokens" not in str(bad_rows.value)
+
+
+def test_token_limited_generation_of_no_prompts_is_empty(tiny_lm):
+    assert generate(tiny_lm, [], SamplingParams(max_new_tokens=4, batch_tokens=64)) == []

@@ -13,7 +13,7 @@ from components.lm.source import ModelConfig
 @pytest.fixture(scope="module")
 def prompts():
     cfg = ingest.IngestConfig(sources=("harmbench", "aplomb", "redharness"), max_harmful=24, max_benign=12,
-                              max_test_harmful=20, max_test_benign=10)
+                              max_val_benign=None, max_test_harmful=20, max_test_benign=10)
     df, _ = ingest.run(cfg)
     assert set(df.split) == {"train", "val", "test"}
     return df
@@ -27,7 +27,8 @@ def test_ingest_caps_the_training_pool_and_the_test_set_separately(prompts):
 
 def test_a_test_prompt_keeps_its_split_when_caps_change(prompts):
     bigger, _ = ingest.run(ingest.IngestConfig(sources=("harmbench", "aplomb", "redharness"), max_harmful=60,
-                                               max_benign=30, max_test_harmful=40, max_test_benign=20))
+                                               max_benign=30, max_val_benign=None, max_test_harmful=40,
+                                               max_test_benign=20))
     split = dict(zip(bigger.prompt_id, bigger.split))
     assert all(split.get(pid, "test") == "test" for pid in prompts[prompts.split == "test"].prompt_id)
 

@@ -12,7 +12,7 @@ def test_packaged_sources_read():
 
 
 def test_ingest_dedups_caps_and_splits():
-    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20)
+    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20, max_val_benign=None)
     df, stats = run(cfg)
     assert list(df.columns) == list(PROMPT_COLUMNS)
     assert df["prompt"].map(normalise).is_unique and df["prompt_id"].is_unique
@@ -22,6 +22,27 @@ def test_ingest_dedups_caps_and_splits():
     test = df[df.split == "test"]
     assert 0 < (test.prompt_kind == "harmful").sum() <= cfg.max_test_harmful
     assert {"harmbench", "redharness"} <= set(df[df.prompt_kind == "harmful"].source)  # round-robin
+
+
+def test_a_val_cap_draws_val_apart_from_train():
+    """With ``max_val_benign`` the benign val split is capped on its own and ``max_benign`` bounds
+    train alone; harmful prompts without a val cap still share one train + val cap."""
+    sources = ("harmbench", "aplomb", "lookalikes")
+    shared, _ = run(IngestConfig(sources=sources, max_harmful=30, max_benign=40, max_val_benign=None))
+    apart, _ = run(IngestConfig(sources=sources, max_harmful=30, max_benign=40, max_val_benign=25))
+    count = lambda df, kind, split: int(((df.prompt_kind == kind) & (df.split == split)).sum())
+    assert count(apart, "benign", "train") == 40 and count(apart, "benign", "val") == 25
+    assert count(shared, "benign", "val") < 25 and count(shared, "benign", "train") + count(shared, "benign", "val") == 40
+    assert set(apart[apart.split == "val"].source) >= {"aplomb", "benign_lookalikes"}  # round-robin within val too
+    for df in (shared, apart):  # harmful: one cap over train + val either way, and test untouched
+        assert count(df, "harmful", "train") + count(df, "harmful", "val") == 30
+    assert set(shared[shared.split == "test"].prompt_id) == set(apart[apart.split == "test"].prompt_id)
+
+
+def test_a_val_cap_of_zero_keeps_no_val_prompts_of_that_kind():
+    df, _ = run(IngestConfig(sources=("harmbench", "aplomb"), max_harmful=20, max_benign=10, max_val_benign=0))
+    assert not ((df.prompt_kind == "benign") & (df.split == "val")).any()
+    assert ((df.prompt_kind == "benign") & (df.split == "train")).sum() == 10
 
 
 def test_split_is_a_function_of_the_prompt_only():

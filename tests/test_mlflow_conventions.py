@@ -116,8 +116,12 @@ def test_evaluate_logs_the_eval_set_and_a_transcripts_table(tiny_model_dir, tmp_
     out = tmp_path / "evaluate"
     assert evaluate.main(["--prompts", str(path), "--out", str(out), "--params", str(params)]) == 0
     run_id = mlflow.last_active_run().info.run_id
-    digest = json.loads((out / "eval_set.json").read_text())["digest"]
+    evaluated = json.loads((out / "eval_set.json").read_text())
+    digest = evaluated["digest"]
     assert _inputs(run_id) == {"eval_set": (digest, str(path), "evaluation")}
+    defaults = evaluate.EvaluateConfig()  # batching moves bf16 replies, so the protocol records it
+    assert (evaluated["protocol"]["batch_size"], evaluated["protocol"]["batch_tokens"]) == (
+        defaults.batch_size, defaults.batch_tokens)
 
     table = MlflowClient().load_table(tracking.experiment_id(), "transcripts.json", run_ids=[run_id])
     transcripts = pd.read_parquet(out / "transcripts.parquet")

@@ -46,9 +46,10 @@ class SamplingParams:
     def __post_init__(self):
         if self.engine and self.engine not in ENGINES:
             raise ValueError(f"engine={self.engine!r}: use one of {ENGINES}")
-        if self.batch_size < 1 or self.batch_tokens < 0:
-            raise ValueError(f"batch_size={self.batch_size!r}, batch_tokens={self.batch_tokens!r}: use batch_size >= 1 "
-                             "and batch_tokens >= 0 (0 = no token limit)")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size={self.batch_size!r}: use 1 or more rows a batch")
+        if self.batch_tokens < 0:
+            raise ValueError(f"batch_tokens={self.batch_tokens!r}: use 0 (no token limit) or a token count")
 
 
 def hf_cache_kwargs(device) -> dict:
@@ -116,7 +117,7 @@ def generate(
     gen = torch.Generator(device=lm.device).manual_seed(params.seed)
     bar = tqdm(total=len(texts), desc=desc, unit="prompt", leave=False)
     lengths = None
-    if params.batch_tokens:
+    if params.batch_tokens and texts:
         lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     for idx in batches(order, params.batch_size, lengths, params.batch_tokens, params.max_new_tokens):
         batch = tok([texts[i] for i in idx], return_tensors="pt", padding=True,

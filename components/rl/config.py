@@ -123,7 +123,7 @@ class TrainRLConfig:
     prompt's tokens, round 8)."""
     select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
-    select_benign: int = 32
+    select_benign: int = 48
     """Selection: the first (sorted) benign ``val`` prompts answered greedily; >= 0."""
     select_max_new_tokens: int = 48
     """Token budget of the greedy selection replies. Keep it equal to ``evaluate.max_new_tokens``
