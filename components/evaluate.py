@@ -138,8 +138,8 @@ def build_inputs(prompts: pd.DataFrame, cfg: EvaluateConfig) -> pd.DataFrame:
 
 def eval_set(inputs: pd.DataFrame, protocol: dict | None = None) -> dict:
     """What was evaluated and how: counts and one digest of every (prompt id, attack, input) plus the
-    grading protocol (judge identity, token budget), so the promotion gate only compares rates
-    measured the same way."""
+    protocol (judge identity, token budget, engine, batching), so the promotion gate only compares
+    rates measured the same way."""
     plain = inputs[inputs.attack == "none"]
     key = sorted(f"{r.prompt_id}|{r.attack}|{r.input}" for r in inputs.itertuples())
     protocol = protocol or {}
