@@ -2,12 +2,12 @@
 
 Splits are assigned from the hash of the normalised prompt, not from a shuffle: a prompt keeps
 its split when sources grow, so a new dataset version never moves a test prompt into training.
-Caps apply per pool after the split: ``max_harmful``/``max_benign`` bound the training pool
-(train + val: what curation, SFT and RL may see), ``max_test_harmful``/``max_test_benign`` the
-held-out evaluation set; both draw round-robin over sources so small sources are not drowned.
-``max_val_harmful``/``max_val_benign``, when set, cap the ``val`` split on its own (RL's checkpoint
-selection reads it) and leave ``max_harmful``/``max_benign`` to bound ``train`` alone: a val set
-sized on purpose, not by the share that falls to it from a train + val cap.
+Caps apply per pool after the split, each drawn round-robin over sources so small sources are
+not drowned: ``max_harmful``/``max_benign`` bound the training pool (what curation, SFT and RL may
+see: ``train``, plus ``val`` when that kind has no val cap), ``max_val_harmful``/``max_val_benign``
+(when set) the ``val`` split on its own (RL's checkpoint selection reads it: a val set sized on
+purpose, not by the share that falls to it from a train + val cap), and
+``max_test_harmful``/``max_test_benign`` the held-out evaluation set.
 """
 from __future__ import annotations
 
@@ -37,9 +37,11 @@ class IngestConfig:
     sources: tuple[str, ...] = DEFAULT_SOURCES
     """Named packaged prompt sets, or ``file:PATH`` for your own (prompt, prompt_kind columns)."""
     max_harmful: int = 120
-    """Cap on harmful train (+ val, unless ``max_val_harmful`` is set) prompts (round-robin over sources, deterministic by seed); >= 1."""
+    """Cap on harmful train (+ val, unless ``max_val_harmful`` is set) prompts (round-robin over
+    sources, deterministic by seed); >= 1."""
     max_benign: int = 100
-    """Cap on benign train (+ val, unless ``max_val_benign`` is set) prompts; >= 0 (0 keeps none)."""
+    """Cap on benign train (+ val, unless ``max_val_benign`` is set) prompts; >= 0 (0 keeps none
+    of that pool)."""
     max_val_harmful: int | None = None
     """Cap on harmful ``val`` prompts, drawn apart from ``train`` (``max_harmful`` then bounds
     ``train`` alone); None = val shares ``max_harmful`` with train; >= 1."""
@@ -64,8 +66,8 @@ class IngestConfig:
 
     def __post_init__(self) -> None:
         require(len(self.sources) > 0, "ingest.sources is empty: name at least one prompt source.")
-        require(self.max_harmful > 0, f"ingest.max_harmful={self.max_harmful!r}: use 1 or more, e.g. 160.")
-        require(self.max_benign >= 0, f"ingest.max_benign={self.max_benign!r}: use 0 or more, e.g. 60.")
+        require(self.max_harmful > 0, f"ingest.max_harmful={self.max_harmful!r}: use 1 or more, e.g. 120.")
+        require(self.max_benign >= 0, f"ingest.max_benign={self.max_benign!r}: use 0 or more, e.g. 100.")
         require(self.max_val_harmful is None or self.max_val_harmful > 0,
                 f"ingest.max_val_harmful={self.max_val_harmful!r}: use 1 or more (e.g. 32), or null to share "
                 "max_harmful with train.")

@@ -73,6 +73,8 @@ def test_build_inputs_wraps_only_the_first_attack_prompts():
     s = eval_set(inputs)
     assert s["harmful"] == 2 and s["benign"] == 1 and s["attacks"] == {"dan": 1, "past_tense": 1}
     assert eval_set(inputs.iloc[:-1])["digest"] != s["digest"]
+    rows = lambda n: eval_set(inputs, {"batch_size": n, "batch_tokens": 0})["digest"]
+    assert rows(64) != rows(256)  # batching is part of the protocol: it moves bf16 greedy replies
 
 
 def test_evaluation_refuses_the_reward_judge_unless_insisted():

@@ -36,6 +36,8 @@ def test_a_val_cap_draws_val_apart_from_train():
     assert set(apart[apart.split == "val"].source) >= {"aplomb", "benign_lookalikes"}  # round-robin within val too
     for df in (shared, apart):  # harmful: one cap over train + val either way, and test untouched
         assert count(df, "harmful", "train") + count(df, "harmful", "val") == 30
+    harmful_apart, _ = run(IngestConfig(sources=sources, max_harmful=30, max_val_harmful=5, max_benign=40))
+    assert count(harmful_apart, "harmful", "train") == 30 and count(harmful_apart, "harmful", "val") == 5
     assert set(shared[shared.split == "test"].prompt_id) == set(apart[apart.split == "test"].prompt_id)
 
 

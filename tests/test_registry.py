@@ -142,7 +142,7 @@ def test_promotion_refused_on_other_prompt_set(store, model_folder, tiny_model_d
     v1 = _register(model_folder, tiny_model_dir, GOOD, cfg)
     promote.promote(cfg)
     v2 = _register(_copy(model_folder, tmp_path / "other", "v2"), tiny_model_dir, GOOD, cfg, prompt_set="ffff0000")
-    with pytest.raises(PromotionRefused, match="Re-evaluate both models on the same prompts") as err:
+    with pytest.raises(PromotionRefused, match="Re-evaluate both models with the same prompts and settings") as err:
         promote.promote(cfg)
     assert [c["verdict"] for c in err.value.checks] == ["different prompt sets"]  # nothing else compared
     assert str(promote.version_by_alias("prompts-model", "champion").version) == v1

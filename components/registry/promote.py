@@ -50,7 +50,8 @@ from components.registry import seed_gate
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 PROMPT_SET = "prompt_set"
-"""``eval.prompt_set``: digest of the exact evaluation prompt set (prompt ids, attack templates)."""
+"""``eval.prompt_set``: digest of the exact evaluation prompt set (prompt ids, attack templates)
+and its protocol (judge, token budget, engine, batching: ``components.evaluate.eval_set``)."""
 RATES = ("response_asr", "reasoning_asr", "refusal_rate", "over_refusal", "degenerate_rate")
 """Per-model rates of the evaluation; each also has ``_lo``, ``_hi`` (Wilson 95%) and ``_n``."""
 ATTACK_ASR = "_response_asr"
@@ -302,8 +303,10 @@ def _refusal(name: str, chal, champ, checks: list[dict]) -> PromotionRefused:
         return PromotionRefused(
             f"version {chal.version} of {name} was evaluated on prompt set {c['challenger'] or '(none recorded)'}, "
             f"champion version {champ.version} on {c['reference'] or '(none recorded)'}: their rates are not "
-            "comparable, so the gate compared nothing. Re-evaluate both models on the same prompts and register "
-            "them again, or override with --force --reason '…'.", checks)
+            "comparable, so the gate compared nothing. The digest covers the prompts and attacks and the "
+            "protocol (judge, max_new_tokens, engine, evaluate.batch_size and batch_tokens; versions "
+            "registered before batching was recorded differ on that alone). Re-evaluate both models with the "
+            "same prompts and settings and register them again, or override with --force --reason '…'.", checks)
     return PromotionRefused(f"version {chal.version} of {name} failed the promotion gate:\n\n{gate_table(checks)}",
                             checks)
 
