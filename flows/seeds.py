@@ -175,10 +175,17 @@ def experiment_states(root: Path, baseline: str = "HEAD") -> dict[str, dict]:
     shown = _dvc(root, "exp", "show", "--json", "--rev", baseline)
     if shown.returncode != 0:
         raise RuntimeError(f"dvc exp show failed:\n{shown.stderr[-2000:]}")
+    return states_of(json.loads(shown.stdout))
+
+
+def states_of(shown: list[dict]) -> dict[str, dict]:
+    """``experiment_states`` from parsed ``dvc exp show --json``. An experiment DVC still lists as
+    running or queued (``executor.state``; a sweep killed mid-run leaves one behind, showing the
+    baseline's outputs) or that failed is left out: it has no results of its own."""
     out: dict[str, dict] = {}
-    for commit in json.loads(shown.stdout):
+    for commit in shown:
         runs = [(commit.get("rev"), commit)] + [(e.get("name"), e["revs"][0]) for e in commit.get("experiments") or []
-                                                 if e.get("revs")]
+                                                 if e.get("revs") and not _unfinished(e)]
         for name, rev in runs:
             if name == "workspace" or not (name == commit.get("rev") or re.fullmatch(r"seed-([a-z]+-)?\d+", str(name))):
                 continue
@@ -186,6 +193,15 @@ def experiment_states(root: Path, baseline: str = "HEAD") -> dict[str, dict]:
                 continue  # a failed experiment: no outputs to report
             out["HEAD" if name == commit.get("rev") else name] = rev
     return out
+
+
+def _unfinished(experiment: dict) -> bool:
+    state = (experiment.get("executor") or {}).get("state")
+    if state not in (None, "success"):
+        logging.getLogger(__name__).warning("experiment %s is %s: left out of the spread (a killed sweep leaves "
+                                            "one behind; `dvc exp show` lists it)", experiment.get("name"), state)
+        return True
+    return False
 
 
 def experiment_metrics(root: Path, baseline: str = "HEAD") -> dict[str, dict[str, dict[str, float]]]:

@@ -48,6 +48,21 @@ def test_experiments_of_two_scopes_are_never_mixed():
     assert run_order(found, "all") == ["HEAD", "seed-all-1", "seed-all-3"]
 
 
+def test_an_experiment_dvc_still_lists_as_running_is_left_out():
+    """A sweep killed mid-seed leaves DVC listing that experiment as running, with the baseline's
+    outputs: counting it would add a copy of HEAD to the spread (seen in round 17)."""
+    from flows.seeds import states_of
+
+    def exp(name, state=None):
+        return {"name": name, "revs": [{"rev": f"r-{name}", "error": None}],
+                "executor": None if state is None else {"state": state, "name": "tempdir"}}
+
+    shown = [{"rev": "workspace"}, {"rev": "abc", "experiments": [
+        exp("seed-1"), exp("seed-2", "success"), exp("seed-3", "running"), exp("seed-4", "queued"),
+        exp("seed-5", "failed")]}]
+    assert sorted(states_of(shown)) == ["HEAD", "seed-1", "seed-2"]
+
+
 def test_spread_is_mean_sample_sd_and_range():
     runs = {"HEAD": {"CRAFT response ASR": 0.5}, "seed-1": {"CRAFT response ASR": 0.25},
             "seed-2": {"CRAFT response ASR": 0.75}}
