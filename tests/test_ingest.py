@@ -12,7 +12,8 @@ def test_packaged_sources_read():
 
 
 def test_ingest_dedups_caps_and_splits():
-    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20, max_val_benign=None)
+    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20,
+                       max_val_benign=None)
     df, stats = run(cfg)
     assert list(df.columns) == list(PROMPT_COLUMNS)
     assert df["prompt"].map(normalise).is_unique and df["prompt_id"].is_unique

@@ -40,8 +40,7 @@ def _params(tiny_model_dir: Path) -> str:
     return yaml.safe_dump({
         "model": {"source": str(tiny_model_dir), "dtype": "float32"}, "runtime": {"device": "cpu", "threads": 1},
         "ingest": {"sources": ["harmbench", "aplomb"], "max_harmful": 16, "max_benign": 8, "max_val_benign": 2,
-                   "max_test_harmful": 4,
-                   "max_test_benign": 2},
+                   "max_test_harmful": 4, "max_test_benign": 2},
         "curate": {"max_new_tokens": 6, "batch_size": 8, "temperature": 1.0, "judge": "keyword"},
         "validate": {"min_rows": 10},
     })
