@@ -56,6 +56,7 @@ from components.lm.under_test import load_under_test
 from components.lm import source
 from components.lm import runtime
 from components.rl import loop as rl_loop
+from components.rl import openings
 from components.core import dist
 from components.core import stage_cli
 from components.core import tracking
@@ -225,6 +226,8 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
+    if cfg.opening_coef > 0:  # a bad opening list fails here, before the first step
+        openings.opening_ids(lm.tokenizer, cfg.openings)
     if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
         align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools, prompts, accelerator.device)
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)

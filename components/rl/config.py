@@ -81,6 +81,14 @@ class TrainRLConfig:
     refusal rarer under a benign prompt than the reference does (only the spill-over is removed); null = none."""
     contrast_max: int = 8
     """Contrast pairs per step at most (the first refusals of the step's harmful rows); >= 1."""
+    opening_coef: float = 0.0
+    """Weight of the unlikelihood of a refusal opening under benign prompts (``components.rl.openings``):
+    L = −mean_x log(1 − P(reply to x opens with one of ``openings``)); 0 = off; >= 0."""
+    opening_prompts: int = 8
+    """Benign training prompts the opening term reads each step (an epoch-wise walk of the benign pool); >= 1."""
+    openings: tuple[str, ...] = ("I'm sorry", "I'm not able", "I can't", "I cannot", "I won't", "Sorry")
+    """Refusal openings the term makes unlikely (the bare refusals curation writes start so); none may be
+    a prefix of another once tokenised."""
     kl_in: str = "loss"
     """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
     gamma: float = 1.0
@@ -184,6 +192,16 @@ class TrainRLConfig:
         require(self.contrast_anchor >= 0,
                 f"train_rl.contrast_anchor={self.contrast_anchor!r}: use 0 (plain DPO margin) or more, e.g. 5.")
         require(self.contrast_max >= 1, f"train_rl.contrast_max={self.contrast_max!r}: use 1 or more, e.g. 8.")
+        require(self.opening_coef >= 0,
+                f"train_rl.opening_coef={self.opening_coef!r}: use 0 (off) or more, e.g. 1.0.")
+        require(self.opening_prompts >= 1,
+                f"train_rl.opening_prompts={self.opening_prompts!r}: use 1 or more, e.g. 8.")
+        require(self.opening_coef == 0 or (len(self.openings) >= 1 and all(o.strip() for o in self.openings)),
+                f"train_rl.openings={list(self.openings)!r}: name at least one non-empty opening, "
+                "e.g. [\"I'm sorry\", \"I can't\"], or set opening_coef: 0.")
+        require(self.opening_coef == 0 or self.benign_per_step >= 1,
+                f"train_rl.opening_coef={self.opening_coef!r} reads benign training prompts: "
+                "set benign_per_step to 1 or more, or opening_coef: 0.")
         require(self.contrast_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")

@@ -27,6 +27,7 @@ from components.core import dist
 from components.rl import checkpoint
 from components.rl import contrast
 from components.rl import formulas
+from components.rl import openings
 from components.rl.policy import Rollout, forward_logprobs, rollout
 from components.eval.judges import SAFE_AT
 from components.rl.rewards import CraftReward, reference_mode
@@ -193,11 +194,13 @@ STATS = ("loss", "kl", "clipfrac", "entropy", "vf_loss")
 
 
 def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: Rows | None = None,
-           pairs: contrast.Pairs | None = None, n_pairs: int = 0) -> dict:
+           pairs: contrast.Pairs | None = None, n_pairs: int = 0, opening: openings.Openings | None = None,
+           ) -> dict:
     """``ppo_epochs`` passes of minibatch clipped-surrogate updates; returns mean statistics.
     ``pairs`` (``contrast_coef`` > 0): this process's prompt-swap contrast pairs, of ``n_pairs`` over
     every process; the contrast loss joins the first optimizer step of each pass, weighted by
-    ``contrast_coef`` and averaged over all the pairs."""
+    ``contrast_coef`` and averaged over all the pairs. ``opening`` (``opening_coef`` > 0): this
+    process's benign prompts × refusal openings; their unlikelihood joins the same optimizer step."""
     n = batch.adv.shape[0]
     rows = rows or Rows(0, n, n)
     lora, vh = [p for p in policy.parameters() if p.requires_grad], list(value_head.parameters())
@@ -206,6 +209,7 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     tokens = dist.cat(batch.ro.completion_mask.sum(1).float().cpu()) if rows.sharded else None  # [N_global]
     stats: list[torch.Tensor] = []
     swap = torch.zeros(3, dtype=torch.float64)  # this process's contrast sums, first pass
+    opened = torch.zeros(2, dtype=torch.float64)  # this process's opening sums, first pass
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
@@ -213,6 +217,10 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
             c_loss, sums = contrast.loss(policy, pairs, cfg.contrast_beta, cfg.contrast_anchor, cfg.contrast_floor)
             accelerator.backward(cfg.contrast_coef * c_loss)
             swap = sums if epoch == 0 else swap
+        if opening is not None:
+            o_loss, o_sums = openings.loss(policy, opening)
+            accelerator.backward(cfg.opening_coef * o_loss)
+            opened = o_sums if epoch == 0 else opened
         for k, idx in enumerate(minibatches):
             denom = tokens[idx].sum().clamp(min=1.0) if rows.sharded else None
             local = rows.local(idx) if rows.sharded else idx
@@ -238,6 +246,8 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     out = {k: sum(float(x) for x in table[:, j]) / len(table) for j, k in enumerate(STATS)}
     if cfg.contrast_coef > 0:
         out.update(contrast.summary(swap, n_pairs, rows.sharded))
+    if cfg.opening_coef > 0:
+        out.update(openings.summary(opened, cfg.opening_prompts, rows.sharded))
     return out
 
 
@@ -288,7 +298,8 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
         picks = contrast.refusal_rows(all_kinds, dist.cat(parts["p_safe_text"]), cfg.group_size, cfg.contrast_max)
         benign = step_prompts(pools["benign"], cfg.contrast_max, cfg.seed, step, "contrast")
         pairs = contrast.build(model, tokenizer, ro, picks, benign, batch.ref_logp, rows.start)
-    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows, pairs, len(picks))
+    stats = update(cfg, policy, value_head, opt, accelerator, batch, gen, rows, pairs, len(picks),
+                   opening_rows(cfg, tokenizer, pools, step, rank, accelerator))
     parts = {k: dist.cat(v) for k, v in parts.items()}  # [N_global] in global row order
     lengths = dist.cat(ro.completion_mask.sum(1).float())
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
@@ -304,6 +315,21 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     flat = formulas.group_advantages(parts["total"], cfg.group_size, min_std=cfg.min_group_std)[1]  # [P]
     out["rl/flat_groups"] = float(flat.float().mean())
     return out
+
+
+def opening_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator
+                 ) -> openings.Openings | None:
+    """This process's share of the step's ``opening_prompts`` benign prompts (an epoch-wise walk of
+    the benign pool, drawn apart from the rollouts' prompts) × ``openings``; None when the term is
+    off or no prompt falls to this process."""
+    if cfg.opening_coef == 0:
+        return None
+    xs = step_prompts(pools["benign"], cfg.opening_prompts, cfg.seed, step, "opening")
+    lo, hi = dist.shard_bounds(len(xs), rank, accelerator.num_processes)
+    if hi == lo:
+        return None
+    ids = openings.opening_ids(tokenizer, cfg.openings)
+    return openings.build(tokenizer, xs[lo:hi], ids, len(xs), accelerator.device)
 
 
 def check_same_adapter(policy) -> None:

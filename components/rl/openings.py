@@ -1,0 +1,103 @@
+"""Unlikelihood of a refusal opening under benign prompts (``train_rl.opening_coef``; 0 = off).
+
+Why (docs/stage2.md, round 17): 17 of the committed adapter's 18 over-refusals opened "I'm sorry".
+Refusing is decided at the first reply tokens, and the opening the policy gradient raises on harmful
+prompts spreads to benign ones through the shared LoRA. The kind-aware reward pushes back only when
+such a reply is *sampled* on one of the step's few benign prompts. This term pushes back on every
+step, on more benign prompts, at the place the decision is made, without sampling anything.
+
+For benign training prompts x (``opening_prompts`` a step, an epoch-wise walk of the benign pool)
+and refusal openings o_1 … o_K (``openings``: token sequences, none a prefix of another, so the
+events "the reply opens with o_k" are disjoint):
+
+    P(x)   = Σ_k π(o_k | x) = Σ_k Π_t π(o_k,t | x, o_k,<t)     probability of opening with a refusal
+    L_open = −(1/n)·Σ_x log(1 − P(x))                        unlikelihood (Welleck et al. 2020)
+    loss  += opening_coef · L_open
+
+∂L_open/∂log P(x) = (1/n)·P/(1 − P): nothing where the policy seldom opens a benign reply with a
+refusal, and a push that grows as it does. Harmful prompts are not in the term; their refusals are
+the policy gradient's. Like the prompt-swap contrast it is an auxiliary loss added to the first
+optimizer step of each pass, sharing ``max_grad_norm``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from components.core import dist
+from components.lm.generation import render
+from components.rl.policy import Rollout, forward_logprobs
+
+MAX_P = 1.0 - 1e-6  # P(x) is clamped below 1 so that log(1 − P) stays finite
+
+
+@dataclass
+class Openings:
+    """This process's (prompt, opening) rows and the number of prompts over every process."""
+
+    rows: Rollout   # n_local·K rows: prompt i's K openings are rows i·K … i·K + K − 1
+    n_openings: int  # K
+    total: int       # prompts over every process (the mean's denominator)
+
+
+def opening_ids(tokenizer, openings: Sequence[str]) -> list[list[int]]:
+    """Token ids of each opening as a reply starts (no special tokens). Raises ValueError when one is
+    empty or a prefix of another: their probabilities would then overlap and P(x) count twice."""
+    ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
+    for o, a in zip(openings, ids):
+        if not a:
+            raise ValueError(f"train_rl.openings: {o!r} has no tokens; remove it.")
+        for o2, b in zip(openings, ids):
+            if o2 != o and len(a) <= len(b) and b[: len(a)] == a:
+                raise ValueError(f"train_rl.openings: {o!r} is a prefix of {o2!r} once tokenised, so the "
+                                 f"two would count one reply twice; keep only {o!r}.")
+    return ids
+
+
+def build(tokenizer, prompts: Sequence[str], ids: list[list[int]], total: int, device) -> Openings:
+    """Rows render(x) + o_k for each prompt x and opening k: prompts left-padded to a common width Tp,
+    openings right-padded to To (mask 0 after their end), so ``forward_logprobs`` reads the openings'
+    log-probs at [:, Tp:]."""
+    k = len(ids)
+    enc = tokenizer([render(tokenizer, p) for p in prompts for _ in range(k)], return_tensors="pt",
+                    padding=True, add_special_tokens=False)
+    width = max(len(o) for o in ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    comp = torch.tensor([o + [pad] * (width - len(o)) for o in ids] * len(prompts), dtype=torch.long)  # [n·K, To]
+    cmask = torch.tensor([[1] * len(o) + [0] * (width - len(o)) for o in ids] * len(prompts), dtype=torch.long)
+    rows = Rollout(torch.cat([enc["input_ids"], comp], 1).to(device),
+                   torch.cat([enc["attention_mask"], cmask], 1).to(device), cmask.to(device),
+                   enc["input_ids"].shape[1], [p for p in prompts for _ in range(k)],
+                   [""] * (len(prompts) * k))
+    return Openings(rows, k, total)
+
+
+def log_p_refuse(logp: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
+    """log P(x) = logsumexp_k Σ_t m_t·log π(o_k,t | …): [n·K, To] token log-probs → [n]."""
+    per_opening = (logp * mask.to(logp.dtype)).sum(1).view(-1, k)  # [n, K]
+    return torch.logsumexp(per_opening, dim=1)
+
+
+def unlikelihood(log_p: torch.Tensor) -> torch.Tensor:
+    """−log(1 − P) per prompt [n], with P = exp(log_p) clamped to MAX_P."""
+    return -torch.log1p(-log_p.exp().clamp(max=MAX_P))
+
+
+def loss(policy, batch: Openings) -> tuple[torch.Tensor, torch.Tensor]:
+    """(this process's share of L_open: Σ_x −log(1 − P(x)) / total, so the shares of several processes
+    add up to the mean; its sums [Σ L, Σ P] for ``summary``)."""
+    logp = forward_logprobs(policy, batch.rows)[0]  # [n·K, To]
+    log_p = log_p_refuse(logp, batch.rows.completion_mask.to(logp.device), batch.n_openings)  # [n]
+    per_prompt = unlikelihood(log_p)
+    sums = torch.stack([per_prompt.sum(), log_p.exp().sum()]).detach().double().cpu()
+    return per_prompt.sum() / batch.total, sums
+
+
+def summary(sums: torch.Tensor, total: int, sharded: bool) -> dict[str, float]:
+    """The step's mean L_open and mean P(x) over every process, before the update."""
+    if sharded:
+        dist.sum_([sums])
+    loss_, p = (float(x) / total for x in sums)
+    return {"opening_loss": loss_, "opening_p": p}
