@@ -27,9 +27,11 @@ def test_p_sums_the_openings_sequence_probabilities_and_the_loss_is_minus_log_on
 
 
 def test_an_opening_that_is_a_prefix_of_another_is_refused(tiny_lm):
-    with pytest.raises(ValueError, match="prefix"):
+    with pytest.raises(ConfigError, match="prefix"):
         openings.opening_ids(tiny_lm.tokenizer, ["I'm sorry", "I'm sorry, but"])
-    with pytest.raises(ValueError, match="no tokens"):
+    with pytest.raises(ConfigError, match="prefix"):
+        openings.opening_ids(tiny_lm.tokenizer, ["I'm sorry", "I'm sorry"])
+    with pytest.raises(ConfigError, match="no tokens"):
         openings.opening_ids(tiny_lm.tokenizer, ["I'm sorry", ""])
     assert len(openings.opening_ids(tiny_lm.tokenizer, OPENINGS)) == 3
 
@@ -46,19 +48,23 @@ def test_rows_put_each_opening_after_the_rendered_prompt(tiny_lm):
         assert tok.decode(batch.rows.input_ids[r, :tp][real]) == render(tok, prompt)
         n = int(batch.rows.completion_mask[r].sum())
         assert batch.rows.input_ids[r, tp : tp + n].tolist() == ids[k]
-    # P(x) from the rows equals the product of next-token probabilities read one prefix at a time
-    logp = forward_logprobs(tiny_lm.model, batch.rows)[0]
-    p0 = openings.log_p_refuse(logp, batch.rows.completion_mask, 3).exp()[0]
-    manual = 0.0
-    for o in ids:
-        seq = tok(render(tok, BENIGN[0]), add_special_tokens=False, return_tensors="pt")["input_ids"][0].tolist()
-        prob = 1.0
-        for t in o:
-            with torch.no_grad():
-                prob *= float(tiny_lm.model(torch.tensor([seq])).logits[0, -1].float().softmax(-1)[t])
-            seq.append(t)
-        manual += prob
-    assert float(p0.detach()) == pytest.approx(manual, rel=1e-4)
+    # P(x) from the padded rows equals the sum over openings of the product of next-token
+    # probabilities read one unpadded prefix at a time, for the longest prompt and the left-padded one
+    assert batch.rows.attention_mask[3, :tp].sum() < tp  # prompt 1 is left-padded
+    with torch.no_grad():
+        logp = forward_logprobs(tiny_lm.model, batch.rows)[0]
+    ps = openings.log_p_refuse(logp, batch.rows.completion_mask, 3).exp()
+    for i, prompt in enumerate(BENIGN[:2]):
+        manual = 0.0
+        for o in ids:
+            seq = tok(render(tok, prompt), add_special_tokens=False)["input_ids"]
+            prob = 1.0
+            for t in o:
+                with torch.no_grad():
+                    prob *= float(tiny_lm.model(torch.tensor([seq])).logits[0, -1].float().softmax(-1)[t])
+                seq = seq + [t]
+            manual += prob
+        assert float(ps[i]) == pytest.approx(manual, rel=1e-4)
 
 
 def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
@@ -88,7 +94,12 @@ def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
 
 def test_shares_of_the_prompts_add_up_to_the_whole_loss(tiny_lm):
     ids = openings.opening_ids(tiny_lm.tokenizer, OPENINGS)
-    whole = float(openings.loss(tiny_lm.model, openings.build(tiny_lm.tokenizer, BENIGN, ids, 3, "cpu"))[0])
+    batch = openings.build(tiny_lm.tokenizer, BENIGN, ids, 3, "cpu")
+    whole = float(openings.loss(tiny_lm.model, batch)[0])
+    with torch.no_grad():
+        logp = forward_logprobs(tiny_lm.model, batch.rows)[0]
+    mean = openings.unlikelihood(openings.log_p_refuse(logp, batch.rows.completion_mask, 3)).mean()
+    assert whole == pytest.approx(float(mean), rel=1e-5)  # the mean over the prompts
     parts = [float(openings.loss(tiny_lm.model, openings.build(tiny_lm.tokenizer, xs, ids, 3, "cpu"))[0])
              for xs in (BENIGN[:2], BENIGN[2:])]
     assert sum(parts) == pytest.approx(whole, rel=1e-5)
@@ -98,7 +109,8 @@ def test_the_term_needs_benign_prompts_and_sane_values():
     with pytest.raises(ConfigError, match="benign_per_step"):
         TrainRLConfig(opening_coef=1.0, benign_per_step=0)
     for bad in (dict(opening_coef=-1.0), dict(opening_prompts=0), dict(opening_coef=1.0, openings=()),
-                dict(opening_coef=1.0, openings=("I'm sorry", " "))):
+                dict(opening_coef=1.0, openings=("I'm sorry", " ")), dict(opening_coef=1.0, openings=(" Sorry",)),
+                dict(opening_coef=1.0, openings=("Sorry", "Sorry"))):
         with pytest.raises(ConfigError, match="opening"):
             TrainRLConfig(**bad)
 

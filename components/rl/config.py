@@ -196,9 +196,11 @@ class TrainRLConfig:
                 f"train_rl.opening_coef={self.opening_coef!r}: use 0 (off) or more, e.g. 1.0.")
         require(self.opening_prompts >= 1,
                 f"train_rl.opening_prompts={self.opening_prompts!r}: use 1 or more, e.g. 8.")
-        require(self.opening_coef == 0 or (len(self.openings) >= 1 and all(o.strip() for o in self.openings)),
-                f"train_rl.openings={list(self.openings)!r}: name at least one non-empty opening, "
-                "e.g. [\"I'm sorry\", \"I can't\"], or set opening_coef: 0.")
+        require(self.opening_coef == 0 or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)
+                                           and len(set(self.openings)) == len(self.openings)),
+                f"train_rl.openings={list(self.openings)!r}: name at least one opening, each once, non-empty and "
+                "without surrounding spaces (a reply's first token has none), e.g. [\"I'm sorry\", \"I can't\"], "
+                "or set opening_coef: 0.")
         require(self.opening_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.opening_coef={self.opening_coef!r} reads benign training prompts: "
                 "set benign_per_step to 1 or more, or opening_coef: 0.")

@@ -15,7 +15,9 @@ events "the reply opens with o_k" are disjoint):
     loss  += opening_coef · L_open
 
 ∂L_open/∂log P(x) = (1/n)·P/(1 − P): nothing where the policy seldom opens a benign reply with a
-refusal, and a push that grows as it does. Harmful prompts are not in the term; their refusals are
+refusal, and a push that grows as it does. P(x) is read at temperature 1 (the rollouts sample at
+``temperature``), and for the one tokenisation of each opening the tokenizer gives on its own, so it
+is a lower bound of the chance that a reply opens so. Harmful prompts are not in the term; their refusals are
 the policy gradient's. Like the prompt-swap contrast it is an auxiliary loss added to the first
 optimizer step of each pass, sharing ``max_grad_norm``.
 """
@@ -27,6 +29,7 @@ from typing import Sequence
 import torch
 
 from components.core import dist
+from components.core.config import require
 from components.lm.generation import render
 from components.rl.policy import Rollout, forward_logprobs
 
@@ -43,16 +46,16 @@ class Openings:
 
 
 def opening_ids(tokenizer, openings: Sequence[str]) -> list[list[int]]:
-    """Token ids of each opening as a reply starts (no special tokens). Raises ValueError when one is
-    empty or a prefix of another: their probabilities would then overlap and P(x) count twice."""
+    """Token ids of each opening as a reply starts (no special tokens). Raises ConfigError when one
+    is empty or a prefix of another (a duplicate included): their probabilities would then overlap
+    and P(x) count one reply twice."""
     ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in openings]
-    for o, a in zip(openings, ids):
-        if not a:
-            raise ValueError(f"train_rl.openings: {o!r} has no tokens; remove it.")
-        for o2, b in zip(openings, ids):
-            if o2 != o and len(a) <= len(b) and b[: len(a)] == a:
-                raise ValueError(f"train_rl.openings: {o!r} is a prefix of {o2!r} once tokenised, so the "
-                                 f"two would count one reply twice; keep only {o!r}.")
+    for i, (o, a) in enumerate(zip(openings, ids)):
+        require(len(a) > 0, f"train_rl.openings: {o!r} has no tokens; remove it.")
+        for j, (o2, b) in enumerate(zip(openings, ids)):
+            require(i == j or len(a) > len(b) or b[: len(a)] != a,
+                    f"train_rl.openings: {o!r} is a prefix of {o2!r} once tokenised (or the same), so the "
+                    f"two would count one reply twice; keep only {o!r}.")
     return ids
 
 
