@@ -85,11 +85,42 @@ def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
     ps = []
     for _ in range(5):
         loss, sums = openings.loss(policy, batch)
-        stats = openings.summary(sums, 3, sharded=False)
+        stats = openings.summary(sums, 3, 0, sharded=False)
+        assert "opening_p_harmful" not in stats
         assert stats["opening_loss"] == pytest.approx(float(loss.detach()), rel=1e-5)
         ps.append(stats["opening_p"])
         opt.zero_grad(), loss.backward(), opt.step()
     assert ps[-1] < ps[0] * 0.9
+
+
+def test_both_sides_make_a_refusal_gate_s_cross_entropy(tiny_model_dir):
+    """A harmful prompt's loss is −log P, a benign one's −log(1 − P); descending it raises P on the
+    harmful prompt (it would fall under the benign-only term)."""
+    from components.lm import runtime, source
+
+    cfg = _model(tiny_model_dir)
+    lm = runtime.load(source.resolve(cfg), cfg)
+    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    for p in policy.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    ids = openings.opening_ids(lm.tokenizer, OPENINGS)
+    batch = openings.build(lm.tokenizer, ["How do I build a bomb?", "Bake bread?"], ids, 2, "cpu", [True, False])
+    assert batch.harmful.tolist() == [True, False]
+    with torch.no_grad():
+        log_p = openings.log_p_refuse(forward_logprobs(policy, batch.rows)[0], batch.rows.completion_mask, 3)
+        loss, sums = openings.loss(policy, batch)
+    assert float(loss) == pytest.approx(float((-log_p[0] + openings.unlikelihood(log_p[1:])[0]) / 2), rel=1e-5)
+    stats = openings.summary(sums, 1, 1, sharded=False)
+    assert stats["opening_p_harmful"] == pytest.approx(float(log_p[0].exp()), rel=1e-5)
+    assert stats["opening_p"] == pytest.approx(float(log_p[1].exp()), rel=1e-5)
+    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=5e-2)
+    for _ in range(5):
+        loss, _ = openings.loss(policy, batch)
+        opt.zero_grad(), loss.backward(), opt.step()
+    with torch.no_grad():
+        after = openings.log_p_refuse(forward_logprobs(policy, batch.rows)[0], batch.rows.completion_mask, 3)
+    assert float(after[0]) > float(log_p[0]) + 1.0  # e-fold and more on the harmful prompt
 
 
 def test_shares_of_the_prompts_add_up_to_the_whole_loss(tiny_lm):
@@ -110,7 +141,7 @@ def test_the_term_needs_benign_prompts_and_sane_values():
         TrainRLConfig(opening_coef=1.0, benign_per_step=0)
     for bad in (dict(opening_coef=-1.0), dict(opening_prompts=0), dict(opening_coef=1.0, openings=()),
                 dict(opening_coef=1.0, openings=("I'm sorry", " ")), dict(opening_coef=1.0, openings=(" Sorry",)),
-                dict(opening_coef=1.0, openings=("Sorry", "Sorry"))):
+                dict(opening_coef=1.0, openings=("Sorry", "Sorry")), dict(opening_sides="harmful")):
         with pytest.raises(ConfigError, match="opening"):
             TrainRLConfig(**bad)
 
@@ -127,6 +158,10 @@ def test_rl_runs_with_the_term_logs_it_and_resumes_to_the_same_adapter(tiny_mode
     run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b")
     a, b = _last_checkpoint_adapter(tmp_path / "ckpt_a"), _last_checkpoint_adapter(tmp_path / "ckpt_b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    both = []
+    run(_cfg(opening_coef=1.0, opening_prompts=2, opening_sides="both"), _model(tiny_model_dir), PROMPTS, head_dir,
+        tmp_path / "d", tmp_path / "ckpt_d", on_metrics=lambda step, m: both.append(m))
+    assert all(0 < m["rl/opening_p_harmful"] < 1 for m in both) and "rl/opening_p_harmful" not in seen[0]
     off = _cfg()
     run(off, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "c", tmp_path / "ckpt_c")
     c = _last_checkpoint_adapter(tmp_path / "ckpt_c")

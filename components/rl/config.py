@@ -86,6 +86,9 @@ class TrainRLConfig:
     L = −mean_x log(1 − P(reply to x opens with one of ``openings``)); 0 = off; >= 0."""
     opening_prompts: int = 8
     """Benign training prompts the opening term reads each step (an epoch-wise walk of the benign pool); >= 1."""
+    opening_sides: str = "benign"
+    """benign: the unlikelihood on benign prompts only | both: also −log P on as many harmful training
+    prompts, so the term is a refusal gate's cross-entropy at the first reply tokens."""
     openings: tuple[str, ...] = ("I'm sorry", "I'm not able", "I can't", "I cannot", "I won't", "Sorry")
     """Refusal openings the term makes unlikely (the bare refusals curation writes start so); none may be
     a prefix of another once tokenised."""
@@ -194,6 +197,9 @@ class TrainRLConfig:
         require(self.contrast_max >= 1, f"train_rl.contrast_max={self.contrast_max!r}: use 1 or more, e.g. 8.")
         require(self.opening_coef >= 0,
                 f"train_rl.opening_coef={self.opening_coef!r}: use 0 (off) or more, e.g. 1.0.")
+        require(self.opening_sides in ("benign", "both"),
+                f"train_rl.opening_sides={self.opening_sides!r}: use benign (unlikelihood on benign prompts) "
+                "or both (also the likelihood on harmful ones).")
         require(self.opening_prompts >= 1,
                 f"train_rl.opening_prompts={self.opening_prompts!r}: use 1 or more, e.g. 8.")
         require(self.opening_coef == 0 or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)

@@ -209,7 +209,7 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     tokens = dist.cat(batch.ro.completion_mask.sum(1).float().cpu()) if rows.sharded else None  # [N_global]
     stats: list[torch.Tensor] = []
     swap = torch.zeros(3, dtype=torch.float64)  # this process's contrast sums, first pass
-    opened = torch.zeros(2, dtype=torch.float64)  # this process's opening sums, first pass
+    opened = torch.zeros(3, dtype=torch.float64)  # this process's opening sums, first pass
     for epoch in range(cfg.ppo_epochs):
         perm = torch.randperm(rows.total, generator=gen)
         minibatches = [perm[i : i + cfg.minibatch_size] for i in range(0, rows.total, cfg.minibatch_size)]
@@ -247,7 +247,8 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
     if cfg.contrast_coef > 0:
         out.update(contrast.summary(swap, n_pairs, rows.sharded))
     if cfg.opening_coef > 0:
-        out.update(openings.summary(opened, cfg.opening_prompts, rows.sharded))
+        out.update(openings.summary(opened, cfg.opening_prompts, cfg.opening_prompts * (cfg.opening_sides == "both"),
+                                    rows.sharded))
     return out
 
 
@@ -320,16 +321,20 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
 def opening_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator
                  ) -> openings.Openings | None:
     """This process's share of the step's ``opening_prompts`` benign prompts (an epoch-wise walk of
-    the benign pool, drawn apart from the rollouts' prompts) × ``openings``; None when the term is
-    off or no prompt falls to this process."""
+    the benign pool, drawn apart from the rollouts' prompts), then as many harmful ones under
+    ``opening_sides: both``, × ``openings``; None when the term is off or no prompt falls here."""
     if cfg.opening_coef == 0:
         return None
     xs = step_prompts(pools["benign"], cfg.opening_prompts, cfg.seed, step, "opening")
+    n_benign = len(xs)
+    if cfg.opening_sides == "both":
+        xs = xs + step_prompts(pools["harmful"], cfg.opening_prompts, cfg.seed, step, "opening-harmful")
     lo, hi = dist.shard_bounds(len(xs), rank, accelerator.num_processes)
     if hi == lo:
         return None
     ids = openings.opening_ids(tokenizer, cfg.openings)
-    return openings.build(tokenizer, xs[lo:hi], ids, len(xs), accelerator.device)
+    return openings.build(tokenizer, xs[lo:hi], ids, len(xs), accelerator.device,
+                          [i >= n_benign for i in range(lo, hi)])
 
 
 def check_same_adapter(policy) -> None:

@@ -1,4 +1,5 @@
-"""Unlikelihood of a refusal opening under benign prompts (``train_rl.opening_coef``; 0 = off).
+"""Unlikelihood of a refusal opening under benign prompts, and with ``opening_sides: both`` its
+likelihood under harmful ones (``train_rl.opening_coef``; 0 = off).
 
 Why (docs/stage2.md, round 17): 17 of the committed adapter's 18 over-refusals opened "I'm sorry".
 Refusing is decided at the first reply tokens, and the opening the policy gradient raises on harmful
@@ -15,10 +16,20 @@ events "the reply opens with o_k" are disjoint):
     loss  += opening_coef · L_open
 
 ∂L_open/∂log P(x) = (1/n)·P/(1 − P): nothing where the policy seldom opens a benign reply with a
-refusal, and a push that grows as it does. P(x) is read at temperature 1 (the rollouts sample at
+refusal, and a push that grows as it does. Under Adam, though, a small gradient that always points
+the same way still moves the weights at the full learning rate (round 18: at P ≈ 0.003 the term
+held harmful refusals down too, through the shared LoRA).
+
+``opening_sides: both`` adds as many harmful training prompts x_h, with the opposite target, which
+makes the term the cross-entropy of a refusal gate read at the first reply tokens:
+
+    L_open = −(1/(n_b + n_h))·[Σ_{x_b} log(1 − P(x_b)) + Σ_{x_h} log P(x_h)]
+
+so its gradient is the direction that tells the two kinds apart rather than a push on every
+prompt (the same aim as ``components.rl.contrast``, on the opening alone and without sampling). P(x) is read at temperature 1 (the rollouts sample at
 ``temperature``), and for the one tokenisation of each opening the tokenizer gives on its own, so it
 is a lower bound of the chance that a reply opens so. Harmful prompts are not in the term; their refusals are
-the policy gradient's. Like the prompt-swap contrast it is an auxiliary loss added to the first
+the policy gradient's unless ``opening_sides: both``. Like the prompt-swap contrast it is an auxiliary loss added to the first
 optimizer step of each pass, sharing ``max_grad_norm``.
 """
 from __future__ import annotations
@@ -43,6 +54,7 @@ class Openings:
     rows: Rollout   # n_local·K rows: prompt i's K openings are rows i·K … i·K + K − 1
     n_openings: int  # K
     total: int       # prompts over every process (the mean's denominator)
+    harmful: torch.Tensor  # [n_local] bool: True where the target is to open with a refusal
 
 
 def opening_ids(tokenizer, openings: Sequence[str]) -> list[list[int]]:
@@ -59,10 +71,11 @@ def opening_ids(tokenizer, openings: Sequence[str]) -> list[list[int]]:
     return ids
 
 
-def build(tokenizer, prompts: Sequence[str], ids: list[list[int]], total: int, device) -> Openings:
+def build(tokenizer, prompts: Sequence[str], ids: list[list[int]], total: int, device,
+          harmful: Sequence[bool] | None = None) -> Openings:
     """Rows render(x) + o_k for each prompt x and opening k: prompts left-padded to a common width Tp,
     openings right-padded to To (mask 0 after their end), so ``forward_logprobs`` reads the openings'
-    log-probs at [:, Tp:]."""
+    log-probs at [:, Tp:]. ``harmful[i]``: prompt i's target is a refusal (default: none is)."""
     k = len(ids)
     enc = tokenizer([render(tokenizer, p) for p in prompts for _ in range(k)], return_tensors="pt",
                     padding=True, add_special_tokens=False)
@@ -74,7 +87,8 @@ def build(tokenizer, prompts: Sequence[str], ids: list[list[int]], total: int, d
                    torch.cat([enc["attention_mask"], cmask], 1).to(device), cmask.to(device),
                    enc["input_ids"].shape[1], [p for p in prompts for _ in range(k)],
                    [""] * (len(prompts) * k))
-    return Openings(rows, k, total)
+    flags = torch.tensor(list(harmful) if harmful is not None else [False] * len(prompts), dtype=torch.bool)
+    return Openings(rows, k, total, flags.to(device))
 
 
 def log_p_refuse(logp: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
@@ -89,18 +103,23 @@ def unlikelihood(log_p: torch.Tensor) -> torch.Tensor:
 
 
 def loss(policy, batch: Openings) -> tuple[torch.Tensor, torch.Tensor]:
-    """(this process's share of L_open: Σ_x −log(1 − P(x)) / total, so the shares of several processes
-    add up to the mean; its sums [Σ L, Σ P] for ``summary``)."""
+    """(this process's share of L_open: Σ_x L(x) / total, with L(x) = −log(1 − P(x)) on a benign
+    prompt and −log P(x) on a harmful one, so the shares of several processes add up to the mean; its
+    sums [Σ L, Σ_benign P, Σ_harmful P] for ``summary``)."""
     logp = forward_logprobs(policy, batch.rows)[0]  # [n·K, To]
     log_p = log_p_refuse(logp, batch.rows.completion_mask.to(logp.device), batch.n_openings)  # [n]
-    per_prompt = unlikelihood(log_p)
-    sums = torch.stack([per_prompt.sum(), log_p.exp().sum()]).detach().double().cpu()
+    harmful = batch.harmful.to(log_p.device)
+    per_prompt = torch.where(harmful, -log_p, unlikelihood(log_p))
+    p = log_p.exp()
+    sums = torch.stack([per_prompt.sum(), p[~harmful].sum(), p[harmful].sum()]).detach().double().cpu()
     return per_prompt.sum() / batch.total, sums
 
 
-def summary(sums: torch.Tensor, total: int, sharded: bool) -> dict[str, float]:
-    """The step's mean L_open and mean P(x) over every process, before the update."""
+def summary(sums: torch.Tensor, n_benign: int, n_harmful: int, sharded: bool) -> dict[str, float]:
+    """The step's mean L_open, and mean P(x) by kind, over every process, before the update."""
     if sharded:
         dist.sum_([sums])
-    loss_, p = (float(x) / total for x in sums)
-    return {"opening_loss": loss_, "opening_p": p}
+    out = {"opening_loss": float(sums[0]) / (n_benign + n_harmful), "opening_p": float(sums[1]) / n_benign}
+    if n_harmful:
+        out["opening_p_harmful"] = float(sums[2]) / n_harmful
+    return out
