@@ -209,7 +209,7 @@ def align_probe(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str
         log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
                     "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
         return
-    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device, cfg.probe_at)
+    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device, cfg.probe_at, cfg.probe_shrinkage)
 
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,

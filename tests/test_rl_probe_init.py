@@ -31,6 +31,25 @@ def test_aligned_rows_read_the_kind_difference_and_not_the_shared_mean():
     assert bool((score_h > 0).all()) and bool((score_b < 0).all())  # A·h has the prompt kind's sign
 
 
+def test_the_discriminant_discounts_a_direction_that_varies_within_each_kind():
+    """The kinds differ by 1 along x and by 1 along y, but y also varies by ±3 inside each kind: the
+    mean difference weighs x and y alike, the shrunk Fisher discriminant turns towards x, where the
+    kinds do not overlap; at α = 1 it is the mean difference itself."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.tensor([0.0, 3.0]) * torch.randn(200, 1, generator=g)  # along y only
+    harmful = torch.tensor([1.0, 1.0]) + spread[:100] + 0.1 * torch.randn(100, 2, generator=g)
+    benign = torch.tensor([0.0, 0.0]) + spread[100:] + 0.1 * torch.randn(100, 2, generator=g)
+    mean_diff = probe_init.discriminant(harmful, benign, 1.0)
+    assert torch.equal(mean_diff, harmful.mean(0) - benign.mean(0))
+    fisher = probe_init.discriminant(harmful, benign, 0.5)
+    angle = lambda v: float(v[1].abs() / v[0].abs())  # noqa: E731 - |y| / |x| of a direction
+    assert angle(mean_diff) > 0.5 and angle(fisher) < 0.5 * angle(mean_diff)
+    accuracy = lambda w: float(((harmful @ w) > (benign @ w).max()).float().mean())  # noqa: E731
+    assert accuracy(fisher) > accuracy(mean_diff)
+    same = torch.ones(4, 2)  # no variation within a kind: the mean difference, not a singular solve
+    assert torch.equal(probe_init.discriminant(same, 0 * same, 0.5), torch.ones(2))
+
+
 def test_align_lora_changes_a_not_b_so_the_policy_still_equals_the_reference(tiny_model_dir):
     from components.lm import runtime, source
 
@@ -57,6 +76,11 @@ def test_probe_init_is_validated_and_runs(tiny_model_dir, head_dir, tmp_path):  
         TrainRLConfig(lora_init="pca")
     with pytest.raises(ConfigError, match="probe_at"):
         TrainRLConfig(probe_at="first")
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="probe_shrinkage"):
+            TrainRLConfig(probe_shrinkage=bad)
+    assert run(_cfg(steps=1, probe_shrinkage=0.5), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "o3",
+               tmp_path / "c3")["steps"] == 1
     summary = run(_cfg(steps=2, lora_init="probe"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "out",
                   tmp_path / "ckpt")
     assert summary["steps"] == 2
@@ -69,8 +93,8 @@ def test_run_aligns_on_the_train_prompts_only_and_only_under_probe(tiny_model_di
                                                                     monkeypatch):
     calls = []
     real = probe_init.align_lora
-    monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device, at: calls.append(
-        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device, at))
+    monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device, at, alpha: calls.append(
+        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device, at, alpha))
     run(_cfg(steps=1, lora_init="random"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ca")
     assert calls == []
     run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "cb")

@@ -132,6 +132,10 @@ class TrainRLConfig:
     """lora_init probe: where each train prompt's layer inputs are read: last (the last prompt
     position, which emits the first reply token; docs/stage2.md round 14) | mean (over the
     prompt's tokens, round 8)."""
+    probe_shrinkage: float = 1.0
+    """lora_init probe: α of the kind axis S_α⁻¹·(mean_h − mean_b), S_α = (1 − α)·S + α·(tr S/d)·I with S
+    the within-kind covariance of the layer inputs: 1.0 = the mean difference (rounds 8–17), below 1
+    a regularised Fisher discriminant (components/rl/probe_init.py); in (0, 1]."""
     select_harmful: int = 24
     """Selection: the first (sorted) harmful ``val`` prompts answered greedily; >= 1."""
     select_benign: int = 48
@@ -165,6 +169,9 @@ class TrainRLConfig:
     def __post_init__(self) -> None:
         require(self.probe_at in PROBE_AT,
                 f"train_rl.probe_at={self.probe_at!r}: use last (the prompt's last position) or mean (over its tokens).")
+        require(0 < self.probe_shrinkage <= 1,
+                f"train_rl.probe_shrinkage={self.probe_shrinkage!r}: use a value in (0, 1], e.g. 0.5 "
+                "(1.0 = the mean difference).")
         require(self.lora_init in ("random", "probe"),
                 f"train_rl.lora_init={self.lora_init!r}: use random (peft's init) or probe (rows along the "
                 "harmful − benign direction of the train prompts).")

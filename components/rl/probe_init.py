@@ -20,6 +20,17 @@ emits the first reply token (where a refusal is decided), or ``mean``, pooled ov
     d̂⊥  = d − (d·m̂)·m̂, normalised                                   (the kind axis, off the shared part)
     A[i] ← |A[0]|·d̂⊥ + σ·(A[i] − (A[i]·m̂)·m̂)                          σ = NOISE
 
+With ``shrinkage`` α < 1 the axis is a regularised Fisher discriminant instead of the mean
+difference: with S the pooled within-kind covariance of the inputs [d_in, d_in],
+
+    S_α = (1 − α)·S + α·(tr S / d_in)·I,      d ← S_α⁻¹·d                 (α = 1: d as it was)
+
+which discounts directions along which prompts of one kind already vary (Friedman 1989's regularised
+discriminant; with 189 train prompts and d_in = 576, S alone is singular). Round 18: on the base
+model's last-position inputs, scored on the val prompts (31 harmful, 48 benign), α = 0.5 gave a mean
+AUROC over the 117 layers with an axis of 0.946 against the mean difference's 0.881, and 83% of
+harmful against 7% of benign val prompts above zero (68% and 4%); α = 0.1 and 0.01 gave 0.928 and 0.893.
+
 Every row reads the kind axis with peft's scale; σ keeps the rows apart (B's columns would
 otherwise get identical gradients and the adapter would stay rank 1), and no row reads m̂. So A·h
 carries the prompt's harmfulness with a sign, and a penalised benign refusal moves B the same way
@@ -94,14 +105,30 @@ def layer_inputs(model, tokenizer, prompts: Sequence[str], device, batch_size: i
     return [torch.cat(xs) for xs in out]
 
 
-def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -> torch.Tensor | None:
+def discriminant(harmful: torch.Tensor, benign: torch.Tensor, shrinkage: float) -> torch.Tensor:
+    """S_α⁻¹·(mean_h − mean_b) [d_in] (module docstring); the mean difference itself at α = 1 or when
+    the inputs do not vary within a kind (tr S = 0)."""
+    d = harmful.mean(0) - benign.mean(0)
+    if shrinkage >= 1.0:
+        return d
+    centred = torch.cat([harmful - harmful.mean(0), benign - benign.mean(0)]).double()  # [n, d_in]
+    s = centred.T @ centred / max(len(centred) - 2, 1)  # pooled within-kind covariance [d_in, d_in]
+    scale = float(s.trace()) / s.shape[0]
+    if scale <= 0.0:
+        return d
+    s_alpha = (1.0 - shrinkage) * s + shrinkage * scale * torch.eye(s.shape[0], dtype=s.dtype)
+    return torch.linalg.solve(s_alpha, d.double()).to(d.dtype)
+
+
+def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor,
+                 shrinkage: float = 1.0) -> torch.Tensor | None:
     """The new A [r, d_in] from peft's A and the layer inputs [n_h, d_in], [n_b, d_in] that
-    ``layer_inputs`` read (module docstring); None when there is no kind axis (d⊥ = 0: the two
-    sets differ only along their mean)."""
+    ``layer_inputs`` read (module docstring), along the ``discriminant`` with ``shrinkage`` α; None
+    when there is no kind axis (d⊥ = 0: the two sets differ only along their mean)."""
     a = a.float()
     m = torch.cat([harmful, benign]).mean(0)
     m_hat = m / m.norm().clamp_min(1e-12)
-    d = harmful.mean(0) - benign.mean(0)
+    d = discriminant(harmful, benign, shrinkage)
     d_perp = d - (d @ m_hat) * m_hat
     if float(d_perp.norm()) <= 1e-8 * float(d.norm().clamp_min(1e-30)):
         return None
@@ -110,8 +137,9 @@ def aligned_rows(a: torch.Tensor, harmful: torch.Tensor, benign: torch.Tensor) -
 
 
 @torch.no_grad()
-def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device, at: str = "mean") -> int:
-    """Set every active LoRA A as ``aligned_rows`` says, from the inputs read ``at`` (``AT``); returns
+def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], device, at: str = "mean",
+               shrinkage: float = 1.0) -> int:
+    """Set every active LoRA A as ``aligned_rows`` says (with ``shrinkage``), from the inputs read ``at`` (``AT``); returns
     how many layers changed. Layers whose kind axis vanishes (e.g. the first layer's last position,
     the same token for every prompt) keep peft's A. With several processes the A matrices are
     averaged over them, so every process starts from the same adapter even where their forward
@@ -123,7 +151,7 @@ def align_lora(model, tokenizer, harmful: Sequence[str], benign: Sequence[str], 
     weights, changed = [], 0
     for m, h, b in zip(_layers(model), xh, xb):
         weight = m.lora_A[m.active_adapters[0]].weight  # [r, d_in]
-        rows = aligned_rows(weight, h, b)
+        rows = aligned_rows(weight, h, b, shrinkage)
         if rows is not None:
             weight.copy_(rows.to(weight.dtype))
             changed += 1
