@@ -46,6 +46,12 @@ def test_the_discriminant_discounts_a_direction_that_varies_within_each_kind():
     assert angle(mean_diff) > 0.5 and angle(fisher) < 0.5 * angle(mean_diff)
     accuracy = lambda w: float(((harmful @ w) > (benign @ w).max()).float().mean())  # noqa: E731
     assert accuracy(fisher) > accuracy(mean_diff)
+    # against the closed form: pooled within-kind covariance, shrunk towards (tr S / 2)·I, inverted
+    xc = torch.cat([harmful - harmful.mean(0), benign - benign.mean(0)]).double()
+    s = xc.T @ xc / 198
+    s_alpha = 0.5 * s + 0.5 * float(s.trace()) / 2 * torch.eye(2, dtype=torch.float64)
+    expected = torch.linalg.inv(s_alpha) @ (harmful.mean(0) - benign.mean(0)).double()
+    assert torch.allclose(fisher.double(), expected, rtol=1e-5)
     same = torch.ones(4, 2)  # no variation within a kind: the mean difference, not a singular solve
     assert torch.equal(probe_init.discriminant(same, 0 * same, 0.5), torch.ones(2))
 
@@ -94,13 +100,13 @@ def test_run_aligns_on_the_train_prompts_only_and_only_under_probe(tiny_model_di
     calls = []
     real = probe_init.align_lora
     monkeypatch.setattr(probe_init, "align_lora", lambda model, tok, harmful, benign, device, at, alpha: calls.append(
-        (list(harmful), list(benign))) or real(model, tok, harmful, benign, device, at, alpha))
+        (list(harmful), list(benign), alpha)) or real(model, tok, harmful, benign, device, at, alpha))
     run(_cfg(steps=1, lora_init="random"), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ca")
     assert calls == []
-    run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "cb")
+    run(_cfg(steps=1, probe_shrinkage=0.25), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "cb")
     train = PROMPTS[PROMPTS.split == "train"]
     assert calls == [(sorted(train[train.prompt_kind == "harmful"].prompt),
-                      sorted(train[train.prompt_kind == "benign"].prompt))]
+                      sorted(train[train.prompt_kind == "benign"].prompt), 0.25)]
 
 
 def test_pooling_ignores_the_padding_a_longer_neighbour_adds(tiny_model_dir):

@@ -116,7 +116,7 @@ def discriminant(harmful: torch.Tensor, benign: torch.Tensor, shrinkage: float) 
     scale = float(s.trace()) / s.shape[0]
     if scale <= 0.0:
         return d
-    s_alpha = (1.0 - shrinkage) * s + shrinkage * scale * torch.eye(s.shape[0], dtype=s.dtype)
+    s_alpha = (1.0 - shrinkage) * s + shrinkage * scale * torch.eye(s.shape[0], dtype=s.dtype, device=s.device)
     return torch.linalg.solve(s_alpha, d.double()).to(d.dtype)
 
 
