@@ -52,7 +52,10 @@ def test_rows_put_each_opening_after_the_rendered_prompt(tiny_lm):
     # probabilities read one unpadded prefix at a time, for the longest prompt and the left-padded one
     assert batch.rows.attention_mask[3, :tp].sum() < tp  # prompt 1 is left-padded
     with torch.no_grad():
-        logp = forward_logprobs(tiny_lm.model, batch.rows)[0]
+        logp = openings.opening_logprobs(tiny_lm.model, batch)
+        full = forward_logprobs(tiny_lm.model, batch.rows)[0]  # every row whole, no cache
+    mask = batch.rows.completion_mask.bool()
+    assert torch.allclose(logp[mask], full[mask], atol=1e-5)
     ps = openings.log_p_refuse(logp, batch.rows.completion_mask, 3).exp()
     for i, prompt in enumerate(BENIGN[:2]):
         manual = 0.0

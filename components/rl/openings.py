@@ -42,7 +42,7 @@ import torch
 from components.core import dist
 from components.core.config import require
 from components.lm.generation import render
-from components.rl.policy import Rollout, forward_logprobs
+from components.rl.policy import Rollout
 
 MAX_P = 1.0 - 1e-6  # P(x) is clamped below 1 so that log(1 − P) stays finite
 
@@ -91,6 +91,27 @@ def build(tokenizer, prompts: Sequence[str], ids: list[list[int]], total: int, d
     return Openings(rows, k, total, flags.to(device))
 
 
+def opening_logprobs(policy, batch: Openings) -> torch.Tensor:
+    """log π(o_k,t | x, o_k,<t) [n·K, To] with each prompt encoded once: the prompts [n, Tp] run with a
+    KV cache, the cache is repeated K times, and the K openings [n·K, To] run on it. The same values as
+    ``forward_logprobs`` on ``batch.rows`` (n·K full rows), on about (n·Tp + n·K·To)/(n·K·(Tp + To)) of
+    the tokens: a sixth with K = 6 short openings."""
+    from components.rl.formulas import token_logprobs
+
+    k, ro, tp = batch.n_openings, batch.rows, batch.rows.prompt_len
+    ids, mask = ro.input_ids[::k, :tp], ro.attention_mask[::k, :tp]  # [n, Tp], left-padded
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = policy(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(k)  # [n, …] → [n·K, …], prompt i's rows i·K … i·K + K − 1
+    opening = ro.input_ids[:, tp:]  # [n·K, To]
+    o_pos = pos[:, -1:].repeat_interleave(k, 0) + 1 + torch.arange(opening.shape[1], device=opening.device)
+    rest = policy(input_ids=opening, attention_mask=ro.attention_mask, position_ids=o_pos, past_key_values=cache,
+                  use_cache=True).logits  # [n·K, To, V]: position t predicts opening token t + 1
+    first = token_logprobs(out.logits[:, -1:].repeat_interleave(k, 0), opening[:, :1])  # [n·K, 1]
+    return torch.cat([first, token_logprobs(rest[:, :-1], opening[:, 1:])], dim=1)
+
+
 def log_p_refuse(logp: torch.Tensor, mask: torch.Tensor, k: int) -> torch.Tensor:
     """log P(x) = logsumexp_k Σ_t m_t·log π(o_k,t | …): [n·K, To] token log-probs → [n]."""
     per_opening = (logp * mask.to(logp.dtype)).sum(1).view(-1, k)  # [n, K]
@@ -106,7 +127,7 @@ def loss(policy, batch: Openings) -> tuple[torch.Tensor, torch.Tensor]:
     """(this process's share of L_open: Σ_x L(x) / total, with L(x) = −log(1 − P(x)) on a benign
     prompt and −log P(x) on a harmful one, so the shares of several processes add up to the mean; its
     sums [Σ L, Σ_benign P, Σ_harmful P] for ``summary``)."""
-    logp = forward_logprobs(policy, batch.rows)[0]  # [n·K, To]
+    logp = opening_logprobs(policy, batch)  # [n·K, To]
     log_p = log_p_refuse(logp, batch.rows.completion_mask.to(logp.device), batch.n_openings)  # [n]
     harmful = batch.harmful.to(log_p.device)
     per_prompt = torch.where(harmful, -log_p, unlikelihood(log_p))
