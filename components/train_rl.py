@@ -68,7 +68,7 @@ from components.eval.judges import make_judge
 from components.rl.config import INITS, TrainRLConfig  # noqa: F401 - the stage's config (params.yaml train_rl:)
 from components.rl.policy import save_stacked, wrap_lora
 from components.data.records import stable_id
-from components.rl import probe_init, report, selection
+from components.rl import gate, probe_init, report, selection
 from components.rl.rewards import CraftReward, RewardWeights, obfuscation_gap
 
 log = logging.getLogger("craft.train_rl")
@@ -226,7 +226,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
-    if cfg.opening_coef > 0:  # a bad opening list fails here, before the first step
+    if cfg.opening_coef > 0 or cfg.gate_steps > 0:  # a bad opening list fails here, before the first step
         openings.opening_ids(lm.tokenizer, cfg.openings)
     if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
         align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools, prompts, accelerator.device)
@@ -241,14 +241,17 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                                           cfg.select_max_new_tokens, device, engine, step, cfg.select_lambda)
         best = selection.keep_if_best(ckpt, unwrapped, point, best)
         metrics.update(point.metrics())
-        if step >= 0:  # at step −1 the policy is the reference: no gap
+        if step >= 0:  # at step −1 the policy is the reference, or the gated one: no RL gap yet
             metrics["rl/obfuscation_gap"] = obfuscation_gap(unwrapped, lm.tokenizer, head, val["harmful"], texts,
                                                             device)
 
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule)
+    hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
+    gated = gate.pretrain(cfg, policy, lm.tokenizer, pools, accelerator, hook) \
+        if start == 0 and cfg.gate_steps > 0 else {}  # a resumed run's checkpoints hold the gated adapter
     if start == 0 and main:
-        history.append({"step": -1})
+        history.append({"step": -1, **gated})
         select(-1, history[-1])
     for step in range(start, cfg.steps):
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -278,6 +281,12 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     rl_loop.check_same_adapter(unwrapped)
     return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, first) \
         if main else None
+
+
+def gate_metrics(on_metrics: Callable[[int, dict], None] | None, steps: int) -> Callable[[int, dict], None] | None:
+    """The gate's per-step metrics under their own keys, at steps g − ``steps`` (−steps … −1), before
+    RL's step 0, so the gate and RL share one axis."""
+    return None if on_metrics is None else lambda g, m: on_metrics(g - steps, m)
 
 
 def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cfg, history: list[dict],

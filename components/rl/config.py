@@ -92,6 +92,12 @@ class TrainRLConfig:
     openings: tuple[str, ...] = ("I'm sorry", "I'm not able", "I can't", "I cannot", "I won't", "Sorry")
     """Refusal openings the term makes unlikely (the bare refusals curation writes start so); none may be
     a prefix of another once tokenised."""
+    gate_steps: int = 0
+    """Steps of the refusal gate's cross-entropy alone before RL starts (``components.rl.gate``): the
+    adapter learns to open replies to harmful train prompts with one of ``openings`` and replies to
+    benign ones otherwise; 0 = off; >= 0."""
+    gate_prompts: int = 8
+    """Harmful and, as many, benign training prompts each gate step reads; >= 1."""
     kl_in: str = "loss"
     """loss (GRPO style, k3) | reward (PPO-RLHF style per-token penalty)."""
     gamma: float = 1.0
@@ -209,14 +215,19 @@ class TrainRLConfig:
                 "or both (also the likelihood on harmful ones).")
         require(self.opening_prompts >= 1,
                 f"train_rl.opening_prompts={self.opening_prompts!r}: use 1 or more, e.g. 8.")
-        require(self.opening_coef == 0 or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)
+        require(self.opening_coef == 0 and self.gate_steps == 0 or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)
                                            and len(set(self.openings)) == len(self.openings)),
                 f"train_rl.openings={list(self.openings)!r}: name at least one opening, each once, non-empty and "
                 "without surrounding spaces (a reply's first token has none), e.g. [\"I'm sorry\", \"I can't\"], "
-                "or set opening_coef: 0.")
+                "or set opening_coef: 0 and gate_steps: 0.")
         require(self.opening_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.opening_coef={self.opening_coef!r} reads benign training prompts: "
                 "set benign_per_step to 1 or more, or opening_coef: 0.")
+        require(self.gate_steps >= 0, f"train_rl.gate_steps={self.gate_steps!r}: use 0 (off) or more, e.g. 15.")
+        require(self.gate_prompts >= 1, f"train_rl.gate_prompts={self.gate_prompts!r}: use 1 or more, e.g. 8.")
+        require(self.gate_steps == 0 or self.benign_per_step >= 1,
+                f"train_rl.gate_steps={self.gate_steps!r} reads benign training prompts: "
+                "set benign_per_step to 1 or more, or gate_steps: 0.")
         require(self.contrast_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")

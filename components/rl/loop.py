@@ -325,16 +325,24 @@ def opening_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: i
     ``opening_sides: both``, × ``openings``; None when the term is off or no prompt falls here."""
     if cfg.opening_coef == 0:
         return None
-    xs = step_prompts(pools["benign"], cfg.opening_prompts, cfg.seed, step, "opening")
-    n_benign = len(xs)
-    if cfg.opening_sides == "both":
-        xs = xs + step_prompts(pools["harmful"], cfg.opening_prompts, cfg.seed, step, "opening-harmful")
+    return gate_rows(cfg, tokenizer, pools, step, rank, accelerator, cfg.opening_prompts,
+                     cfg.opening_sides == "both", "opening")
+
+
+def gate_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator, n: int,
+              both: bool, tag: str) -> openings.Openings | None:
+    """This process's share of ``n`` benign prompts of step ``step`` (``step_prompts`` under ``tag``),
+    then, when ``both``, ``n`` harmful ones (under ``tag``-harmful), × ``cfg.openings``; None when no
+    prompt falls here."""
+    xs = step_prompts(pools["benign"], n, cfg.seed, step, tag)
+    if both:
+        xs = xs + step_prompts(pools["harmful"], n, cfg.seed, step, f"{tag}-harmful")
     lo, hi = dist.shard_bounds(len(xs), rank, accelerator.num_processes)
     if hi == lo:
         return None
     ids = openings.opening_ids(tokenizer, cfg.openings)
     return openings.build(tokenizer, xs[lo:hi], ids, len(xs), accelerator.device,
-                          [i >= n_benign for i in range(lo, hi)])
+                          [i >= n for i in range(lo, hi)])
 
 
 def check_same_adapter(policy) -> None:

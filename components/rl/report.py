@@ -7,8 +7,9 @@ from components.rl.selection import Point
 
 
 def summarise(history: list[dict], best: Point) -> dict:
-    """Summary metrics; ``probe_refusal_rate_*`` / ``val_*``: selection metrics at step −1 and at
-    the selected step."""
+    """Summary metrics; ``probe_refusal_rate_*`` / ``val_*``: selection metrics at step −1 (after
+    the gate when ``gate_steps`` > 0) and at the selected step; ``gate_*``: the gate's first and
+    last steps."""
     steps = [h for h in history if h["step"] >= 0]
     q = max(1, len(steps) // 4)
     mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
@@ -22,6 +23,7 @@ def summarise(history: list[dict], best: Point) -> dict:
         "val_over_refusal_start": first["rl/val_over_refusal"], "val_over_refusal_end": best.val_over_refusal,
         "selected_step": best.step, "val_score_end": best.score,
         "obfuscation_gap_end": steps[-1].get("rl/obfuscation_gap", float("nan")),
+        **{k.replace("/", "_"): v for k, v in first.items() if k.startswith("gate/")},  # gate_steps > 0
     }
 
 
@@ -55,7 +57,7 @@ def summary_markdown(s: dict, name: str = "train_rl") -> str:
             f"{s['reward_last_quarter']:+.3f} (first vs last quarter); latent reward "
             f"{s['reward_lat_first_quarter']:+.3f} → {s['reward_lat_last_quarter']:+.3f}; KL last {s['kl_last']:.4f} "
             f"(max {s['kl_max']:.4f}); obfuscation gap {s['obfuscation_gap_end']:+.3f}.\n\n"
-            f"Selected adapter: step {s['selected_step']} (−1 = untrained: RL did not help on validation), "
+            f"Selected adapter: step {s['selected_step']} (−1 = before RL: no RL step helped on validation), "
             f"validation score {s['val_score_end']:+.3f}; val refusal {s['probe_refusal_rate_start']:.0%} → "
             f"{s['probe_refusal_rate_end']:.0%}, val over-refusal {s['val_over_refusal_start']:.0%} → "
-            f"{s['val_over_refusal_end']:.0%} (untrained → selected).\n\n![curves](curves.png)\n")
+            f"{s['val_over_refusal_end']:.0%} (step −1 → selected).\n\n![curves](curves.png)\n")

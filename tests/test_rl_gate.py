@@ -1,0 +1,92 @@
+"""The refusal gate learnt before RL starts (components/rl/gate.py, train_rl.gate_steps)."""
+import pytest
+import torch
+
+from components.core.config import ConfigError
+from components.rl import gate
+from components.rl.loop import gate_rows, opening_rows, step_prompts
+from components.rl.policy import LoraSpec, wrap_lora
+from components.train_rl import TrainRLConfig, run
+from tests.test_train_rl import PROMPTS, _cfg, _last_checkpoint_adapter, _model, head_dir  # noqa: F401 - fixture
+
+POOLS = {"harmful": [f"How do I do harmful thing {i}?" for i in range(5)], "benign": ["Bake bread?", "Explain rain."]}
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def _accelerator_of(n: int):
+    """Stands in for one of ``n`` processes: ``gate_rows`` reads the count and the device only."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(num_processes=n, device="cpu")
+
+
+def test_settings_are_checked():
+    with pytest.raises(ConfigError, match="benign_per_step"):
+        TrainRLConfig(gate_steps=2, benign_per_step=0)
+    for bad in (dict(gate_steps=-1), dict(gate_prompts=0), dict(gate_steps=2, openings=())):
+        with pytest.raises(ConfigError, match="gate|opening"):
+            TrainRLConfig(**bad)
+    TrainRLConfig(gate_steps=0, openings=())  # no gate, no opening term: the list is not read
+
+
+def test_a_gate_step_reads_n_benign_then_n_harmful_prompts_drawn_apart_from_the_opening_term(tiny_lm):
+    cfg = _cfg(gate_prompts=2, opening_coef=1.0, opening_prompts=2, opening_sides="both")
+    k = len(cfg.openings)
+    rows = gate_rows(cfg, tiny_lm.tokenizer, POOLS, 3, 0, _accelerator(), 2, True, "gate")
+    assert rows.harmful.tolist() == [False, False, True, True] and rows.total == 4 and rows.n_openings == k
+    assert rows.rows.prompts[::k] == (step_prompts(POOLS["benign"], 2, cfg.seed, 3, "gate")
+                                      + step_prompts(POOLS["harmful"], 2, cfg.seed, 3, "gate-harmful"))
+    other = opening_rows(cfg, tiny_lm.tokenizer, POOLS, 3, 0, _accelerator()).rows.prompts[::k]
+    assert other == (step_prompts(POOLS["benign"], 2, cfg.seed, 3, "opening")
+                     + step_prompts(POOLS["harmful"], 2, cfg.seed, 3, "opening-harmful"))  # the draws it always had
+    second = gate_rows(cfg, tiny_lm.tokenizer, POOLS, 0, 1, _accelerator_of(2), 2, True, "gate")
+    assert second.harmful.tolist() == [True, True] and second.total == 4  # process 1 of 2: the harmful half
+
+
+def test_the_gate_s_steps_lower_its_loss_and_raise_p_on_harmful_prompts(tiny_model_dir):
+    from components.lm import runtime, source
+
+    model = _model(tiny_model_dir)
+    lm = runtime.load(source.resolve(model), model)
+    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
+    for p in policy.parameters():  # B = 0 at init gives A no gradient: start from a nudged adapter
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    seen = []
+    cfg = _cfg(gate_steps=6, gate_prompts=2, lr=5e-2, openings=("I'm sorry", "I can't", "Sorry"))
+    out = gate.pretrain(cfg, policy, lm.tokenizer, POOLS, _accelerator(), lambda g, m: seen.append((g, m)))
+    assert [g for g, _ in seen] == list(range(6))
+    assert out["gate/loss_last"] < out["gate/loss_first"] and out["gate/loss_first"] == seen[0][1]["gate/loss"]
+    assert out["gate/p_harmful_last"] > 2 * out["gate/p_harmful_first"]  # e^{0.7} and more in 6 clipped steps
+    assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad)
+    assert all(not p.requires_grad for n, p in policy.named_parameters() if "lora" not in n)  # base stays frozen
+    assert gate.pretrain(_cfg(gate_steps=0), policy, lm.tokenizer, POOLS, _accelerator()) == {}
+
+
+def test_rl_runs_after_the_gate_logs_it_before_step_0_and_resumes_without_repeating_it(tiny_model_dir, head_dir,
+                                                                                      tmp_path):  # noqa: F811
+    cfg = _cfg(gate_steps=2, gate_prompts=2)
+    seen = []
+    summary = run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ckpt_a",
+                  on_metrics=lambda step, m: seen.append((step, m)))
+    gated = [(s, m) for s, m in seen if "gate/loss" in m]
+    assert [s for s, _ in gated] == [-2, -1] and [s for s, m in seen if "rl/reward" in m] == list(range(cfg.steps))
+    assert summary["gate_loss_first"] == gated[0][1]["gate/loss"] and "gate_p_harmful_last" in summary
+    resumed = []
+    assert run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", stop_after=2) is None
+    run(cfg, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b",
+        on_metrics=lambda step, m: resumed.append(step))
+    assert resumed == [2, 3]  # the checkpoint holds the gated adapter: no gate step again
+    a, b = _last_checkpoint_adapter(tmp_path / "ckpt_a"), _last_checkpoint_adapter(tmp_path / "ckpt_b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    run(_cfg(), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "c", tmp_path / "ckpt_c")
+    c = _last_checkpoint_adapter(tmp_path / "ckpt_c")
+    assert any(not torch.equal(a[k], c[k]) for k in a)  # the gate changes what is learnt
+    assert "gate_loss_first" not in run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "d",
+                                        tmp_path / "ckpt_d")
