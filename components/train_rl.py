@@ -226,7 +226,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
-    if cfg.opening_coef > 0 or cfg.gate_steps > 0:  # a bad opening list fails here, before the first step
+    if cfg.opening_coef > 0 or cfg.gate_steps > 0 or cfg.benign_candidates > 1:  # a bad opening list fails here
         openings.opening_ids(lm.tokenizer, cfg.openings)
     if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
         align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools, prompts, accelerator.device)

@@ -1,4 +1,5 @@
-"""The refusal gate learnt before RL starts (components/rl/gate.py, train_rl.gate_steps)."""
+"""The refusal gate learnt before RL starts (components/rl/gate.py, train_rl.gate_steps), and benign
+rollout prompts picked by how likely the policy is to refuse them (train_rl.benign_candidates)."""
 import pytest
 import torch
 
@@ -90,3 +91,37 @@ def test_rl_runs_after_the_gate_logs_it_before_step_0_and_resumes_without_repeat
     assert any(not torch.equal(a[k], c[k]) for k in a)  # the gate changes what is learnt
     assert "gate_loss_first" not in run(_cfg(steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "d",
                                         tmp_path / "ckpt_d")
+
+
+def test_refusal_prone_picks_the_candidates_the_policy_likeliest_refuses(tiny_lm):
+    from components.rl import openings
+    from components.rl.loop import refusal_prone
+
+    pools = {"harmful": POOLS["harmful"], "benign": [f"Explain topic {i}." for i in range(6)] + POOLS["benign"]}
+    cfg = _cfg(benign_per_step=2, benign_candidates=3)
+    picked, logged = refusal_prone(cfg, tiny_lm.model, tiny_lm.tokenizer, pools, 1, _accelerator())
+    candidates = step_prompts(pools["benign"], 6, cfg.seed, 1, "benign")
+    ids = openings.opening_ids(tiny_lm.tokenizer, cfg.openings)
+    with torch.no_grad():
+        batch = openings.build(tiny_lm.tokenizer, candidates, ids, 6, "cpu")
+        p = openings.log_p_refuse(openings.opening_logprobs(tiny_lm.model, batch), batch.rows.completion_mask,
+                                  len(ids)).exp()
+    top = sorted(range(6), key=lambda i: -float(p[i]))[:2]
+    assert picked == [candidates[i] for i in sorted(top)] and len(set(picked)) == 2
+    assert logged["rl/benign_picked_p"] >= logged["rl/benign_candidates_p"]
+    assert logged["rl/benign_candidates_p"] == pytest.approx(float(p.mean()), rel=1e-5)
+    with pytest.raises(ConfigError, match="benign_candidates"):
+        TrainRLConfig(benign_candidates=0)
+
+
+def test_rl_with_refusal_prone_benign_prompts_logs_the_pick_and_changes_what_is_learnt(tiny_model_dir, head_dir,
+                                                                                       tmp_path):  # noqa: F811
+    prompts = PROMPTS.copy()
+    prompts.loc[len(prompts)] = ["Fold a shirt?", "benign", "train"]
+    seen = []
+    run(_cfg(benign_candidates=2, steps=2), _model(tiny_model_dir), prompts, head_dir, tmp_path / "a",
+        tmp_path / "ckpt_a", on_metrics=lambda step, m: seen.append(m))
+    assert all(m["rl/benign_picked_p"] >= m["rl/benign_candidates_p"] > 0 for m in seen)
+    run(_cfg(steps=2), _model(tiny_model_dir), prompts, head_dir, tmp_path / "b", tmp_path / "ckpt_b",
+        on_metrics=lambda step, m: seen.append(m))
+    assert "rl/benign_picked_p" not in seen[-1]

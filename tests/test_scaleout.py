@@ -31,10 +31,12 @@ RL = {"advantage": "ppo", "temperature": 0.0, "group_size": 1, "prompts_per_step
       "grad_accum": 1, "steps": 3, "max_new_tokens": 6, "ppo_epochs": 1, "judge": "keyword", "benign_per_step": 1,
       "select_harmful": 1, "select_benign": 1, "select_judge": "keyword",
       "checkpoint_every": 1, "log_every": 3, "lora_r": 2, "lora_alpha": 4, "lr": 0.005,
-      "opening_coef": 1.0, "opening_prompts": 1, "gate_steps": 1, "gate_prompts": 1}
+      "opening_coef": 1.0, "opening_prompts": 1, "gate_steps": 1, "gate_prompts": 1,
+      "benign_candidates": 2}
 """4 harmful + 1 benign prompts: rows 3 + 2 per process; minibatches of 3 straddle the processes; 2
 optimizer steps per RL step. One opening prompt: under 2 processes the second holds none of it and
-still joins the opening term's sums. One gate step on one benign and one harmful prompt: one each."""
+still joins the opening term's sums. One gate step on one benign and one harmful prompt: one each.
+Two benign candidates a step: each process scores one, and both pick the same."""
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 7, 10])

@@ -59,6 +59,11 @@ class TrainRLConfig:
     """Ingest sources the benign training prompts are drawn from (the prompts' ``source`` column,
     e.g. [benign_lookalikes]); empty = every benign source. Look-alikes share a harmful prompt's
     words but not its intent: the contrast the reward must teach. Selection keeps every benign val prompt."""
+    benign_candidates: int = 1
+    """1: each step's benign rollout prompts are the walk's draws. k > 1: of k times as many drawn,
+    the ones the policy is likeliest to refuse (the largest probability of opening the reply with one
+    of ``openings``), so a refusal of a benign prompt is sampled, and RL's reward pushes it back,
+    where one is likeliest; >= 1."""
     kl_coef_benign: float | None = None
     """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
     benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
@@ -215,14 +220,17 @@ class TrainRLConfig:
                 "or both (also the likelihood on harmful ones).")
         require(self.opening_prompts >= 1,
                 f"train_rl.opening_prompts={self.opening_prompts!r}: use 1 or more, e.g. 8.")
-        require(self.opening_coef == 0 and self.gate_steps == 0 or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)
-                                           and len(set(self.openings)) == len(self.openings)),
+        require(self.opening_coef == 0 and self.gate_steps == 0 and self.benign_candidates == 1
+                or (len(self.openings) >= 1 and all(o and o == o.strip() for o in self.openings)
+                    and len(set(self.openings)) == len(self.openings)),
                 f"train_rl.openings={list(self.openings)!r}: name at least one opening, each once, non-empty and "
                 "without surrounding spaces (a reply's first token has none), e.g. [\"I'm sorry\", \"I can't\"], "
-                "or set opening_coef: 0 and gate_steps: 0.")
+                "or set opening_coef: 0, gate_steps: 0 and benign_candidates: 1.")
         require(self.opening_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.opening_coef={self.opening_coef!r} reads benign training prompts: "
                 "set benign_per_step to 1 or more, or opening_coef: 0.")
+        require(self.benign_candidates >= 1,
+                f"train_rl.benign_candidates={self.benign_candidates!r}: use 1 (the walk's prompts) or more, e.g. 8.")
         require(self.gate_steps >= 0, f"train_rl.gate_steps={self.gate_steps!r}: use 0 (off) or more, e.g. 15.")
         require(self.gate_prompts >= 1, f"train_rl.gate_prompts={self.gate_prompts!r}: use 1 or more, e.g. 8.")
         require(self.gate_steps == 0 or self.benign_per_step >= 1,

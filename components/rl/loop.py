@@ -286,6 +286,10 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     batch, the same on every process)."""
     rank = accelerator.process_index
     prompts, kinds = step_batch(pools, cfg, step)
+    picked = {}
+    if cfg.benign_candidates > 1 and cfg.benign_per_step:  # the benign prompts the policy likeliest refuses
+        benign, picked = refusal_prone(cfg, policy, tokenizer, pools, step, accelerator)
+        prompts = prompts[: cfg.prompts_per_step] + benign
     mine, rows = shard_prompts(list(zip(prompts, kinds)), cfg.group_size, rank, accelerator.num_processes)
     model = accelerator.unwrap_model(policy)
     ro = rollout(model, tokenizer, [p for p, _ in mine], cfg.group_size, cfg.max_new_tokens, cfg.temperature,
@@ -306,6 +310,7 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     out = {f"rl/reward_{k}" if k != "total" else "rl/reward": float(v.mean()) for k, v in parts.items()}
     out.update({f"rl/{k}": v for k, v in stats.items()})
     out["rl/response_length"] = float(lengths.mean())
+    out.update(picked)
     harmful = torch.tensor([k == "harmful" for k in kinds for _ in range(cfg.group_size)])  # [N_global]
     refused = parts["p_safe_text"] >= SAFE_AT  # [N_global]
     out["rl/text_refusal_rate"] = float(refused[harmful].float().mean())  # harmful rollouts the judge calls safe
@@ -316,6 +321,31 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     flat = formulas.group_advantages(parts["total"], cfg.group_size, min_std=cfg.min_group_std)[1]  # [P]
     out["rl/flat_groups"] = float(flat.float().mean())
     return out
+
+
+@torch.no_grad()
+def refusal_prone(cfg, policy, tokenizer, pools: dict[str, list[str]], step: int, accelerator
+                  ) -> tuple[list[str], dict[str, float]]:
+    """The step's ``benign_per_step`` benign prompts under ``benign_candidates`` > 1: of
+    ``benign_per_step · benign_candidates`` drawn by the walk (``step_prompts``, kind "benign": with
+    one candidate a prompt, the walk's own draws), the ones with the largest P(x), the policy's
+    probability of opening its reply with one of ``openings`` (``components.rl.openings``, no
+    gradient); ties and the order kept by draw. Each process scores its share of the candidates and
+    every process sees every score, so all pick the same. Also returns the mean P over the
+    candidates and over the picked ones, for the log."""
+    n = cfg.benign_per_step
+    candidates = step_prompts(pools["benign"], n * cfg.benign_candidates, cfg.seed, step, "benign")
+    lo, hi = dist.shard_bounds(len(candidates), accelerator.process_index, accelerator.num_processes)
+    p = torch.zeros(0, dtype=torch.float32)
+    if hi > lo:
+        ids = openings.opening_ids(tokenizer, cfg.openings)
+        batch = openings.build(tokenizer, candidates[lo:hi], ids, len(candidates), accelerator.device)
+        logp = openings.opening_logprobs(policy, batch)  # [n_local·K, To]
+        p = openings.log_p_refuse(logp, batch.rows.completion_mask.to(logp.device), len(ids)).exp().float().cpu()
+    p = dist.cat(p)  # [n·candidates], in draw order
+    top = sorted(sorted(range(len(candidates)), key=lambda i: -float(p[i]))[:n])
+    return [candidates[i] for i in top], {"rl/benign_candidates_p": float(p.mean()),
+                                          "rl/benign_picked_p": float(p[top].mean())}
 
 
 def opening_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator
