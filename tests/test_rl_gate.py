@@ -6,8 +6,8 @@ import torch
 from components.core.config import ConfigError
 from components.rl import gate
 from components.rl.loop import gate_rows, opening_rows, step_prompts
-from components.rl.policy import LoraSpec, wrap_lora
 from components.train_rl import TrainRLConfig, run
+from tests.test_rl_openings import nudged_policy
 from tests.test_train_rl import PROMPTS, _cfg, _last_checkpoint_adapter, _model, head_dir  # noqa: F401 - fixture
 
 POOLS = {"harmful": [f"How do I do harmful thing {i}?" for i in range(5)], "benign": ["Bake bread?", "Explain rain."]}
@@ -50,14 +50,7 @@ def test_a_gate_step_reads_n_benign_then_n_harmful_prompts_drawn_apart_from_the_
 
 
 def test_the_gate_s_steps_lower_its_loss_and_raise_p_on_harmful_prompts(tiny_model_dir):
-    from components.lm import runtime, source
-
-    model = _model(tiny_model_dir)
-    lm = runtime.load(source.resolve(model), model)
-    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
-    for p in policy.parameters():  # B = 0 at init gives A no gradient: start from a nudged adapter
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    lm, policy = nudged_policy(tiny_model_dir)
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     seen = []
     cfg = _cfg(gate_steps=6, gate_prompts=2, lr=5e-2, openings=("I'm sorry", "I can't", "Sorry"))

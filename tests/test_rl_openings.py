@@ -70,15 +70,22 @@ def test_rows_put_each_opening_after_the_rendered_prompt(tiny_lm):
         assert float(ps[i]) == pytest.approx(manual, rel=1e-4)
 
 
-def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
+def nudged_policy(tiny_model_dir):
+    """(the tiny model loaded afresh, its LoRA-wrapped policy with every adapter weight drawn from
+    N(0, 0.05²)): at init B = 0 gives A no gradient, so a test of descent starts from a nudged adapter."""
     from components.lm import runtime, source
 
     cfg = _model(tiny_model_dir)
     lm = runtime.load(source.resolve(cfg), cfg)
     policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
-    for p in policy.parameters():  # B = 0 at init gives A no gradient: start from a nudged adapter
+    for p in policy.parameters():
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    return lm, policy
+
+
+def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
+    lm, policy = nudged_policy(tiny_model_dir)
     # a random model gives the real openings P ~ 1e-10: take the five likeliest first tokens instead
     enc = lm.tokenizer(render(lm.tokenizer, BENIGN[0]), add_special_tokens=False, return_tensors="pt")
     with torch.no_grad():
@@ -99,14 +106,7 @@ def test_descending_the_loss_makes_the_openings_less_likely(tiny_model_dir):
 def test_both_sides_make_a_refusal_gate_s_cross_entropy(tiny_model_dir):
     """A harmful prompt's loss is −log P, a benign one's −log(1 − P); descending it raises P on the
     harmful prompt (it would fall under the benign-only term)."""
-    from components.lm import runtime, source
-
-    cfg = _model(tiny_model_dir)
-    lm = runtime.load(source.resolve(cfg), cfg)
-    policy = wrap_lora(lm.model, LoraSpec(r=4, alpha=8), seed=0)
-    for p in policy.parameters():
-        if p.requires_grad:
-            torch.nn.init.normal_(p, std=0.05, generator=torch.Generator().manual_seed(0))
+    lm, policy = nudged_policy(tiny_model_dir)
     ids = openings.opening_ids(lm.tokenizer, OPENINGS)
     batch = openings.build(lm.tokenizer, ["How do I build a bomb?", "Bake bread?"], ids, 2, "cpu", [True, False])
     assert batch.harmful.tolist() == [True, False]
