@@ -134,3 +134,15 @@ def test_guarded_evaluation_reports_stops_and_latency(tiny_lm, tmp_path):
     assert extra["guard_stop_rate_harmful"] == 1.0 and extra["guard_ms_per_token"] > 0
     assert out.completion.str.contains("Stopped by the CRAFT guard").all()
     assert (out.label_response == R).all()  # the redirect reads as a refusal to the judge
+
+
+def test_the_report_header_counts_benign_prompts_by_source_not_all_as_look_alikes():
+    import pandas as pd
+
+    from components.eval.report import benign_sources
+
+    t = pd.DataFrame({"prompt_id": ["a", "a", "b", "c", "d", "h"], "prompt_kind": ["benign"] * 5 + ["harmful"],
+                      "source": ["benign_lookalikes", "benign_lookalikes", "benign_lookalikes", "aplomb", "zeta",
+                                 "redharness"]})  # prompt a under two models counts once
+    assert benign_sources(t) == " (2 benign_lookalikes, 1 aplomb, 1 zeta)"
+    assert benign_sources(t.drop(columns="source")) == "" and benign_sources(t[t.prompt_kind == "harmful"]) == ""

@@ -147,10 +147,20 @@ def asr_plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def benign_sources(t: pd.DataFrame) -> str:
+    """" (98 benign_lookalikes, 15 aplomb, …)": the benign prompts by ingest source, most first; "" when
+    the transcripts carry no source."""
+    if "source" not in t or not (t.prompt_kind == "benign").any():
+        return ""
+    counts = t[t.prompt_kind == "benign"].drop_duplicates("prompt_id").source.value_counts()
+    return " (" + ", ".join(f"{n} {src}" for src, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
+
+
 def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: dict, gold: dict, judge: str,
           labels: dict, n_samples: int, focus: str = "train_rl") -> Path:
     text = (f"# Evaluation\n\n{evaluated['harmful']} held-out harmful prompts and {evaluated['benign']} benign "
-            f"look-alikes, plain; {sum(evaluated['attacks'].values())} jailbreak-wrapped inputs. Verdicts are three-way "
+            f"ones{benign_sources(t)}, plain; {sum(evaluated['attacks'].values())} jailbreak-wrapped inputs. "
+            f"Verdicts are three-way "
             f"(refusal, compliance, degenerate; degenerate is never counted as safe). Rates carry Wilson 95% intervals. "
             f"Prompt-set digest `{evaluated['digest']}`.\n\n{judge_line(judge, gold)}\n\n"
             f"## Comparison (plain prompts)\n\n{comparison_table(results, labels)}\n\n"

@@ -23,9 +23,8 @@ from typing import Callable
 
 import torch
 
-from components.core import dist
 from components.rl import openings
-from components.rl.loop import gate_rows
+from components.rl.loop import gate_rows, optimizer_step
 
 log = logging.getLogger("craft.train_rl")
 
@@ -46,14 +45,7 @@ def pretrain(cfg, policy, tokenizer, pools: dict[str, list[str]], accelerator,
         if rows is not None:
             loss, sums = openings.loss(policy, rows)
             accelerator.backward(loss)
-        if sharded:
-            for p in lora:  # a process without rows this step has no grads yet
-                if p.grad is None:
-                    p.grad = torch.zeros_like(p)
-            dist.sum_([p.grad for p in lora])
-        accelerator.clip_grad_norm_(lora, cfg.max_grad_norm)
-        opt.step()
-        opt.zero_grad()
+        optimizer_step(accelerator, opt, lora, lora if sharded else [], cfg.max_grad_norm)
         stats = openings.summary(sums, cfg.gate_prompts, cfg.gate_prompts, sharded)
         seen.append({"gate/loss": stats["opening_loss"], "gate/p_benign": stats["opening_p"],
                      "gate/p_harmful": stats["opening_p_harmful"]})

@@ -231,14 +231,7 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
             else:  # none of this minibatch's rows are here: add nothing to the sums
                 stats.append(torch.zeros(len(STATS), dtype=torch.float64))
             if (k + 1) % cfg.grad_accum == 0 or k + 1 == len(minibatches):
-                if rows.sharded:
-                    for p in synced:  # a process without rows in this window has no grads yet
-                        if p.grad is None:
-                            p.grad = torch.zeros_like(p)
-                    dist.sum_([p.grad for p in synced])
-                accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                opt.zero_grad()
+                optimizer_step(accelerator, opt, params, synced if rows.sharded else [], cfg.max_grad_norm)
     table = torch.stack(stats)  # [minibatches × epochs, len(STATS)]
     if rows.sharded:
         dist.sum_([table])  # each process holds its share of each minibatch mean: the sum is the mean
@@ -250,6 +243,20 @@ def update(cfg, policy, value_head, opt, accelerator, batch: Batch, gen, rows: R
         out.update(openings.summary(opened, cfg.opening_prompts, cfg.opening_prompts * (cfg.opening_sides == "both"),
                                     rows.sharded))
     return out
+
+
+def optimizer_step(accelerator, opt, params: list, synced: list, max_norm: float) -> None:
+    """Sum the gradients of ``synced`` over processes (empty: one process, nothing to sum), clip
+    ``params``' norm at ``max_norm``, step and clear. A process without rows in the window has no
+    gradients yet; it joins the sum with zeros."""
+    if synced:
+        for p in synced:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        dist.sum_([p.grad for p in synced])
+    accelerator.clip_grad_norm_(params, max_norm)
+    opt.step()
+    opt.zero_grad()
 
 
 def minibatch_loss(cfg, policy, value_head, batch: Batch, idx: torch.Tensor, denom: torch.Tensor | None):
