@@ -248,7 +248,8 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule)
     hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
-    gated = gate.pretrain(cfg, policy, lm.tokenizer, pools, accelerator, hook) \
+    gate_pools = {**pools, "benign": pools["benign"] or benign_pool(prompts, cfg)}  # benign_per_step 0: the split's
+    gated = gate.pretrain(cfg, policy, lm.tokenizer, gate_pools, accelerator, hook) \
         if start == 0 and cfg.gate_steps > 0 else {}  # a resumed run's checkpoints hold the gated adapter
     if start == 0 and main:
         history.append({"step": -1, **gated})

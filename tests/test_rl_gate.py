@@ -27,12 +27,11 @@ def _accelerator_of(n: int):
 
 
 def test_settings_are_checked():
-    with pytest.raises(ConfigError, match="benign_per_step"):
-        TrainRLConfig(gate_steps=2, benign_per_step=0)
     for bad in (dict(gate_steps=-1), dict(gate_prompts=0), dict(gate_steps=2, openings=())):
         with pytest.raises(ConfigError, match="gate|opening"):
             TrainRLConfig(**bad)
-    TrainRLConfig(gate_steps=0, openings=())  # no gate, no opening term: the list is not read
+    TrainRLConfig(gate_steps=0, benign_candidates=1, openings=())  # nothing reads the openings: not checked
+    TrainRLConfig(gate_steps=2, benign_per_step=0)  # the gate reads the benign train split itself
 
 
 def test_a_gate_step_reads_n_benign_then_n_harmful_prompts_drawn_apart_from_the_opening_term(tiny_lm):
@@ -61,6 +60,9 @@ def test_the_gate_s_steps_lower_its_loss_and_raise_p_on_harmful_prompts(tiny_mod
     assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad)
     assert all(not p.requires_grad for n, p in policy.named_parameters() if "lora" not in n)  # base stays frozen
     assert gate.pretrain(_cfg(gate_steps=0), policy, lm.tokenizer, POOLS, _accelerator()) == {}
+    kept = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+    assert gate.pretrain(cfg, policy, lm.tokenizer, {**POOLS, "benign": []}, _accelerator()) == {}  # warned, no gate
+    assert all(torch.equal(kept[n], p) for n, p in policy.named_parameters() if p.requires_grad)
 
 
 def test_rl_runs_after_the_gate_logs_it_before_step_0_and_resumes_without_repeating_it(tiny_model_dir, head_dir,

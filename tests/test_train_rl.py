@@ -31,7 +31,8 @@ def _cfg(**kw):
     base = dict(steps=4, prompts_per_step=2, benign_per_step=1, group_size=2, max_new_tokens=6, lr=5e-3,
                 warmup_steps=2, minibatch_size=2, ppo_epochs=1, judge="keyword", select_judge="keyword",
                 select_harmful=2, select_benign=1, log_every=2, checkpoint_every=2, lora_r=4, lora_alpha=8,
-                min_group_std=0.0)  # a random tiny model's rewards barely differ within a group: train on them anyway
+                min_group_std=0.0,  # a random tiny model's rewards barely differ within a group: train on them anyway
+                gate_steps=0, benign_candidates=1)  # the round-19 defaults off: tests of them turn them on
     base.update(kw)
     return TrainRLConfig(**base)
 

@@ -59,7 +59,7 @@ class TrainRLConfig:
     """Ingest sources the benign training prompts are drawn from (the prompts' ``source`` column,
     e.g. [benign_lookalikes]); empty = every benign source. Look-alikes share a harmful prompt's
     words but not its intent: the contrast the reward must teach. Selection keeps every benign val prompt."""
-    benign_candidates: int = 1
+    benign_candidates: int = 8
     """1: each step's benign rollout prompts are the walk's draws. k > 1: of k times as many drawn,
     the ones the policy is likeliest to refuse (the largest probability of opening the reply with one
     of ``openings``), so a refusal of a benign prompt is sampled, and RL's reward pushes it back,
@@ -97,7 +97,7 @@ class TrainRLConfig:
     openings: tuple[str, ...] = ("I'm sorry", "I'm not able", "I can't", "I cannot", "I won't", "Sorry")
     """Refusal openings the term makes unlikely (the bare refusals curation writes start so); none may be
     a prefix of another once tokenised."""
-    gate_steps: int = 0
+    gate_steps: int = 15
     """Steps of the refusal gate's cross-entropy alone before RL starts (``components.rl.gate``): the
     adapter learns to open replies to harmful train prompts with one of ``openings`` and replies to
     benign ones otherwise; 0 = off; >= 0."""
@@ -233,9 +233,6 @@ class TrainRLConfig:
                 f"train_rl.benign_candidates={self.benign_candidates!r}: use 1 (the walk's prompts) or more, e.g. 8.")
         require(self.gate_steps >= 0, f"train_rl.gate_steps={self.gate_steps!r}: use 0 (off) or more, e.g. 15.")
         require(self.gate_prompts >= 1, f"train_rl.gate_prompts={self.gate_prompts!r}: use 1 or more, e.g. 8.")
-        require(self.gate_steps == 0 or self.benign_per_step >= 1,
-                f"train_rl.gate_steps={self.gate_steps!r} reads benign training prompts: "
-                "set benign_per_step to 1 or more, or gate_steps: 0.")
         require(self.contrast_coef == 0 or self.benign_per_step >= 1,
                 f"train_rl.contrast_coef={self.contrast_coef!r} pairs refusals with benign training prompts: "
                 "set benign_per_step to 1 or more, or contrast_coef: 0.")

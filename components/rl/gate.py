@@ -35,6 +35,10 @@ def pretrain(cfg, policy, tokenizer, pools: dict[str, list[str]], accelerator,
     Every process calls it; each back-propagates its share of the step's rows and the gradients are
     summed before clipping, as ``loop.update`` does. Returns the first and last steps' statistics
     (mean L_gate, mean P on benign and on harmful prompts, before each update)."""
+    if not pools["benign"] or not pools["harmful"]:
+        log.warning("train_rl.gate_steps=%d needs harmful and benign train prompts, and the prompts lack one kind: "
+                    "no gate (set gate_steps: 0 to silence this).", cfg.gate_steps)
+        return {}
     lora = [p for p in policy.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(lora, lr=cfg.lr, weight_decay=0.0)
     rank, sharded = accelerator.process_index, accelerator.num_processes > 1
