@@ -26,7 +26,8 @@ Checkpoint selection (``components.rl.selection``): before training, every ``log
 before step ``select_from``) and at the end, greedy replies of up to ``select_max_new_tokens``
 tokens (evaluation's budget) to fixed ``val`` prompts are graded by ``select_judge`` (the held-out
 judge); the adapter with the best val_refusal − select_lambda·val_over_refusal (step −1, the
-untrained adapter, included) is the output.
+untrained adapter, included) is the output. With ``ema_decay`` > 0 the graded, kept and output
+adapter is the Polyak average of the LoRA weights (``components.rl.average``), not the live one.
 The reference policy is the model with the LoRA adapter disabled. ``accelerate`` places model and
 optimizer; under ``accelerate launch --multi_gpu --num_processes N`` each process rolls out, scores
 and back-propagates its share of every step's prompts, gradients are summed across processes
@@ -69,6 +70,7 @@ from components.rl.config import INITS, TrainRLConfig  # noqa: F401 - the stage'
 from components.rl.policy import save_stacked, wrap_lora
 from components.data.records import stable_id
 from components.rl import gate, probe_init, report, selection
+from components.rl import average as weight_average
 from components.rl.rewards import CraftReward, RewardWeights, obfuscation_gap
 
 log = logging.getLogger("craft.train_rl")
@@ -199,17 +201,15 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, sta
     return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt), schedule
 
 
-def align_probe(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str]], prompts: pd.DataFrame,
-                device) -> None:
+def align_probe(cfg: TrainRLConfig, policy, tokenizer, harmful: list[str], benign: list[str], device) -> None:
     """``lora_init: probe``: LoRA A rows read the harmful − benign axis of the train prompts' layer
     inputs, taken where ``probe_at`` says (``last``: the last prompt position; ``mean``: over the
     prompt; components/rl/probe_init.py); with no benign train prompts peft's A stays, with a warning."""
-    benign = pools["benign"] or benign_pool(prompts, cfg)  # benign_per_step 0: still the train split's
     if not benign:
         log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
                     "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
         return
-    probe_init.align_lora(policy, tokenizer, pools["harmful"], benign, device, cfg.probe_at, cfg.probe_shrinkage)
+    probe_init.align_lora(policy, tokenizer, harmful, benign, device, cfg.probe_at, cfg.probe_shrinkage)
 
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
@@ -226,16 +226,23 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                          cfg.reward_source)
     select_judge = make_judge(cfg.select_judge) if main else None  # heldout: data/train_judge/judge.json
     pools, val = prompt_pools(prompts, cfg)
+    contrast = pools["benign"] or benign_pool(prompts, cfg)  # probe and gate: the train split's, at benign_per_step 0
     if cfg.opening_coef > 0 or cfg.gate_steps > 0 or cfg.benign_candidates > 1:  # a bad opening list fails here
         openings.opening_ids(lm.tokenizer, cfg.openings)
     if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
-        align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools, prompts, accelerator.device)
-    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule)
+        align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools["harmful"], contrast,
+                    accelerator.device)
+    average = weight_average.maybe(accelerator.unwrap_model(policy), cfg.ema_decay)  # θ̄; None: off
+    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule, average)
     history = _history(ckpt, start) if main else []
     best = selection.saved_best(ckpt) if main and start > 0 else None
     unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
 
     def select(step: int, metrics: dict) -> None:  # greedy: no RNG drawn, main process only
+        with weight_average.applied(average, unwrapped):  # ema_decay > 0: θ̄ is graded, kept and output
+            select_live(step, metrics)
+
+    def select_live(step: int, metrics: dict) -> None:
         nonlocal best
         point, texts = selection.evaluate(unwrapped, lm.tokenizer, select_judge, val["harmful"], val["benign"],
                                           cfg.select_max_new_tokens, device, engine, step, cfg.select_lambda)
@@ -246,11 +253,12 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                                                             device)
 
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
-                             main=main, schedule=schedule)
+                             main=main, schedule=schedule, average=average)
     hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
-    gate_pools = {**pools, "benign": pools["benign"] or benign_pool(prompts, cfg)}  # benign_per_step 0: the split's
-    gated = gate.pretrain(cfg, policy, lm.tokenizer, gate_pools, accelerator, hook) \
+    gated = gate.pretrain(cfg, policy, lm.tokenizer, {**pools, "benign": contrast}, accelerator, hook) \
         if start == 0 and cfg.gate_steps > 0 else {}  # a resumed run's checkpoints hold the gated adapter
+    if start == 0 and average is not None:
+        average.reset(unwrapped)  # θ̄ starts at the gated weights (a resumed run restored its own)
     if start == 0 and main:
         history.append({"step": -1, **gated})
         select(-1, history[-1])
@@ -260,6 +268,8 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
         metrics = rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, accelerator, reward, pools, gen,
                                   engine)
         schedule.step()
+        if average is not None:
+            average.update(unwrapped)
         metrics["rl/lr"] = lr
         last = step + 1 == cfg.steps
         stop = dist.gather(metrics["rl/kl"] > cfg.kl_stop)[0] and not last  # the main process decides for all

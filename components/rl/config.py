@@ -166,6 +166,10 @@ class TrainRLConfig:
     """Cadence points before this 0-based step are skipped (step −1 and the end are always
     evaluated): each point costs a val pass (~7 s on a CPU), and in round 11b no seed picked a step
     before 17; >= 0."""
+    ema_decay: float = 0.0
+    """Polyak average of the LoRA weights, read at selection and saved as the output (the live weights
+    still roll out and learn; components/rl/average.py): θ̄ ← d·θ̄ + (1 − d)·θ after each RL step, over
+    about 1/(1 − d) steps; 0 = off (selection reads the live weights); in [0, 1)."""
     checkpoint_every: int = 4
     """Steps between resumable checkpoints; >= 1."""
     kl_stop: float = 1.0
@@ -254,12 +258,15 @@ class TrainRLConfig:
         require(self.latent_rewards == "sequence" or self.advantage == "ppo",
                 f"train_rl.latent_rewards=dense needs per-token credit: set advantage: ppo (GAE), "
                 f"or latent_rewards: sequence with advantage {self.advantage}.")
-        require(self.select_harmful >= 1, f"train_rl.select_harmful={self.select_harmful!r}: use 1 or more, e.g. 16.")
-        require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 8.")
+        require(self.select_harmful >= 1, f"train_rl.select_harmful={self.select_harmful!r}: use 1 or more, e.g. 24.")
+        require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 48.")
         require(self.select_max_new_tokens >= 1,
                 f"train_rl.select_max_new_tokens={self.select_max_new_tokens!r}: use 1 or more, e.g. 48 "
                 "(evaluate.max_new_tokens).")
-        require(self.select_lambda >= 0, f"train_rl.select_lambda={self.select_lambda!r}: use 0 or more, e.g. 1.0.")
+        require(self.select_lambda >= 0, f"train_rl.select_lambda={self.select_lambda!r}: use 0 or more, e.g. 2.0.")
+        require(0 <= self.ema_decay < 1,
+                f"train_rl.ema_decay={self.ema_decay!r}: use 0 (off) or a decay in (0, 1), e.g. 0.8 (an average "
+                "over about 5 steps); 1 would never move.")
         require(valid_judge(self.select_judge),
                 f"train_rl.select_judge={self.select_judge!r}: use heldout, one of {JUDGES} or hf:<path>.")
         require(valid_reward_judge(self.judge),

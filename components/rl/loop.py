@@ -396,27 +396,29 @@ def check_same_adapter(policy) -> None:
         raise RuntimeError(f"the {len(seen)} processes ended with different adapters: they diverged.")
 
 
-def checkpoint_modules(value_head, schedule=None) -> dict:
-    """What a checkpoint holds beside adapter and optimizer: the value head and the LR schedule."""
-    return {"value_head": value_head, **({"lr_schedule": schedule} if schedule is not None else {})}
+def checkpoint_modules(value_head, schedule=None, average=None) -> dict:
+    """What a checkpoint holds beside adapter and optimizer: the value head, the LR schedule and the
+    weight average (``train_rl.ema_decay``)."""
+    return {"value_head": value_head, **({"lr_schedule": schedule} if schedule is not None else {}),
+            **({"weight_average": average} if average is not None else {})}
 
 
-def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool, schedule=None) -> None:
+def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool, schedule=None, average=None) -> None:
     """Every process hands its RNG state to the main one, which alone writes the checkpoint
-    (adapter, optimizer, value head and LR schedule are the same on every process). Call on every
-    process."""
+    (adapter, optimizer, value head, LR schedule and weight average are the same on every process).
+    Call on every process."""
     rngs = dist.gather(torch.get_rng_state())
     if main:
-        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head, schedule),
+        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head, schedule, average),
                         rank_rng=rngs if len(rngs) > 1 else None)
 
 
-def restore_if_any(folder, policy, opt, value_head, schedule=None) -> int:
+def restore_if_any(folder, policy, opt, value_head, schedule=None, average=None) -> int:
     """Resume from the newest complete checkpoint in ``folder``; 0 when starting fresh."""
     last = checkpoint.latest(folder)
     if last is None:
         return 0
-    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head, schedule), rank=dist.rank())
+    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head, schedule, average), rank=dist.rank())
     log.info("resuming from %s (next step %d)", last, start)
     return start
 
