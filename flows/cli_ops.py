@@ -40,8 +40,13 @@ def cmd_seeds(args: argparse.Namespace) -> int:
         if args.seeds is not None:
             raise UserError("--report runs no experiment; drop --seeds (or drop --report to run those seeds).")
 
-        print(rewrite_report(args.workspace, SweepConfig(scope=args.scope).scope))
+        print(rewrite_report(args.workspace, SweepConfig(scope=args.scope).scope, args.baseline))
         return 0
+    if args.baseline is not None:
+        from components.core.errors import UserError
+
+        raise UserError("--baseline names the commit whose experiments --report reads; a sweep always runs from the "
+                        "last commit: drop --baseline, or add --report.")
     cfg = SweepConfig(parse_seeds(args.seeds or "1,2"), args.scope)  # a bad list: one line, exit 2, before Prefect loads
     from flows.pipeline import StageFailed, WorkspaceBusy, workspace_lock
     from flows.seeds import OUT, require_committed, require_new_seeds, seed_sweep
@@ -67,13 +72,16 @@ def add_ops_parsers(sub) -> None:
                                    "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
                                    "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
                                    "--scope all reseeds every training stage.")
-    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores ~14 min each "
-                                                  "with --scope rl, ~30, a full run, with --scope all)")
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores about 25 min each "
+                                                  "with --scope rl, about 40, a full run, with --scope all)")
     p.add_argument("--scope", default="rl", choices=["rl", "all"],
                    help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
     p.add_argument("--report", action="store_true",
-                   help="run no experiment: write seeds/ anew from the ones of the last commit already in the "
+                   help="run no experiment: write seeds/ anew from experiments already in the "
                         "repository (after an interrupted sweep, or to add what a newer version reports)")
+    p.add_argument("--baseline", metavar="REV",
+                   help="with --report: the commit whose experiments to read (default: the last commit, or the "
+                        "sweep seeds/sweep.json records when the last commit has none and changed no output since)")
     p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and params.yaml")
     p.set_defaults(func=cmd_seeds)
 

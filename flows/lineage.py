@@ -65,9 +65,16 @@ def params(root: Path) -> dict[str, str]:
 def lock_hashes(root: Path) -> dict[str, str]:
     """``dvc.<stage>.<out path> -> md5`` for every output recorded in dvc.lock."""
     path = root / "dvc.lock"
-    if not path.exists():
-        return {}
-    lock = yaml.safe_load(path.read_text()) or {}
+    return _out_hashes(yaml.safe_load(path.read_text()) or {}) if path.exists() else {}
+
+
+def lock_hashes_at(root: Path, rev: str) -> dict[str, str]:
+    """``lock_hashes`` of the dvc.lock committed at ``rev`` ({} when that commit has none)."""
+    shown = subprocess.run(["git", "show", f"{rev}:dvc.lock"], cwd=root, capture_output=True, text=True)
+    return _out_hashes(yaml.safe_load(shown.stdout) or {}) if shown.returncode == 0 else {}
+
+
+def _out_hashes(lock: dict) -> dict[str, str]:
     out = {}
     for stage, body in (lock.get("stages") or {}).items():
         for o in body.get("outs") or []:

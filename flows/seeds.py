@@ -291,22 +291,75 @@ def report(root: Path, baseline: str, cfg: seed_spread.SweepConfig, states: dict
     return rows, table
 
 
-def rewrite_report(workspace: str = ".", scope: str = "rl") -> str:
-    """``craft seeds --report``: ``seeds/`` anew from the experiments of the last commit that are
-    already in the repository, running none (after an interrupted sweep, or to add what a newer
-    version reports); the spread table as markdown. Like a sweep it needs the committed run in the
-    workspace (``sweep.json`` records its dvc.lock hashes)."""
+def rewrite_report(workspace: str = ".", scope: str = "rl", baseline: str | None = None) -> str:
+    """``craft seeds --report``: ``seeds/`` anew from experiments already in the repository, running
+    none (after an interrupted sweep, or to add what a newer version reports); the spread table as
+    markdown. The experiments are those of ``baseline`` (a git revision), by default of the last
+    commit, or of the sweep ``seeds/sweep.json`` records when the last commit has none and changed no
+    output since (docs or comments committed after the sweep: ``report_baseline``). Like a sweep it
+    needs that run's outputs in the workspace (``sweep.json`` records its dvc.lock hashes)."""
     root = env.configure(workspace)
     require_committed(root)
-    baseline = lineage.head_commit(root)
-    states = experiment_states(root, baseline)
+    baseline, states = report_baseline(root, scope, baseline)
     names = run_order({n: {} for n in states}, scope)
     seeds = tuple(int(n.rsplit("-", 1)[1]) for n in names if n != "HEAD")
-    if not seeds:
-        raise ConfigError(f"no {experiment_name(0, scope).rsplit('-', 1)[0]}-N experiments of commit {baseline[:12]} "
-                          f"in this repository (`dvc exp show`); run `craft seeds --seeds 1,2 --scope {scope}` first.")
     with workspace_lock(root):
         return report(root, baseline, seed_spread.SweepConfig(seeds, scope), states)[1]
+
+
+def report_baseline(root: Path, scope: str, rev: str | None = None) -> tuple[str, dict[str, dict]]:
+    """(the commit whose ``scope`` experiments the report reads, their ``experiment_states``).
+
+    ``rev`` given: that commit. Else the last commit when it has experiments of ``scope``, else the
+    baseline ``seeds/sweep.json`` records. Any baseline other than the last commit must have the
+    workspace's dvc.lock outputs (the same run), or its experiments would be reported beside
+    another run's figures."""
+    def seeds_of(states: dict) -> list[str]:
+        return [n for n in run_order({n: {} for n in states}, scope) if n != "HEAD"]
+
+    head = lineage.head_commit(root)
+    if rev is None:
+        states = experiment_states(root, head)
+        recorded = _recorded_baseline(root, scope)
+        if seeds_of(states) or recorded in (None, head):
+            return _with_seeds(head, states, seeds_of(states), scope)
+        rev = recorded
+    commit = _commit(root, rev)
+    if commit != head:
+        here, there = lineage.lock_hashes(root), lineage.lock_hashes_at(root, commit)
+        differ = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k))
+        if differ:
+            raise ConfigError(f"the workspace's outputs are not those of commit {commit[:12]} ({len(differ)} dvc.lock "
+                              f"output(s) differ, e.g. {differ[0]}): its experiments belong to another run; "
+                              f"`git checkout {commit[:12]}` (and `dvc checkout`) to report them there.")
+    states = experiment_states(root, commit)
+    return _with_seeds(commit, states, seeds_of(states), scope)
+
+
+def _with_seeds(commit: str, states: dict, seeds: list[str], scope: str) -> tuple[str, dict[str, dict]]:
+    if not seeds:
+        raise ConfigError(f"no {experiment_name(0, scope).rsplit('-', 1)[0]}-N experiments of commit {commit[:12]} "
+                          f"in this repository (`dvc exp show`); run `craft seeds --seeds 1,2 --scope {scope}` first.")
+    return commit, states
+
+
+def _recorded_baseline(root: Path, scope: str) -> str | None:
+    """The baseline commit of ``seeds/sweep.json`` when it recorded a sweep of ``scope``."""
+    path = root / OUT / "sweep.json"
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("baseline") if record.get("scope") == scope else None
+
+
+def _commit(root: Path, rev: str) -> str:
+    """``rev`` as a full commit id; a ConfigError naming it when git does not know it."""
+    shown = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}"], cwd=root,
+                           capture_output=True, text=True)
+    if shown.returncode != 0:
+        raise ConfigError(f"--baseline {rev!r}: not a commit of this repository (`git log` lists them).")
+    return shown.stdout.strip()
 
 
 @flow(name="craft-seeds", log_prints=True)

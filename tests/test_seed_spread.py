@@ -253,6 +253,68 @@ def test_report_without_experiments_says_to_run_a_sweep_first(monkeypatch, tmp_p
         seeds.rewrite_report(str(tmp_path), "rl")
 
 
+def _repo_with_sweep(tmp_path, later_lock=None):
+    """A git repo: commit A (dvc.lock, seeds/sweep.json naming A), then commit B (a doc, or
+    ``later_lock`` as dvc.lock). Returns (A, B)."""
+    import json
+    import subprocess
+
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,  # noqa: E731
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    lock = "stages:\n  train_rl:\n    outs:\n    - path: data/train_rl/adapter\n      md5: aaa.dir\n"
+    git("init", "-q")
+    (tmp_path / "dvc.lock").write_text(lock)
+    git("add", "dvc.lock")
+    git("commit", "-qm", "run")
+    a = git("rev-parse", "HEAD")
+    (tmp_path / "seeds").mkdir()
+    (tmp_path / "seeds" / "sweep.json").write_text(json.dumps({"baseline": a, "scope": "rl"}))
+    (tmp_path / "README.md").write_text("the sweep's figures\n")
+    if later_lock is not None:
+        (tmp_path / "dvc.lock").write_text(later_lock)
+    git("add", "-A")
+    git("commit", "-qm", "docs")
+    return a, git("rev-parse", "HEAD")
+
+
+def _states_of(commit):
+    return lambda root, baseline: {"HEAD": {}, "seed-1": {}} if baseline == commit else {"HEAD": {}}
+
+
+def test_report_reads_the_recorded_sweep_after_commits_that_changed_no_output(monkeypatch, tmp_path):
+    """`craft seeds --report` after a docs commit: the last commit has no experiments, the sweep's
+    baseline has, and the workspace holds that run's outputs, so the report reads the baseline's."""
+    from flows import seeds
+
+    a, b = _repo_with_sweep(tmp_path)
+    monkeypatch.setattr(seeds, "experiment_states", _states_of(a))
+    assert seeds.report_baseline(tmp_path, "rl") == (a, {"HEAD": {}, "seed-1": {}})
+    assert seeds.report_baseline(tmp_path, "rl", a[:8])[0] == a  # --baseline: a short id will do
+    with pytest.raises(ConfigError, match=r"no seed-N experiments of commit " + b[:12]):
+        seeds.report_baseline(tmp_path, "rl", "HEAD")  # --baseline HEAD: the last commit's, which has none
+    with pytest.raises(ConfigError, match=r"--baseline 'nope': not a commit"):
+        seeds.report_baseline(tmp_path, "rl", "nope")
+
+
+def test_report_refuses_a_baseline_whose_outputs_the_workspace_does_not_hold(monkeypatch, tmp_path):
+    """A later run rewrote an output: the recorded sweep's experiments are another run's."""
+    from flows import seeds
+
+    other = "stages:\n  train_rl:\n    outs:\n    - path: data/train_rl/adapter\n      md5: bbb.dir\n"
+    a, _ = _repo_with_sweep(tmp_path, later_lock=other)
+    monkeypatch.setattr(seeds, "experiment_states", _states_of(a))
+    with pytest.raises(ConfigError, match=r"outputs are not those of commit .*dvc.train_rl.data/train_rl/adapter"
+                                          r".*git checkout " + a[:12]):
+        seeds.report_baseline(tmp_path, "rl")
+
+
+def test_baseline_without_report_is_refused(capsys):
+    from flows.cli import main
+
+    assert main(["seeds", "--baseline", "HEAD~1", "--seeds", "3"]) == 2
+    assert "add --report" in capsys.readouterr().err
+
+
 def test_report_and_seeds_together_are_refused(capsys):
     from flows.cli import main
 
