@@ -239,18 +239,15 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
 
     def select(step: int, metrics: dict) -> None:  # greedy: no RNG drawn, main process only
-        with weight_average.applied(average, unwrapped):  # ema_decay > 0: θ̄ is graded, kept and output
-            select_live(step, metrics)
-
-    def select_live(step: int, metrics: dict) -> None:
         nonlocal best
-        point, texts = selection.evaluate(unwrapped, lm.tokenizer, select_judge, val["harmful"], val["benign"],
-                                          cfg.select_max_new_tokens, device, engine, step, cfg.select_lambda)
-        best = selection.keep_if_best(ckpt, unwrapped, point, best)
+        with weight_average.applied(average, unwrapped):  # ema_decay > 0: θ̄ is graded, kept and output
+            point, texts = selection.evaluate(unwrapped, lm.tokenizer, select_judge, val["harmful"], val["benign"],
+                                              cfg.select_max_new_tokens, device, engine, step, cfg.select_lambda)
+            best = selection.keep_if_best(ckpt, unwrapped, point, best)
+            if step >= 0:  # at step −1 the policy is the reference, or the gated one: no RL gap yet
+                metrics["rl/obfuscation_gap"] = obfuscation_gap(unwrapped, lm.tokenizer, head, val["harmful"],
+                                                                texts, device)
         metrics.update(point.metrics())
-        if step >= 0:  # at step −1 the policy is the reference, or the gated one: no RL gap yet
-            metrics["rl/obfuscation_gap"] = obfuscation_gap(unwrapped, lm.tokenizer, head, val["harmful"], texts,
-                                                            device)
 
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule, average=average)

@@ -25,10 +25,7 @@ from typing import Iterator
 
 import torch
 
-
-def trainable(model) -> dict[str, torch.Tensor]:
-    """The model's trainable parameters by name (the LoRA A and B matrices)."""
-    return {k: p for k, p in model.named_parameters() if p.requires_grad}
+from components.rl.checkpoint import trainable
 
 
 class WeightAverage:

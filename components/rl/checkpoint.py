@@ -18,8 +18,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def trainable(model) -> dict[str, torch.Tensor]:
+    """The model's trainable parameters by name (the LoRA A and B matrices; the RL value head is apart)."""
+    return {k: p for k, p in model.named_parameters() if p.requires_grad}
+
+
 def _trainable_state(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().contiguous() for k, v in model.named_parameters() if v.requires_grad}
+    return {k: v.detach().cpu().contiguous() for k, v in trainable(model).items()}
 
 
 def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None = None, keep: int = 2,
