@@ -68,6 +68,12 @@ class TrainRLConfig:
     """KL weight on benign prompts' rollouts; None = ``kl_coef``. A larger one anchors the answers to
     benign prompts (look-alikes included) to the reference, on every token sampled, not only when a
     refusal is sampled and penalised; >= 0."""
+    benign_baseline: str = "group"
+    """grpo: what a benign prompt's rewards are measured against. ``group``: the group mean, as for
+    harmful prompts (Dr. GRPO): a benign group whose every rollout is refused scores alike and
+    gets no push back. ``text_zero``: the text term against 0, the undecided verdict, and the other
+    terms against their group mean, A_i = w_txt·R_txt,i + (R_rest,i − mean_group R_rest); an
+    all-refused group is pushed down, an all-answered one up (``formulas.text_zero_shift``)."""
     benign_adv_weight: float = 1.0
     """Factor on the advantages of benign prompts' rollouts (1.0: every row alike). With
     ``prompts_per_step`` harmful and ``benign_per_step`` benign prompts a step, the benign rows carry
@@ -208,6 +214,15 @@ class TrainRLConfig:
         require(self.kl_coef >= 0, f"train_rl.kl_coef={self.kl_coef!r}: use 0 (no KL term) or more, e.g. 0.05.")
         require(self.kl_coef_benign is None or self.kl_coef_benign >= 0,
                 f"train_rl.kl_coef_benign={self.kl_coef_benign!r}: use null (= kl_coef) or 0 or more, e.g. 0.5.")
+        require(self.benign_baseline in ("group", "text_zero"),
+                f"train_rl.benign_baseline={self.benign_baseline!r}: use group (the group mean) or text_zero "
+                "(the text reward of benign rollouts against 0).")
+        require(self.benign_baseline == "group" or self.advantage == "grpo",
+                f"train_rl.benign_baseline={self.benign_baseline} sets a group baseline: use advantage: grpo, "
+                "or benign_baseline: group with advantage ppo (its baseline is the value head).")
+        require(self.benign_baseline == "group" or not self.std_norm,
+                f"train_rl.benign_baseline={self.benign_baseline} adds the text term unscaled: use std_norm: false "
+                "(Dr. GRPO), or benign_baseline: group with std_norm true.")
         require(self.benign_adv_weight > 0,
                 f"train_rl.benign_adv_weight={self.benign_adv_weight!r}: use a positive factor, e.g. 1.0 (off) or 3.0 "
                 "(benign rows weigh as much as harmful ones at 3 + 1 prompts a step).")

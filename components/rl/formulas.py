@@ -49,6 +49,22 @@ def group_advantages(rewards: torch.Tensor, group_size: int, std_norm: bool = Fa
     return adv.reshape(-1), flat.reshape(-1)
 
 
+def text_zero_shift(r_txt: torch.Tensor, benign: torch.Tensor, group_size: int, w_txt: float) -> torch.Tensor:
+    """[B] shift that turns benign groups' group-baseline advantages into ``benign_baseline: text_zero``.
+
+        A_i = R_i − mean_group R                                   (group_advantages)
+            = w_txt·(R_txt,i − mean_group R_txt) + (R_rest,i − mean_group R_rest)
+        A_i + w_txt·mean_group R_txt = w_txt·R_txt,i + (R_rest,i − mean_group R_rest)
+
+    so the text term of a benign rollout is measured against 0 (g = 1/2, the undecided verdict),
+    and a group whose rollouts are all refused (R_txt ≈ −1 each, rewards alike, zero advantage or a
+    flat group's zero) is pushed down by about −w_txt a rollout. ``r_txt`` [B] and ``benign`` [B]
+    (bool) are ordered group by group; harmful groups get 0 (their baseline stays the group mean)."""
+    g = r_txt.view(-1, group_size)  # [P, G]
+    shift = g.mean(1, keepdim=True).expand_as(g).reshape(-1) * w_txt  # [B]
+    return torch.where(benign, shift, torch.zeros_like(shift))
+
+
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation (Schulman et al. 2016) over per-token rewards [B, T].

@@ -169,6 +169,9 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
     rewards = parts["total"].to(ref_logp.device)  # [B]
     if cfg.advantage == "grpo":
         adv, _ = formulas.group_advantages(rewards, cfg.group_size, cfg.std_norm, cfg.min_group_std)
+        if cfg.benign_baseline == "text_zero" and kinds is not None:  # benign text term against 0
+            benign = torch.tensor([k == "benign" for k in kinds], device=adv.device)
+            adv = adv + formulas.text_zero_shift(parts["r_txt"].to(adv), benign, cfg.group_size, cfg.w_txt)
         adv = adv[:, None] if scale is None else adv[:, None] * scale.to(adv)  # [B, 1]
         return Batch(ro, old_logp, ref_logp, adv * mask, None, coef)  # [B, 1] → [B, Tn]
     token_r = torch.zeros_like(ref_logp)  # [B, Tn]
