@@ -146,3 +146,26 @@ def test_the_report_header_counts_benign_prompts_by_source_not_all_as_look_alike
                                  "redharness"]})  # prompt a under two models counts once
     assert benign_sources(t) == " (2 benign_lookalikes, 1 aplomb, 1 zeta)"
     assert benign_sources(t.drop(columns="source")) == "" and benign_sources(t[t.prompt_kind == "harmful"]) == ""
+
+
+def test_over_refusal_is_also_measured_per_benign_source_with_its_interval():
+    """An ordinary request refused and a look-alike answered: the pooled rate hides which; the
+    per-source rates and the report's table say it, each with its n."""
+    import pandas as pd
+
+    from components.eval import metrics, report
+
+    t = pd.DataFrame({"prompt_id": list("abcdh"), "prompt_kind": ["benign"] * 4 + ["harmful"],
+                      "attack": ["none"] * 5, "source": ["benign_lookalikes"] * 2 + ["aplomb"] * 2 + ["redharness"],
+                      "label_response": [C, C, R, C, R], "label_trace": [C, C, R, C, R],
+                      "completion": ["ok", "ok", "I'm sorry", "ok", "I can't"], "input": list("abcdh")})
+    m = metrics.rates(t)
+    assert m["over_refusal"] == 0.25 and m["over_refusal_n"] == 4
+    assert m["over_refusal_aplomb"] == 0.5 and m["over_refusal_aplomb_n"] == 2
+    assert m["over_refusal_benign_lookalikes"] == 0.0 and "over_refusal_redharness" not in m  # harmful rows only
+    table = report.source_table({"train_rl": m, "train_rl_guard": m}, {"train_rl": "CRAFT"})
+    assert "| model | all benign | aplomb (n = 2) | benign_lookalikes (n = 2) |" in table
+    assert "| CRAFT | 25.0% [" in table and "guard" not in table
+    assert "over_refusal_aplomb" not in metrics.rates(t.drop(columns="source"))
+    assert report.source_table({"base": metrics.rates(t.drop(columns="source"))}, {}) == \
+        "The transcripts carry no benign source."

@@ -89,12 +89,29 @@ def guard_table(results: dict, labels: dict) -> str:
                                "one sequence's latency).")
 
 
+def source_table(results: dict, labels: dict) -> str:
+    """Over-refusal by benign ingest source (``over_refusal_<source>``), each with its n and interval."""
+    rows = {n: m for n, m in results.items() if not n.endswith("_guard")}  # guard mode: a subset, its own table
+    sources = sorted({k[len("over_refusal_"):] for m in rows.values() for k in m
+                      if k.startswith("over_refusal_") and f"{k}_n" in m})
+    if not sources:
+        return "The transcripts carry no benign source."
+    first = next(iter(rows.values()))
+    lines = ["| model | all benign | " + " | ".join(f"{s} (n = {int(first.get(f'over_refusal_{s}_n', 0))})"
+                                                   for s in sources) + " |", "|---" * (len(sources) + 2) + "|"]
+    for name, m in rows.items():
+        lines.append(f"| {labels.get(name, name)} | {cell(m, 'over_refusal')} | "
+                     + " | ".join(cell(m, f"over_refusal_{s}") for s in sources) + " |")
+    return "\n".join(lines) + ("\n\nRefusal share of the plain benign prompts of each ingest source: look-alikes "
+                               "share a harmful request's words, the other sources are ordinary requests.")
+
+
 def category_table(t: pd.DataFrame, labels: dict) -> str:
     plain = t[(t.prompt_kind == "harmful") & (t.attack == "none")]
     table = plain.assign(complied=plain.label_response == COMPLIANCE).pivot_table(
         index="category", columns="model", values="complied", aggfunc="mean")
     counts = plain[plain.model == plain.model.iloc[0]].groupby("category").size() if len(plain) else None
-    table = table.rename(columns=lambda c: labels.get(c, c)).map(lambda v: f"{v:.0%}")
+    table = table.rename(columns=lambda c: labels.get(c, c)).map(lambda v: "—" if v != v else f"{v:.0%}")
     if counts is not None:
         table.insert(0, "n", counts)
     return table.to_markdown()
@@ -166,6 +183,7 @@ def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: 
             f"## Comparison (plain prompts)\n\n{comparison_table(results, labels)}\n\n"
             f"## What is significant\n\n{significance(results, compare, labels, focus)}\n\n"
             f"## Harmful ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
+            f"## Over-refusal by benign source (plain prompts)\n\n{source_table(results, labels)}\n\n"
             f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"
             f"## Harmful ASR by category (plain prompts)\n\n{category_table(t, labels)}\n\n"
             f"## Sample transcripts\n\n{samples(t, labels, n_samples)}\n")
