@@ -33,7 +33,7 @@ def ours(args, lm, head, prompts) -> list[float]:
     from components.train_rl import TrainRLConfig
 
     cfg = TrainRLConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group,
-                        max_new_tokens=args.new, minibatch_size=args.prompts_per_step * args.group, ppo_epochs=1,
+                        max_new_tokens=args.new, benign_per_step=0, minibatch_size=args.prompts_per_step * args.group, ppo_epochs=1,
                         kl_coef=0.01, lr=1e-5, lora_r=16, lora_alpha=32, judge="keyword")
     policy = wrap_lora(lm.model, cfg.lora, 0)
     value_head = rl_loop.ValueHead(lm.model.config.hidden_size).to(lm.device)
@@ -44,7 +44,8 @@ def ours(args, lm, head, prompts) -> list[float]:
     for step in range(args.steps + 1):
         common.sync()
         t = time.perf_counter()
-        rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, acc, reward, prompts, torch.Generator().manual_seed(step))
+        rl_loop.rl_step(cfg, step, policy, lm.tokenizer, value_head, opt, acc, reward, {"harmful": prompts, "benign": []},
+                        torch.Generator().manual_seed(step))
         common.sync()
         times.append(time.perf_counter() - t)
     policy.unload()  # give the base model back for the next peer
