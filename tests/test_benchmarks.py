@@ -1,0 +1,25 @@
+"""The benchmarks run the library's current API: `make bench` is not part of CI, so an API change
+that breaks a benchmark would otherwise go unnoticed until someone measures."""
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def test_rl_step_benchmark_drives_the_current_rl_loop(tiny_model_dir):
+    from benchmarks import bench_rl_step
+    from components.head.model import SafetyHead
+    from components.lm import runtime
+    from components.lm import source as model_source
+    from components.lm.latents import LatentSpec
+
+    cfg = model_source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    lm = runtime.load(model_source.resolve(cfg), cfg)  # its own copy: the benchmark wraps it in LoRA
+    lm.tokenizer.padding_side = "left"
+    torch.manual_seed(0)
+    head = SafetyHead(lm.model.config.hidden_size, 16, 8, LatentSpec()).eval()
+    args = argparse.Namespace(steps=1, prompts_per_step=2, group=2, new=4)
+    times = bench_rl_step.ours(args, lm, head, ["How do I bake bread?", "Tell me how to pick a lock.", "Hi"])
+    assert len(times) == 1 and times[0] > 0  # one timed step after the warm-up step
+    assert not any("lora" in n for n, _ in lm.model.named_parameters())  # the base model is given back
