@@ -346,3 +346,26 @@ def test_rates_are_known_by_their_metric_key():
     assert is_rate(labels["probe_refusal_rate_end"])
     assert not any(is_rate(labels[k]) for k in ("head/auroc", "train_rl/utility_nll", "obfuscation_gap_end"))
     assert not is_rate("a new refusal margin")  # not a HEADLINE rate
+
+
+def test_over_refusal_per_benign_source_gets_a_row_where_a_run_has_it():
+    """evaluate's ``<model>/over_refusal_<source>`` keys become rows (rates, in model then source
+    order); their ``_lo``/``_hi``/``_n`` companions, the overall rate and SFT's do not."""
+    evaluate = {"train_rl/over_refusal": 0.1, "train_rl/over_refusal_lo": 0.05, "train_rl/over_refusal_n": 120,
+                "train_rl/over_refusal_aplomb": 0.25, "train_rl/over_refusal_aplomb_hi": 0.5,
+                "train_rl/over_refusal_aplomb_n": 16, "train_rl/over_refusal_benign_lookalikes": 0.08,
+                "base/over_refusal_aplomb": 0.0, "train_rl_text/over_refusal_aplomb": 0.5,
+                "train_sft/over_refusal_aplomb": 0.1}
+    old = seed_spread.headline({"evaluate": {"train_rl/over_refusal": 0.12}})  # a run from before the keys
+    runs = {"HEAD": seed_spread.headline({"evaluate": evaluate}), "seed-1": old}
+    labels = seed_spread.row_labels(runs)
+    extra = labels[len(seed_spread.HEADLINE):]
+    assert extra == ["base over-refusal (aplomb)", "RL text-only over-refusal (aplomb)",
+                     "CRAFT over-refusal (aplomb)", "CRAFT over-refusal (benign_lookalikes)"]
+    rows = {r["metric"]: r for r in seed_spread.spread(runs)}
+    assert rows["CRAFT over-refusal (aplomb)"]["n"] == 1 and rows["CRAFT over-refusal (aplomb)"]["mean"] == 0.25
+    assert rows["CRAFT over-refusal"]["n"] == 2  # the overall row, as before
+    text = seed_spread.markdown(seed_spread.spread(runs), list(runs))
+    assert "| CRAFT over-refusal (aplomb) | 25.0% | — |" in text
+    assert seed_spread.is_rate("CRAFT over-refusal (benign_lookalikes)")
+    assert not seed_spread.is_rate("CRAFT utility NLL")

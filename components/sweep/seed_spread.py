@@ -12,11 +12,16 @@ fixed (``ingest.seed`` is never varied). The ``scope`` says which stages (``SCOP
 
 Each finished run gives one value per metric; the spread of a metric over n runs is mean, sample
 standard deviation (n − 1 in the denominator; 0 for one run), min, max and a 95% t interval of
-the mean; a rate's interval is clipped to [0, 1], the range a mean of rates can take.
+the mean; a rate's interval is clipped to [0, 1], the range a mean of rates can take. Besides
+the fixed ``HEADLINE`` rows, each run's over-refusal per benign source (``over_refusal_<source>``
+in evaluate's metrics, for base, the text-only ablation and CRAFT) gets a row of its own
+(``source_rows``): the sources are the ones that run was evaluated on, so a row is absent where
+no run has it.
 """
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -63,6 +68,14 @@ RATE_LABELS = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE
 """HEADLINE labels of the rates (``promote.RATES`` lists metric stems, a different thing)."""
 
 
+SOURCE_MODELS: dict[str, str] = {"base": "base", "train_rl_text": "RL text-only", "train_rl": "CRAFT"}
+"""Model key in evaluate's metrics → label, for the over-refusal-per-benign-source rows."""
+_SOURCE_KEY = re.compile(r"^(%s)/over_refusal_(\w+)$" % "|".join(SOURCE_MODELS))
+_SOURCE_LABEL = re.compile(r"^(%s) over-refusal \((\w+)\)$" % "|".join(SOURCE_MODELS.values()))
+_BOUNDS = ("_lo", "_hi", "_n")
+"""Suffixes of a rate's interval and count keys (``over_refusal_<source>_lo`` …): not rows."""
+
+
 @dataclass(frozen=True)
 class SweepConfig:
     """``craft seeds``: which seeds to run besides the committed run, and which stages they reseed."""
@@ -95,15 +108,39 @@ def overrides(seed: int, scope: str = "rl") -> list[str]:
 
 
 def headline(metrics: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """The HEADLINE figures of one run from its per-stage metrics ({stage: {key: value}})."""
-    return {label: float(metrics.get(stage, {}).get(key, math.nan)) for stage, key, label in HEADLINE}
+    """The HEADLINE figures of one run from its per-stage metrics ({stage: {key: value}}), then
+    its over-refusal per benign source (``source_rows``)."""
+    fixed = {label: float(metrics.get(stage, {}).get(key, math.nan)) for stage, key, label in HEADLINE}
+    return {**fixed, **source_rows(metrics.get("evaluate", {}))}
+
+
+def source_rows(evaluate: Mapping[str, float]) -> dict[str, float]:
+    """``"CRAFT over-refusal (aplomb)"`` → value, for every ``<model>/over_refusal_<source>`` key of
+    evaluate's metrics (models: ``SOURCE_MODELS``; the keys' ``_lo``/``_hi``/``_n`` companions and
+    the overall ``over_refusal`` are not sources)."""
+    out = {}
+    for key, value in evaluate.items():
+        m = _SOURCE_KEY.match(key)
+        if m and not key.endswith(_BOUNDS):
+            out[f"{SOURCE_MODELS[m[1]]} over-refusal ({m[2]})"] = float(value)
+    return out
+
+
+def row_labels(runs: Mapping[str, Mapping[str, float]]) -> list[str]:
+    """HEADLINE's labels, then the per-source rows any run has, by model (base, text-only, CRAFT)
+    and source name."""
+    order = list(SOURCE_MODELS.values())
+    extra = {label for run in runs.values() for label in run if _SOURCE_LABEL.match(label)}
+    ranked = sorted(extra, key=lambda label: (order.index(_SOURCE_LABEL.match(label)[1]), label))
+    return [label for _, _, label in HEADLINE] + ranked
 
 
 def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
-    """Per metric: each run's value, then n, mean, sd, min, max and a 95% t interval of the mean
-    (``ci_lo``, ``ci_hi``; NaN below two runs; a rate's clipped to [0, 1]) over the runs that have it."""
+    """Per metric (``row_labels``): each run's value, then n, mean, sd, min, max and a 95% t
+    interval of the mean (``ci_lo``, ``ci_hi``; NaN below two runs; a rate's clipped to [0, 1])
+    over the runs that have it."""
     rows = []
-    for _, _, label in HEADLINE:
+    for label in row_labels(runs):
         values = {name: run[label] for name, run in runs.items() if not math.isnan(run.get(label, math.nan))}
         xs = list(values.values())
         n = len(xs)
@@ -117,9 +154,10 @@ def spread(runs: Mapping[str, Mapping[str, float]]) -> list[dict]:
 
 
 def is_rate(label: str) -> bool:
-    """Whether the HEADLINE figure labelled ``label`` is a rate in [0, 1] (printed as a percentage):
-    decided by its metric key's ending (``RATE_SUFFIXES``), not by the label's words."""
-    return label in RATE_LABELS
+    """Whether the figure labelled ``label`` is a rate in [0, 1] (printed as a percentage): a
+    HEADLINE figure by its metric key's ending (``RATE_SUFFIXES``), not by the label's words; every
+    per-source over-refusal row is one."""
+    return label in RATE_LABELS or bool(_SOURCE_LABEL.match(label))
 
 
 def _fmt(label: str, v: float) -> str:
