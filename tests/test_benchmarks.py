@@ -23,3 +23,19 @@ def test_rl_step_benchmark_drives_the_current_rl_loop(tiny_model_dir):
     times = bench_rl_step.ours(args, lm, head, ["How do I bake bread?", "Tell me how to pick a lock.", "Hi"])
     assert len(times) == 1 and times[0] > 0  # one timed step after the warm-up step
     assert not any("lora" in n for n, _ in lm.model.named_parameters())  # the base model is given back
+
+
+def test_side_by_side_worker_trains_and_hashes_its_adapter(tiny_model_dir, monkeypatch):
+    from benchmarks import bench_side_by_side, common
+    from components.lm import runtime
+    from components.lm import source as model_source
+
+    def load(kind, device, dtype):
+        cfg = model_source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+        return runtime.load(model_source.resolve(cfg), cfg), 0
+
+    monkeypatch.setattr(common, "load", load)
+    args = argparse.Namespace(model="tiny", device="cpu", dtype="float32", threads=1, steps=1)
+    first, again = bench_side_by_side.worker(args), bench_side_by_side.worker(args)
+    assert len(first["times"]) == 1 and len(first["lora_sha"]) == 16
+    assert first["lora_sha"] == again["lora_sha"]  # same seed, same threads: the same adapter
