@@ -74,6 +74,21 @@ def lock_hashes_at(root: Path, rev: str) -> dict[str, str]:
     return _out_hashes(yaml.safe_load(shown.stdout) or {}) if shown.returncode == 0 else {}
 
 
+def uncached_outs(root: Path) -> set[str]:
+    """``dvc.<stage>.<path>`` of the outputs dvc.yaml marks ``cache: false``: reports, metrics and
+    plots, which also record timings (a guard's ms/token, a validation's load time) that differ
+    between two runs of the same inputs. The cached outputs (traces, features, head, adapters,
+    transcripts) are what makes two runs the same run."""
+    path = root / "dvc.yaml"
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {} if path.exists() else {}
+    out = set()
+    for stage, body in stages.items():
+        for entry in (body.get("outs") or []) + (body.get("metrics") or []) + (body.get("plots") or []):
+            if isinstance(entry, dict):
+                out |= {f"dvc.{stage}.{p}" for p, opts in entry.items() if (opts or {}).get("cache") is False}
+    return out
+
+
 def _out_hashes(lock: dict) -> dict[str, str]:
     out = {}
     for stage, body in (lock.get("stages") or {}).items():

@@ -312,8 +312,8 @@ def report_baseline(root: Path, scope: str, rev: str | None = None) -> tuple[str
 
     ``rev`` given: that commit. Else the last commit when it has experiments of ``scope``, else the
     baseline ``seeds/sweep.json`` records. Any baseline other than the last commit must have the
-    workspace's dvc.lock outputs (the same run), or its experiments would be reported beside
-    another run's figures."""
+    workspace's cached dvc.lock outputs (the same run; reports and metrics, ``cache: false``, may
+    differ in their timings), or its experiments would be reported beside another run's figures."""
     def seeds_of(states: dict) -> list[str]:
         return [n for n in run_order({n: {} for n in states}, scope) if n != "HEAD"]
 
@@ -327,7 +327,8 @@ def report_baseline(root: Path, scope: str, rev: str | None = None) -> tuple[str
     commit = _commit(root, rev)
     if commit != head:
         here, there = lineage.lock_hashes(root), lineage.lock_hashes_at(root, commit)
-        differ = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k))
+        timed = lineage.uncached_outs(root)
+        differ = sorted(k for k in here.keys() | there.keys() if here.get(k) != there.get(k) and k not in timed)
         if differ:
             raise ConfigError(f"the workspace's outputs are not those of commit {commit[:12]} ({len(differ)} dvc.lock "
                               f"output(s) differ, e.g. {differ[0]}): its experiments belong to another run; "

@@ -308,6 +308,23 @@ def test_report_refuses_a_baseline_whose_outputs_the_workspace_does_not_hold(mon
         seeds.report_baseline(tmp_path, "rl")
 
 
+def test_report_reads_the_recorded_sweep_when_only_timings_in_uncached_outputs_moved(monkeypatch, tmp_path):
+    """A re-run of the same inputs rewrites the reports and metrics (``cache: false``) with new
+    timings but reproduces every cached output: still the sweep's run. A cached output that moved
+    is refused (the test above)."""
+    from flows import lineage, seeds
+
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  train_rl:\n    outs:\n    - data/train_rl/adapter\n    metrics:\n"
+        "    - data/train_rl/metrics.json:\n        cache: false\n")
+    adapter = "    - path: data/train_rl/adapter\n      md5: aaa.dir\n"
+    later = f"stages:\n  train_rl:\n    outs:\n{adapter}    - path: data/train_rl/metrics.json\n      md5: ccc\n"
+    a, _ = _repo_with_sweep(tmp_path, later_lock=later)
+    monkeypatch.setattr(seeds, "experiment_states", _states_of(a))
+    assert seeds.report_baseline(tmp_path, "rl")[0] == a
+    assert lineage.uncached_outs(tmp_path) == {"dvc.train_rl.data/train_rl/metrics.json"}
+
+
 def test_baseline_without_report_is_refused(capsys):
     from flows.cli import main
 
