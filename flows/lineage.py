@@ -80,7 +80,9 @@ def uncached_outs(root: Path) -> set[str]:
     between two runs of the same inputs. The cached outputs (traces, features, head, adapters,
     transcripts) are what makes two runs the same run."""
     path = root / "dvc.yaml"
-    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {} if path.exists() else {}
+    if not path.exists():
+        return set()
+    stages = (yaml.safe_load(path.read_text()) or {}).get("stages") or {}
     out = set()
     for stage, body in stages.items():
         for entry in (body.get("outs") or []) + (body.get("metrics") or []) + (body.get("plots") or []):
