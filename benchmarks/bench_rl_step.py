@@ -25,21 +25,29 @@ from components.lm.latents import LatentSpec  # noqa: E402
 from components.rl.rewards import CraftReward, latent_scores  # noqa: E402
 
 
-def ours(args, lm, head, prompts) -> list[float]:
+def setup(cfg, lm, head):
+    """(policy, value head, optimizer, accelerator, reward) of our RL loop under ``cfg``: LoRA on
+    ``lm.model`` (``policy.unload()`` gives the base model back), the keyword judge as the text reward."""
     from accelerate import Accelerator
 
+    from components.rl import checkpoint
     from components.rl import loop as rl_loop
     from components.rl.policy import wrap_lora
+
+    policy = wrap_lora(lm.model, cfg.lora, 0)
+    value_head = rl_loop.ValueHead(lm.model.config.hidden_size).to(lm.device)
+    opt = torch.optim.AdamW(list(checkpoint.trainable(policy).values()), lr=cfg.lr)
+    return policy, value_head, opt, Accelerator(cpu=lm.device.type == "cpu"), CraftReward(head, KeywordRefusalJudge())
+
+
+def ours(args, lm, head, prompts) -> list[float]:
+    from components.rl import loop as rl_loop
     from components.train_rl import TrainRLConfig
 
     cfg = TrainRLConfig(steps=args.steps, prompts_per_step=args.prompts_per_step, group_size=args.group,
-                        max_new_tokens=args.new, benign_per_step=0, minibatch_size=args.prompts_per_step * args.group, ppo_epochs=1,
-                        kl_coef=0.01, lr=1e-5, lora_r=16, lora_alpha=32, judge="keyword")
-    policy = wrap_lora(lm.model, cfg.lora, 0)
-    value_head = rl_loop.ValueHead(lm.model.config.hidden_size).to(lm.device)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
-    acc = Accelerator(cpu=lm.device.type == "cpu")
-    reward = CraftReward(head, KeywordRefusalJudge())
+                        max_new_tokens=args.new, benign_per_step=0, minibatch_size=args.prompts_per_step * args.group,
+                        ppo_epochs=1, kl_coef=0.01, lr=1e-5, lora_r=16, lora_alpha=32, judge="keyword")
+    policy, value_head, opt, acc, reward = setup(cfg, lm, head)
     times = []
     for step in range(args.steps + 1):
         common.sync()

@@ -32,14 +32,11 @@ from benchmarks import common  # noqa: E402
 def worker(args) -> dict:
     """``args.steps`` timed RL steps (after one warm-up) on ``args.threads``; their times and a
     hash of the trained LoRA weights."""
-    from accelerate import Accelerator
-
-    from components.eval.judges import KeywordRefusalJudge
+    from benchmarks.bench_rl_step import setup
     from components.head.model import SafetyHead
     from components.lm.latents import LatentSpec
+    from components.rl import checkpoint
     from components.rl import loop as rl_loop
-    from components.rl.policy import wrap_lora
-    from components.rl.rewards import CraftReward
     from components.train_rl import TrainRLConfig
 
     torch.set_num_threads(args.threads)
@@ -50,10 +47,7 @@ def worker(args) -> dict:
     cfg = TrainRLConfig(steps=args.steps + 1, prompts_per_step=3, benign_per_step=1, benign_candidates=1,
                         group_size=8, max_new_tokens=32, minibatch_size=8, grad_accum=4, ppo_epochs=1,
                         kl_coef=0.05, lr=1e-3, lora_r=8, lora_alpha=16, judge="keyword")
-    policy = wrap_lora(lm.model, cfg.lora, 0)
-    value_head = rl_loop.ValueHead(lm.model.config.hidden_size).to(lm.device)
-    opt = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=cfg.lr)
-    reward, acc = CraftReward(head, KeywordRefusalJudge()), Accelerator(cpu=lm.device.type == "cpu")
+    policy, value_head, opt, acc, reward = setup(cfg, lm, head)
     texts = common.prompts(64)
     pools = {"harmful": texts[:32], "benign": texts[32:]}
     times = []
@@ -63,9 +57,8 @@ def worker(args) -> dict:
                         torch.Generator().manual_seed(step))
         times.append(time.perf_counter() - t)
     digest = hashlib.sha256()
-    for name, tensor in sorted(policy.state_dict().items()):
-        if "lora_" in name:
-            digest.update(tensor.float().cpu().numpy().tobytes())
+    for _, tensor in sorted(checkpoint.trainable(policy).items()):  # the LoRA A and B matrices
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
     return {"times": times[1:], "lora_sha": digest.hexdigest()[:16]}
 
 
