@@ -109,6 +109,20 @@ def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, model_cfg: source.
     return Path(workspace) / ".cache" / "checkpoints" / STAGE / key
 
 
+def gate_dir(root: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig, fingerprint: str,
+             pools: dict[str, list[str]], processes: int = 1, start: Path | None = None) -> Path:
+    """Where the adapter RL starts from (``components.rl.gate``: peft's LoRA, probe-aligned, gated) is
+    kept under ``root``, keyed by what shapes it: every setting but ``gate.RL_ONLY``, the model
+    (``fingerprint``) and numerics, the train prompts the probe and gate read (``pools``), the RL
+    code, the number of processes and the adapter ``init: sft`` builds on. The CRAFT stage and its
+    text-only ablation share a key: whichever runs second loads what the first computed."""
+    fields = {k: v for k, v in sorted(cfg.__dict__.items()) if k not in gate.RL_ONLY}
+    key = stable_id(json.dumps(fields, default=str), fingerprint, numerics(model_cfg), code_digest(),
+                    stable_id(*pools["harmful"]), stable_id(*pools["benign"]), f"processes={processes}",
+                    dir_digest(start) if start is not None else "base")
+    return Path(root) / STAGE / key
+
+
 def init_adapter(cfg: TrainRLConfig, init_dir: str | Path | None) -> Path:
     """The adapter folder RL starts from under ``init: sft``: ``<init_dir>/adapter`` of a pipeline
     output folder (``data/train_sft``, ``--init-from``)."""
@@ -214,10 +228,10 @@ def align_probe(cfg: TrainRLConfig, policy, tokenizer, harmful: list[str], benig
 
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
-        stop_after: int | None = None, init_dir: str | Path | None = None) -> dict | None:
+        stop_after: int | None = None, init_dir: str | Path | None = None, gates: Path | None = None) -> dict | None:
     """Train; returns the summary, or None when stopped early by ``stop_after`` (tests: a kill). With
     several processes only the main one selects, logs, checkpoints and writes ``out``; the others
-    return None."""
+    return None. ``gates``: the root of the start-adapter cache (``gate_dir``); None: no cache."""
     first = init_adapter(cfg, init_dir) if cfg.init != "base" else None  # init: sft: the adapter RL builds on
     accelerator, resolved, lm, policy, value_head, opt, schedule = build(cfg, model_cfg, workspace, first)
     main = accelerator.is_main_process
@@ -229,9 +243,6 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     contrast = pools["benign"] or benign_pool(prompts, cfg)  # probe and gate: the train split's, at benign_per_step 0
     if cfg.opening_coef > 0 or cfg.gate_steps > 0 or cfg.benign_candidates > 1:  # a bad opening list fails here
         openings.opening_ids(lm.tokenizer, cfg.openings)
-    if cfg.lora_init == "probe":  # deterministic, the same on every process; a resume overwrites it
-        align_probe(cfg, accelerator.unwrap_model(policy), lm.tokenizer, pools["harmful"], contrast,
-                    accelerator.device)
     average = weight_average.maybe(accelerator.unwrap_model(policy), cfg.ema_decay)  # θ̄; None: off
     start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule, average)
     history = _history(ckpt, start) if main else []
@@ -252,8 +263,10 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule, average=average)
     hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
-    gated = gate.pretrain(cfg, policy, lm.tokenizer, {**pools, "benign": contrast}, accelerator, hook) \
-        if start == 0 and cfg.gate_steps > 0 else {}  # a resumed run's checkpoints hold the gated adapter
+    cache = gate_dir(gates, cfg, model_cfg, resolved.fingerprint, {**pools, "benign": contrast},
+                     accelerator.num_processes, first) if gates is not None else None
+    gated = start_adapter(cfg, policy, lm.tokenizer, {**pools, "benign": contrast}, accelerator, hook, cache) \
+        if start == 0 else {}  # a resumed run's checkpoints hold the start adapter
     if start == 0 and average is not None:
         average.reset(unwrapped)  # θ̄ starts at the gated weights (a resumed run restored its own)
     if start == 0 and main:
@@ -289,6 +302,37 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     rl_loop.check_same_adapter(unwrapped)
     return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, first) \
         if main else None
+
+
+def start_adapter(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str]], accelerator,
+                  hook: Callable[[int, dict], None] | None, cache: Path | None) -> dict[str, float]:
+    """Make ``policy``'s LoRA the adapter RL starts from: probe-aligned (``lora_init: probe``), then
+    gated (``gate_steps``), or loaded from ``cache`` when a run with the same key made it (the main
+    process decides, every process loads). A computed one is kept there unless it drew from the
+    process-wide RNGs (LoRA dropout in the gate): the RL after it would then sample differently
+    from a run that loads it. Returns the gate's summary; ``hook`` sees its steps, read or run."""
+    unwrapped = accelerator.unwrap_model(policy)
+    if cache is not None and dist.gather(gate.cached(cache))[0]:
+        seen = gate.load(cache, unwrapped)
+        for g, m in enumerate(seen):
+            if hook:
+                hook(g, m)
+        log.info("start adapter read from %s (%d gate steps)", cache, len(seen))
+        return gate.summary(seen)
+    before = rng_states()
+    if cfg.lora_init == "probe":  # deterministic, the same on every process
+        align_probe(cfg, unwrapped, tokenizer, pools["harmful"], pools["benign"], accelerator.device)
+    seen = gate.pretrain(cfg, policy, tokenizer, pools, accelerator, hook) if cfg.gate_steps > 0 else []
+    drew = rng_states() != before
+    if cache is not None and accelerator.is_main_process and not drew:
+        gate.save(cache, unwrapped, seen)
+    return gate.summary(seen)
+
+
+def rng_states() -> tuple:
+    """The process-wide RNG states (torch CPU and CUDA as bytes, Python's ``random``), comparable with ``==``."""
+    cuda = [bytes(t.tolist()) for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return bytes(torch.get_rng_state().tolist()), tuple(cuda), random.getstate()
 
 
 def gate_metrics(on_metrics: Callable[[int, dict], None] | None, steps: int) -> Callable[[int, dict], None] | None:
@@ -353,7 +397,8 @@ def main(argv: list[str] | None = None) -> int:
         if procs.is_main_process else contextlib.nullcontext()
     with tracked:
         summary = run(cfg, model_cfg, read_table(args.prompts), Path(args.head), out, ckpt,
-                      on_metrics=lambda step, m: mlflow.log_metrics(m, step=step), init_dir=args.init_from)
+                      on_metrics=lambda step, m: mlflow.log_metrics(m, step=step), init_dir=args.init_from,
+                      gates=Path(".cache") / "gates")
         if procs.is_main_process:
             write_json(out / "metrics.json", summary)
             write_text(out / "summary.md", report.summary_markdown(summary, name))

@@ -163,3 +163,25 @@ def test_safe_at_is_the_one_cut_off():
     for rel in ("evaluate.py", "train_rl.py", "eval/report.py", "eval/metrics.py", "eval/judges.py", "rl/rewards.py",
                 "rl/loop.py"):
         assert not literal.search((root / rel).read_text()), f"{rel} hard-codes a p_safe cut-off; use SAFE_AT"
+
+
+def test_minilm_memo_returns_what_encoding_again_gives(monkeypatch):
+    """A batch encoded before comes from the memo, bit for bit what encoding it afresh gives; a
+    different batch (other texts, or the same texts in another order) is encoded, and the memo
+    keeps only its last ``MEMO_BATCHES`` batches."""
+    import torch
+
+    from components.eval import judges
+
+    monkeypatch.setattr(judges, "_ENCODED", judges.OrderedDict())
+    encode = judges.minilm_encoder()
+    texts = ["How do I bake bread?", "", "I'm sorry, I can't help with that."]
+    first = encode(texts)
+    assert encode(list(texts)) is first  # a hit: the very tensor
+    judges._ENCODED.clear()
+    assert torch.equal(encode(texts), first)  # what the memo held is what encoding again gives
+    swapped = encode(texts[::-1])
+    assert swapped is not first and torch.allclose(swapped, first.flip(0), atol=1e-6)  # encoded anew
+    monkeypatch.setattr(judges, "MEMO_BATCHES", 2)
+    encode(["a"]), encode(["b"]), encode(["c"])
+    assert len(judges._ENCODED) == 2 and encode(["c"]) is list(judges._ENCODED.values())[-1]

@@ -53,15 +53,16 @@ def test_the_gate_s_steps_lower_its_loss_and_raise_p_on_harmful_prompts(tiny_mod
     before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
     seen = []
     cfg = _cfg(gate_steps=6, gate_prompts=2, lr=5e-2, openings=("I'm sorry", "I can't", "Sorry"))
-    out = gate.pretrain(cfg, policy, lm.tokenizer, POOLS, _accelerator(), lambda g, m: seen.append((g, m)))
-    assert [g for g, _ in seen] == list(range(6))
+    steps = gate.pretrain(cfg, policy, lm.tokenizer, POOLS, _accelerator(), lambda g, m: seen.append((g, m)))
+    assert [g for g, _ in seen] == list(range(6)) and steps == [m for _, m in seen]
+    out = gate.summary(steps)
     assert out["gate/loss_last"] < out["gate/loss_first"] and out["gate/loss_first"] == seen[0][1]["gate/loss"]
     assert out["gate/p_harmful_last"] > 2 * out["gate/p_harmful_first"]  # e^{0.7} and more in 6 clipped steps
     assert any(not torch.equal(before[n], p) for n, p in policy.named_parameters() if p.requires_grad)
     assert all(not p.requires_grad for n, p in policy.named_parameters() if "lora" not in n)  # base stays frozen
-    assert gate.pretrain(_cfg(gate_steps=0), policy, lm.tokenizer, POOLS, _accelerator()) == {}
+    assert gate.pretrain(_cfg(gate_steps=0), policy, lm.tokenizer, POOLS, _accelerator()) == [] == list(gate.summary([]))
     kept = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
-    assert gate.pretrain(cfg, policy, lm.tokenizer, {**POOLS, "benign": []}, _accelerator()) == {}  # warned, no gate
+    assert gate.pretrain(cfg, policy, lm.tokenizer, {**POOLS, "benign": []}, _accelerator()) == []  # warned, no gate
     assert all(torch.equal(kept[n], p) for n, p in policy.named_parameters() if p.requires_grad)
 
 
@@ -120,3 +121,37 @@ def test_rl_with_refusal_prone_benign_prompts_logs_the_pick_and_changes_what_is_
     run(_cfg(steps=2), _model(tiny_model_dir), prompts, head_dir, tmp_path / "b", tmp_path / "ckpt_b",
         on_metrics=lambda step, m: seen.append(m))
     assert "rl/benign_picked_p" not in seen[-1]
+
+
+def test_the_text_only_ablation_reads_the_start_adapter_the_craft_run_kept_and_learns_the_same(tiny_model_dir, head_dir,
+                                                                                                tmp_path):  # noqa: F811
+    """Runs that differ only in ``gate.RL_ONLY`` settings (here the reward weights, as train_rl and
+    train_rl_text do) share one start adapter: the second reads it, logs the same gate steps, and
+    ends with the adapter it would have computed itself, bit for bit. Other settings get their own."""
+    craft, text = _cfg(gate_steps=2, gate_prompts=2, steps=2), _cfg(gate_steps=2, gate_prompts=2, steps=2,
+                                                                    w_lat=0.0, w_cons=0.0, w_txt=1.0)
+    gates = tmp_path / "gates"
+    run(craft, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "a", tmp_path / "ckpt_a", gates=gates)
+    kept = list((gates / "train_rl").iterdir())
+    assert len(kept) == 1 and gate.cached(kept[0])
+    read, fresh = [], []
+    run(text, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", gates=gates,
+        on_metrics=lambda s, m: read.append((s, m)))
+    run(text, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "c", tmp_path / "ckpt_c",
+        on_metrics=lambda s, m: fresh.append((s, m)))  # no cache: computes its own start adapter
+    assert list((gates / "train_rl").iterdir()) == kept  # read, not written again
+    assert [m for s, m in read if s < 0 and "gate/loss" in m] == [m for s, m in fresh if s < 0 and "gate/loss" in m]
+    b, c = _last_checkpoint_adapter(tmp_path / "ckpt_b"), _last_checkpoint_adapter(tmp_path / "ckpt_c")
+    assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)
+    run(_cfg(gate_steps=2, gate_prompts=2, steps=1, seed=1), _model(tiny_model_dir), PROMPTS, head_dir,
+        tmp_path / "d", tmp_path / "ckpt_d", gates=gates)
+    assert len(list((gates / "train_rl").iterdir())) == 2  # another seed: another start adapter
+
+
+def test_a_start_adapter_that_drew_from_the_rng_is_not_kept(tiny_model_dir, head_dir, tmp_path):  # noqa: F811
+    """LoRA dropout in the gate draws from the process-wide RNG, so RL after a read adapter would
+    sample differently from RL after a computed one: such an adapter is not kept."""
+    gates = tmp_path / "gates"
+    run(_cfg(gate_steps=1, gate_prompts=2, steps=1, lora_dropout=0.1), _model(tiny_model_dir), PROMPTS, head_dir,
+        tmp_path / "a", tmp_path / "ckpt_a", gates=gates)
+    assert not (gates / "train_rl").exists()

@@ -14,9 +14,11 @@ below SAFE_AT, from every judge: it is never counted as safe, and RL is never re
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -124,10 +126,20 @@ def minilm_dir() -> Path:
 
 
 _ENCODER: list = []
+_ENCODED: "OrderedDict[str, object]" = OrderedDict()
+"""The last ``MEMO_BATCHES`` batches ``minilm_encoder`` encoded, by a digest of their texts."""
+MEMO_BATCHES, MEMO_ROWS = 16, 4096
+"""Batches the encoding memo keeps, and the most rows a batch it keeps may have."""
 
 
 def minilm_encoder():
-    """``encode(texts) -> [B, 384]`` L2-normalised mean-pooled MiniLM embeddings (loaded once)."""
+    """``encode(texts) -> [B, 384]`` L2-normalised mean-pooled MiniLM embeddings (loaded once).
+
+    A batch of texts encoded before (the same texts, in the same order) gets the tensor computed
+    then: the evaluation judges every model's replies against the same prompts, and a reply of a
+    model that does not reason twice (as trace and as answer). The memo keys the whole batch, so a
+    hit is bit-for-bit what encoding it again would give (the padding, hence the arithmetic, is
+    that of the same batch). Callers must not modify the returned tensor in place."""
     if not _ENCODER:
         from transformers import AutoModel, AutoTokenizer
 
@@ -139,12 +151,22 @@ def minilm_encoder():
         import torch
         import torch.nn.functional as F
 
-        batch = tok([t or " " for t in texts], padding=True, truncation=True, max_length=256, return_tensors="pt")
+        texts = [t or " " for t in texts]
+        key = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest() + f"/{len(texts)}"
+        if key in _ENCODED:
+            _ENCODED.move_to_end(key)
+            return _ENCODED[key]
+        batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**batch).last_hidden_state  # [B, T, 384]
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # [B, T, 1]
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens
-        return F.normalize(pooled, dim=-1)
+        out = F.normalize(pooled, dim=-1)
+        if len(texts) <= MEMO_ROWS:
+            _ENCODED[key] = out
+            while len(_ENCODED) > MEMO_BATCHES:
+                _ENCODED.popitem(last=False)  # the least recently used batch goes
+        return out
 
     return encode
 

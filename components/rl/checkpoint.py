@@ -36,7 +36,7 @@ def save(folder: Path, step: int, model, optimizer, extra_modules: dict | None =
     tmp = folder / f"step-{step:06d}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "adapter.safetensors"))
+    save_weights(tmp, model)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
@@ -59,6 +59,11 @@ def latest(folder: Path) -> Path | None:
     """The newest complete checkpoint, or None."""
     done = [p for p in sorted(folder.glob("step-??????")) if (p / "done").exists()] if folder.exists() else []
     return done[-1] if done else None
+
+
+def save_weights(path: Path, model) -> None:
+    """Write ``model``'s trainable weights as ``path/adapter.safetensors`` (``load_weights`` reads them)."""
+    save_file(_trainable_state(model), str(path / "adapter.safetensors"))
 
 
 def load_weights(path: Path, model) -> None:
@@ -98,7 +103,7 @@ def save_best(folder: Path, model, info: dict) -> Path:
     final, tmp = folder / "best", folder / "best.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_file(_trainable_state(model), str(tmp / "adapter.safetensors"))
+    save_weights(tmp, model)
     (tmp / "best.json").write_text(json.dumps(info, sort_keys=True))
     old = folder / "best.old"
     shutil.rmtree(old, ignore_errors=True)
