@@ -166,9 +166,9 @@ def test_safe_at_is_the_one_cut_off():
 
 
 def test_minilm_memo_returns_what_encoding_again_gives(monkeypatch):
-    """A batch encoded before comes from the memo, bit for bit what encoding it afresh gives; a
-    different batch (other texts, or the same texts in another order) is encoded, and the memo
-    keeps only its last ``MEMO_BATCHES`` batches."""
+    """A batch encoded before comes from the memo, bit for bit what encoding it afresh gives, as a
+    copy the caller may modify; a different batch (other texts, or the same texts in another
+    order, or split differently) is encoded, and the memo keeps only its last ``MEMO_BATCHES``."""
     import torch
 
     from components.eval import judges
@@ -177,11 +177,15 @@ def test_minilm_memo_returns_what_encoding_again_gives(monkeypatch):
     encode = judges.minilm_encoder()
     texts = ["How do I bake bread?", "", "I'm sorry, I can't help with that."]
     first = encode(texts)
-    assert encode(list(texts)) is first  # a hit: the very tensor
+    kept = first.clone()
+    first.mul_(0.0)  # the caller's copy
+    again = encode(list(texts))
+    assert len(judges._ENCODED) == 1 and torch.equal(again, kept)  # a hit, untouched by the caller
     judges._ENCODED.clear()
-    assert torch.equal(encode(texts), first)  # what the memo held is what encoding again gives
-    swapped = encode(texts[::-1])
-    assert swapped is not first and torch.allclose(swapped, first.flip(0), atol=1e-6)  # encoded anew
+    assert torch.equal(encode(texts), kept)  # what the memo held is what encoding again gives
+    assert torch.allclose(encode(texts[::-1]), kept.flip(0), atol=1e-5) and len(judges._ENCODED) == 2
+    encode(["a\x00", "b"]), encode(["a", "\x00b"])
+    assert len(judges._ENCODED) == 4  # two lists that join alike are two keys
     monkeypatch.setattr(judges, "MEMO_BATCHES", 2)
-    encode(["a"]), encode(["b"]), encode(["c"])
-    assert len(judges._ENCODED) == 2 and encode(["c"]) is list(judges._ENCODED.values())[-1]
+    encode(["c"])
+    assert len(judges._ENCODED) == 2 and list(judges._ENCODED)[-1] == next(reversed(judges._ENCODED))

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from components.core.config import ConfigError
-from components.rl import gate
+from components.rl import gate, probe_init
 from components.rl.loop import gate_rows, opening_rows, step_prompts
 from components.train_rl import TrainRLConfig, run
 from tests.test_rl_openings import nudged_policy
@@ -124,7 +124,7 @@ def test_rl_with_refusal_prone_benign_prompts_logs_the_pick_and_changes_what_is_
 
 
 def test_the_text_only_ablation_reads_the_start_adapter_the_craft_run_kept_and_learns_the_same(tiny_model_dir, head_dir,
-                                                                                                tmp_path):  # noqa: F811
+                                                                                                tmp_path, monkeypatch):  # noqa: F811
     """Runs that differ only in ``gate.RL_ONLY`` settings (here the reward weights, as train_rl and
     train_rl_text do) share one start adapter: the second reads it, logs the same gate steps, and
     ends with the adapter it would have computed itself, bit for bit. Other settings get their own."""
@@ -135,8 +135,15 @@ def test_the_text_only_ablation_reads_the_start_adapter_the_craft_run_kept_and_l
     kept = list((gates / "train_rl").iterdir())
     assert len(kept) == 1 and gate.cached(kept[0])
     read, fresh = [], []
-    run(text, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", gates=gates,
-        on_metrics=lambda s, m: read.append((s, m)))
+
+    def computed(*_args, **_kw):
+        raise AssertionError("the start adapter was computed, not read")
+
+    with monkeypatch.context() as m:  # the reading run must neither align nor gate
+        m.setattr(gate, "pretrain", computed)
+        m.setattr(probe_init, "align_lora", computed)
+        run(text, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b", tmp_path / "ckpt_b", gates=gates,
+            on_metrics=lambda s, m: read.append((s, m)))
     run(text, _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "c", tmp_path / "ckpt_c",
         on_metrics=lambda s, m: fresh.append((s, m)))  # no cache: computes its own start adapter
     assert list((gates / "train_rl").iterdir()) == kept  # read, not written again
@@ -155,3 +162,6 @@ def test_a_start_adapter_that_drew_from_the_rng_is_not_kept(tiny_model_dir, head
     run(_cfg(gate_steps=1, gate_prompts=2, steps=1, lora_dropout=0.1), _model(tiny_model_dir), PROMPTS, head_dir,
         tmp_path / "a", tmp_path / "ckpt_a", gates=gates)
     assert not (gates / "train_rl").exists()
+    run(_cfg(gate_steps=1, gate_prompts=2, steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b",
+        tmp_path / "ckpt_b", gates=gates)
+    assert len(list((gates / "train_rl").iterdir())) == 1  # without dropout the same run keeps it

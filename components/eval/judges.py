@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import math
 import re
 from collections import OrderedDict
@@ -139,7 +140,7 @@ def minilm_encoder():
     then: the evaluation judges every model's replies against the same prompts, and a reply of a
     model that does not reason twice (as trace and as answer). The memo keys the whole batch, so a
     hit is bit-for-bit what encoding it again would give (the padding, hence the arithmetic, is
-    that of the same batch). Callers must not modify the returned tensor in place."""
+    that of the same batch). A hit returns a copy, so a caller may modify what it gets."""
     if not _ENCODER:
         from transformers import AutoModel, AutoTokenizer
 
@@ -152,10 +153,10 @@ def minilm_encoder():
         import torch.nn.functional as F
 
         texts = [t or " " for t in texts]
-        key = hashlib.sha256("\x00".join(texts).encode("utf-8", "surrogatepass")).hexdigest() + f"/{len(texts)}"
+        key = hashlib.sha256(json.dumps(texts).encode()).hexdigest()  # JSON: no two lists share a key
         if key in _ENCODED:
             _ENCODED.move_to_end(key)
-            return _ENCODED[key]
+            return _ENCODED[key].clone()  # the memo's copy stays as computed whatever the caller does
         batch = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.inference_mode():
             hidden = model(**batch).last_hidden_state  # [B, T, 384]
@@ -163,7 +164,7 @@ def minilm_encoder():
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # mean over real tokens
         out = F.normalize(pooled, dim=-1)
         if len(texts) <= MEMO_ROWS:
-            _ENCODED[key] = out
+            _ENCODED[key] = out.clone()
             while len(_ENCODED) > MEMO_BATCHES:
                 _ENCODED.popitem(last=False)  # the least recently used batch goes
         return out

@@ -61,14 +61,17 @@ def latest(folder: Path) -> Path | None:
     return done[-1] if done else None
 
 
+WEIGHTS = "adapter.safetensors"
+
+
 def save_weights(path: Path, model) -> None:
     """Write ``model``'s trainable weights as ``path/adapter.safetensors`` (``load_weights`` reads them)."""
-    save_file(_trainable_state(model), str(path / "adapter.safetensors"))
+    save_file(_trainable_state(model), str(path / WEIGHTS))
 
 
 def load_weights(path: Path, model) -> None:
     """Copy the trainable weights saved in ``path/adapter.safetensors`` into ``model``."""
-    weights = load_file(str(path / "adapter.safetensors"))
+    weights = load_file(str(path / WEIGHTS))
     params = dict(model.named_parameters())
     missing = set(weights) - set(params)
     if missing:

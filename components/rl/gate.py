@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -97,24 +98,31 @@ STEPS_FILE = "gate.json"
 
 
 def cached(folder: Path | None) -> bool:
-    """Whether ``folder`` holds a complete start adapter (``save`` renames it into place whole)."""
-    return folder is not None and (folder / STEPS_FILE).exists()
+    """Whether ``folder`` holds a start adapter ``save`` renamed into place whole."""
+    return folder is not None and all((folder / name).is_file() and (folder / name).stat().st_size > 0
+                                      for name in (STEPS_FILE, checkpoint.WEIGHTS))
 
 
 def save(folder: Path, policy, seen: list[dict[str, float]]) -> None:
     """Keep ``policy``'s trainable weights (the start adapter) and the gate's per-step statistics in
-    ``folder``: written beside it, then renamed, so a kill leaves no half folder and a concurrent
-    run that got there first keeps its own (the same adapter)."""
+    ``folder``: written to a fresh folder beside it, flushed to disk, then renamed, so a kill leaves
+    no half folder and a concurrent run that got there first keeps its own (the same adapter). The
+    cache only saves time: a failure to write it is logged, and the run goes on."""
     if cached(folder):
         return
-    tmp = folder.with_name(f"{folder.name}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    checkpoint.save_weights(tmp, policy)
-    (tmp / STEPS_FILE).write_text(json.dumps(seen))
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".partial", dir=folder.parent))
     try:
+        checkpoint.save_weights(tmp, policy)
+        (tmp / STEPS_FILE).write_text(json.dumps(seen))
+        for name in (checkpoint.WEIGHTS, STEPS_FILE):
+            with open(tmp / name, "rb") as f:
+                os.fsync(f.fileno())
         os.replace(tmp, folder)
-    except OSError:  # another run renamed its copy into place first
+    except OSError as exc:
+        if not cached(folder):  # not a concurrent run's copy in place: say why nothing was kept
+            log.warning("could not keep the start adapter in %s (%s); the next run computes it again", folder, exc)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
