@@ -69,7 +69,8 @@ from components.eval.judges import make_judge
 from components.rl.config import INITS, TrainRLConfig  # noqa: F401 - the stage's config (params.yaml train_rl:)
 from components.rl.policy import save_stacked, wrap_lora
 from components.data.records import stable_id
-from components.rl import gate, probe_init, report, selection
+from components.rl import gate, report, selection
+from components.rl.start_adapter import start_adapter
 from components.rl import average as weight_average
 from components.rl.rewards import CraftReward, RewardWeights, obfuscation_gap
 
@@ -222,17 +223,6 @@ def build(cfg: TrainRLConfig, model_cfg: source.ModelConfig, workspace: str, sta
     return accelerator, resolved, lm, policy, value_head, accelerator.prepare_optimizer(opt), schedule
 
 
-def align_probe(cfg: TrainRLConfig, policy, tokenizer, harmful: list[str], benign: list[str], device) -> None:
-    """``lora_init: probe``: LoRA A rows read the harmful − benign axis of the train prompts' layer
-    inputs, taken where ``probe_at`` says (``last``: the last prompt position; ``mean``: over the
-    prompt; components/rl/probe_init.py); with no benign train prompts peft's A stays, with a warning."""
-    if not benign:
-        log.warning("train_rl.lora_init=probe needs benign train prompts to contrast with, and the prompts have "
-                    "none: keeping peft's random LoRA A (set lora_init: random to silence this).")
-        return
-    probe_init.align_lora(policy, tokenizer, harmful, benign, device, cfg.probe_at, cfg.probe_shrinkage)
-
-
 def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, head_dir: Path,
         out: Path, ckpt: Path, workspace: str = ".", on_metrics: Callable[[int, dict], None] | None = None,
         stop_after: int | None = None, init_dir: str | Path | None = None, gates: Path | None = None) -> dict | None:
@@ -309,37 +299,6 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     rl_loop.check_same_adapter(unwrapped)
     return finish(cfg, unwrapped, lm.tokenizer, head_dir, out, resolved, model_cfg, history, ckpt, first) \
         if main else None
-
-
-def start_adapter(cfg: TrainRLConfig, policy, tokenizer, pools: dict[str, list[str]], accelerator,
-                  hook: Callable[[int, dict], None] | None, cache: Path | None) -> dict[str, float]:
-    """Make ``policy``'s LoRA the adapter RL starts from: probe-aligned (``lora_init: probe``), then
-    gated (``gate_steps``), or loaded from ``cache`` when a run with the same key made it (the main
-    process decides, every process loads). A computed one is kept there unless it drew from the
-    process-wide RNGs (LoRA dropout in the gate): the RL after it would then sample differently
-    from a run that loads it. Returns the gate's summary; ``hook`` sees its steps, read or run."""
-    unwrapped = accelerator.unwrap_model(policy)
-    if cache is not None and dist.gather(gate.cached(cache))[0]:
-        seen = gate.load(cache, unwrapped)
-        for g, m in enumerate(seen):
-            if hook:
-                hook(g, m)
-        log.info("start adapter read from %s (%d gate steps)", cache, len(seen))
-        return gate.summary(seen)
-    before = rng_states()
-    if cfg.lora_init == "probe":  # deterministic, the same on every process
-        align_probe(cfg, unwrapped, tokenizer, pools["harmful"], pools["benign"], accelerator.device)
-    seen = gate.pretrain(cfg, policy, tokenizer, pools, accelerator, hook) if cfg.gate_steps > 0 else []
-    drew = rng_states() != before
-    if cache is not None and accelerator.is_main_process and not drew:
-        gate.save(cache, unwrapped, seen)
-    return gate.summary(seen)
-
-
-def rng_states() -> tuple:
-    """The process-wide RNG states (torch CPU and CUDA as bytes, Python's ``random``), comparable with ``==``."""
-    cuda = [bytes(t.tolist()) for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
-    return bytes(torch.get_rng_state().tolist()), tuple(cuda), random.getstate()
 
 
 def gate_metrics(on_metrics: Callable[[int, dict], None] | None, steps: int) -> Callable[[int, dict], None] | None:
