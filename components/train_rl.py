@@ -112,8 +112,8 @@ def checkpoint_dir(workspace: str | Path, cfg: TrainRLConfig, model_cfg: source.
 
 def gate_dir(root: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig, fingerprint: str,
              pools: dict[str, list[str]], processes: int = 1, start: Path | None = None) -> Path:
-    """Where the adapter RL starts from (``components.rl.gate``: peft's LoRA, probe-aligned, gated) is
-    kept under ``root``, keyed by what shapes it: every setting but ``gate.RL_ONLY``, the model
+    """Where the adapter RL starts from (``components.rl.start_adapter``: peft's LoRA, probe-aligned,
+    gated) is kept under ``root``, keyed by what shapes it: every setting but ``gate.RL_ONLY``, the model
     (``fingerprint``), numerics and where they run (device type, CPU threads, library versions:
     each can change the trained weights, and none re-runs a DVC stage), the train prompts the
     probe and gate read (``pools``), the RL code, the number of processes and the adapter
@@ -260,10 +260,12 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule, average=average)
     hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
-    cache = gate_dir(gates, cfg, model_cfg, resolved.fingerprint, {**pools, "benign": contrast},
-                     accelerator.num_processes, first) if gates is not None else None
-    gated = start_adapter(cfg, policy, lm.tokenizer, {**pools, "benign": contrast}, accelerator, hook, cache) \
-        if start == 0 else {}  # a resumed run's checkpoints hold the start adapter
+    gated = {}  # a resumed run's checkpoints hold the start adapter
+    if start == 0:
+        reads = {**pools, "benign": contrast}  # what the probe and the gate read
+        cache = gate_dir(gates, cfg, model_cfg, resolved.fingerprint, reads, accelerator.num_processes, first) \
+            if gates is not None else None
+        gated = start_adapter(cfg, policy, lm.tokenizer, reads, accelerator, hook, cache)
     if start == 0 and average is not None:
         average.reset(unwrapped)  # θ̄ starts at the gated weights (a resumed run restored its own)
     if start == 0 and main:

@@ -20,9 +20,9 @@ The start adapter (peft's LoRA, aligned by the probe under ``lora_init: probe``,
 kept in a cache folder (``save`` / ``load``, used by ``components.rl.start_adapter``;
 ``components.train_rl.gate_dir`` keys it by every setting but ``RL_ONLY``), so runs that differ
 only after the gate (the CRAFT stage and its text-only ablation, which differ in reward weights)
-compute it once. Neither the probe nor the gate
-draws from the process-wide RNGs (tests/test_rl_gate.py), so a run that loads the start adapter
-rolls out, samples and updates exactly as one that computed it.
+compute it once. Neither the probe nor the gate draws from the process-wide RNGs
+(tests/test_rl_gate.py), so a run that loads the start adapter rolls out, samples and updates
+exactly as one that computed it.
 """
 from __future__ import annotations
 

@@ -40,9 +40,8 @@ def start_adapter(cfg, policy, tokenizer, pools: dict[str, list[str]], accelerat
     unwrapped = accelerator.unwrap_model(policy)
     if cache is not None and dist.gather(gate.cached(cache))[0]:
         seen = gate.load(cache, unwrapped)
-        for g, m in enumerate(seen):
-            if hook:
-                hook(g, m)
+        for g, m in enumerate(seen if hook else []):
+            hook(g, m)
         log.info("start adapter read from %s (%d gate steps)", cache, len(seen))
         return gate.summary(seen)
     before = rng_states()
