@@ -44,6 +44,7 @@ bench: install       ## CPU benchmarks vs their peers (run `make run` first for 
 	$(PY) benchmarks/bench_sampling.py --model smollm2
 	$(PY) benchmarks/bench_openings.py --model smollm2
 	$(PY) benchmarks/bench_side_by_side.py --model smollm2
+	$(PY) benchmarks/bench_allocator.py --model smollm2
 	-$(PY) benchmarks/bench_pipeline.py
 	$(PY) benchmarks/report.py
 

@@ -98,19 +98,22 @@ class PeakRSS:
         self.extra = max(self.extra, self._rss() - self._base)
 
 
-def load(kind: str, device: str, dtype: str):
-    """(LoadedModel, n_params) for a benchmark model."""
+def load(kind: str, device: str, dtype: str, allocator: str = "keep"):
+    """(LoadedModel, n_params) for a benchmark model; ``allocator`` as params.yaml runtime.allocator."""
+    from components.core import allocator as host_memory
     from components.lm import runtime
     from components.lm import source as model_source
     from components.lm import tiny_model
 
+    host_memory.apply(allocator)  # every kind, the random-weight one too (runtime.load does it for the others)
     torch_dtype = runtime.pick_dtype(dtype, torch.device(device))
     if kind in ("tiny", "smollm2"):
         if kind == "tiny":
             source = str(tiny_model.build(Path("/tmp/craft-bench-tiny")))
         else:
             source = "smollm2"
-        cfg = model_source.ModelConfig(source=source, device=device, dtype=dtype, threads=torch.get_num_threads())
+        cfg = model_source.ModelConfig(source=source, device=device, dtype=dtype, threads=torch.get_num_threads(),
+                                       allocator=allocator)
         lm = runtime.load(model_source.resolve(cfg), cfg)
     elif kind == "qwen3-4b-random":
         from transformers import AutoModelForCausalLM, Qwen3Config

@@ -39,3 +39,22 @@ def test_side_by_side_worker_trains_and_hashes_its_adapter(tiny_model_dir, monke
     first, again = bench_side_by_side.worker(args), bench_side_by_side.worker(args)
     assert len(first["times"]) == 1 and len(first["lora_sha"]) == 16
     assert first["lora_sha"] == again["lora_sha"]  # same seed, same threads: the same adapter
+
+
+def test_allocator_worker_times_each_workload_and_hashes_its_output(tiny_model_dir, monkeypatch):
+    from benchmarks import bench_allocator, common
+    from components.lm import runtime
+    from components.lm import source as model_source
+
+    def load(kind, device, dtype, allocator="keep"):
+        cfg = model_source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1,
+                                       allocator=allocator)
+        return runtime.load(model_source.resolve(cfg), cfg), 0
+
+    monkeypatch.setattr(common, "load", load)
+    for workload in ("encode", "sft"):
+        args = argparse.Namespace(model="tiny", device="cpu", dtype="float32", threads=1, repeats=1,
+                                  workload=workload, allocator="system")
+        first, again = bench_allocator.worker(args), bench_allocator.worker(args)
+        assert first["s"] > 0 and first["peak_rss_gb"] > 0 and len(first["digest"]) == 16
+        assert first["digest"] == again["digest"]  # deterministic: the peers' outputs are comparable

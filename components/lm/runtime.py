@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from components.core import allocator
 from components.lm.source import ModelConfig, ResolvedModel
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def load(resolved: ResolvedModel, cfg: ModelConfig) -> LoadedModel:
     """Load weights and tokenizer from ``resolved.path`` for inference."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    allocator.apply(cfg.allocator)  # before the weights and activations are allocated
     torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     dtype = pick_dtype(cfg.dtype, device)
