@@ -51,9 +51,9 @@ class ModelConfig:
     """torch intra-op threads on CPU (on 2-core machines 1 is often fastest under load)."""
     allocator: str = "keep"
     """What freed host memory does (``components.core.allocator``): ``keep`` (glibc: freed blocks
-    stay in the heap for reuse instead of being unmapped and zero-filled again; 1.1–1.4× faster
-    CPU forwards and backwards, a higher peak RSS, the same outputs) or ``system`` (the C library's
-    default). Elsewhere than on glibc both are the default."""
+    stay in the heap for reuse instead of being unmapped and zero-filled again: RL and SFT steps
+    about 1.3× faster on CPU, batched decoding about 4% slower, a higher peak RSS, the same
+    outputs) or ``system`` (the C library's default). Elsewhere than on glibc both are the default."""
     offline: bool = True
     """Keep the HF hub offline; set false only to let a hub id download."""
     trust_remote_code: bool = False
