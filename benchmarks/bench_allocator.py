@@ -156,10 +156,8 @@ def main() -> None:
                          "kernel_s": r["sys_s"], "minor_faults": r["minflt"], "peak_rss_gb": r["peak_rss_gb"],
                          "time_ratio_vs_keep": r["s"] / peers["keep"]["s"],
                          "same_output": "yes" if r["digest"] == peers["system"]["digest"] else "no"})
-    common.print_rows(f"allocator: system vs keep, {args.model}, {args.repeats} calls each ({common.device_name()})", rows)
-    meta = {"model": args.model, "repeats": args.repeats, "threads": args.threads, "dtype": str(args.dtype),
-            "command": " ".join(sys.argv)}
-    print(f"saved {common.save('allocator', rows, meta)}")
+    title = f"allocator: system vs keep, {args.model}, {args.repeats} calls each ({common.device_name()})"
+    common.publish("allocator", title, rows, args, repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -97,10 +97,8 @@ def main() -> None:
     both = sum(1 / statistics.median(run["times"]) for run in side)
     rows.append({"peer": "side by side, both together", "s_per_step": "—", "steps_per_s": both,
                  "throughput_ratio": both / base, "same_lora_as_alone": "—"})
-    common.print_rows(f"RL stages side by side, {args.model}, {args.steps} steps each ({common.device_name()})", rows)
-    meta = {"model": args.model, "steps": args.steps, "threads": args.threads, "dtype": str(args.dtype),
-            "command": " ".join(sys.argv)}
-    print(f"saved {common.save('side_by_side', rows, meta)}")
+    title = f"RL stages side by side, {args.model}, {args.steps} steps each ({common.device_name()})"
+    common.publish("side_by_side", title, rows, args, steps=args.steps)
 
 
 if __name__ == "__main__":

@@ -152,6 +152,19 @@ def save(name: str, rows: list[dict], meta: dict) -> Path:
     return path
 
 
+def publish(name: str, title: str, rows: list[dict], args, **meta) -> Path:
+    """Print ``rows`` under ``title`` and save them as ``results/<name>-<cpu|gpu>.json``, with the
+    run's model, threads, dtype and command line besides ``meta``."""
+    import sys
+
+    print_rows(title, rows)
+    meta = {"model": args.model, **meta, "threads": args.threads, "dtype": str(args.dtype),
+            "command": " ".join(sys.argv)}
+    path = save(name, rows, meta)
+    print(f"saved {path}")
+    return path
+
+
 def print_rows(title: str, rows: list[dict]) -> None:
     print(f"\n{title}")
     keys = list(rows[0])
