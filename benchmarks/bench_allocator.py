@@ -11,7 +11,7 @@ Workloads, the shapes of pipeline stages: ``encode`` (extract: pooled backbone s
 backward, AdamW) and ``rl`` (train_rl: one RL step, 3 harmful + 1 benign prompt × 8 completions
 × 32 tokens) and ``evaluate`` (evaluate: greedy replies of 48 tokens to 256 prompts, batched as
 params.yaml's evaluate section batches them). Printed per workload and peer: median seconds a call, the CPU seconds spent in user
-and kernel mode, minor page faults and peak RSS of the child, the time ratio system / keep, and
+and kernel mode, minor page faults and peak RSS (GiB) of the child, the time ratio system / keep, and
 whether the outputs (pooled states; LoRA weights after the steps) are bit-identical between peers.
 
     python benchmarks/bench_allocator.py --model smollm2 --repeats 3
@@ -44,6 +44,7 @@ def _digest(tensors) -> str:
 
 
 def _encode(lm, repeats: int):
+    """extract's shape: pooled states of 16 prompt + ~384-token trace rows; the digest hashes the last call's."""
     from components.lm.latents import LatentSpec, encode
 
     texts = common.prompts(16)
@@ -54,6 +55,7 @@ def _encode(lm, repeats: int):
 
 
 def _sft(lm, repeats: int):
+    """train_sft's shape: LoRA training steps on 8 rows × 256 tokens; the digest hashes the LoRA weights after them."""
     from components.rl import checkpoint
     from components.rl.policy import LoraSpec, wrap_lora
 
@@ -74,6 +76,7 @@ def _sft(lm, repeats: int):
 
 
 def _rl(lm, repeats: int):
+    """train_rl's shape: RL steps (``rl_loop.rl_step``); the digest hashes the LoRA weights after them."""
     from benchmarks.bench_rl_step import setup
     from components.head.model import SafetyHead
     from components.lm.latents import LatentSpec
@@ -98,6 +101,7 @@ def _rl(lm, repeats: int):
 
 
 def _evaluate(lm, repeats: int):
+    """evaluate's batching: greedy 48-token replies to 256 prompts; the digest hashes the last call's texts."""
     from components.lm import generation
 
     texts = common.prompts(256)
@@ -124,10 +128,11 @@ def worker(args) -> dict:
     r1 = resource.getrusage(resource.RUSAGE_SELF)
     return {"s": statistics.median(times), "user_s": (r1.ru_utime - r0.ru_utime) / len(times),
             "sys_s": (r1.ru_stime - r0.ru_stime) / len(times), "minflt": (r1.ru_minflt - r0.ru_minflt) // len(times),
-            "peak_rss_gb": r1.ru_maxrss / 2**20, "digest": digest(outs)}
+            "peak_rss_gib": r1.ru_maxrss / 2**20, "digest": digest(outs)}
 
 
 def run_peer(args, workload: str, allocator: str) -> dict:
+    """``worker``'s result for one peer, run in a child process (the allocator is set per process)."""
     cmd = [sys.executable, __file__, "--worker", "--workload", workload, "--allocator", allocator, "--model",
            args.model, "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
            "--repeats", str(args.repeats)]
@@ -138,6 +143,7 @@ def run_peer(args, workload: str, allocator: str) -> dict:
 
 
 def main() -> None:
+    """Both peers on every workload asked for, one child process each; prints and saves the table."""
     ap = common.parser(__doc__)
     ap.add_argument("--repeats", type=int, default=3, help="timed calls a peer, after one warm-up")
     ap.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=WORKLOADS)
@@ -153,7 +159,7 @@ def main() -> None:
         peers = {a: run_peer(args, workload, a) for a in ("system", "keep")}
         for name, r in peers.items():
             rows.append({"workload": workload, "allocator": name, "s_per_call": r["s"], "user_s": r["user_s"],
-                         "kernel_s": r["sys_s"], "minor_faults": r["minflt"], "peak_rss_gb": r["peak_rss_gb"],
+                         "kernel_s": r["sys_s"], "minor_faults": r["minflt"], "peak_rss_gib": r["peak_rss_gib"],
                          "time_ratio_vs_keep": r["s"] / peers["keep"]["s"],
                          "same_output": "yes" if r["digest"] == peers["system"]["digest"] else "no"})
     title = f"allocator: system vs keep, {args.model}, {args.repeats} calls each ({common.device_name()})"

@@ -1,9 +1,11 @@
 """runtime.allocator: glibc keeps freed blocks for reuse under ``keep``; nothing changes under ``system``."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -43,11 +45,27 @@ def test_system_leaves_the_allocator_alone():
 
 def test_a_refused_mallopt_is_reported_not_raised(caplog):
     assert not allocator.apply("keep", libc=FakeLibc(result=0))
-    assert "refused" in caplog.text
+    assert "refused mallopt(M_MMAP_MAX" in caplog.text
+
+
+def test_system_after_keep_is_reported(caplog):
+    allocator.apply("keep", libc=FakeLibc())
+    assert not allocator.apply("system", libc=FakeLibc())
+    assert "stays kept" in caplog.text
+
+
+def test_runtime_load_sets_the_configured_allocator(tiny_model_dir, monkeypatch):
+    from components.lm import runtime
+
+    seen = []
+    monkeypatch.setattr(allocator, "apply", lambda mode, libc=None: seen.append(mode) or False)
+    cfg = source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1, allocator="system")
+    runtime.load(source.resolve(cfg), cfg)
+    assert seen == ["system"]
 
 
 def test_unknown_modes_are_refused_with_the_choices():
-    with pytest.raises(ValueError, match="keep"):
+    with pytest.raises(ValueError, match="runtime.allocator"):
         allocator.apply("jemalloc", libc=FakeLibc())
     with pytest.raises(ConfigError, match="runtime.allocator"):
         source.ModelConfig(allocator="jemalloc")
@@ -78,10 +96,23 @@ PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.skipif(allocator.glibc() is None, reason="the mallopt settings are glibc's")
+def _transparent_huge_pages() -> str:
+    try:  # "always [madvise] never": the bracketed one is in force
+        text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return "never"
+    return text.split("[", 1)[1].split("]", 1)[0] if "[" in text else "never"
+
+
+@pytest.mark.skipif(not allocator.on_glibc(), reason="the mallopt settings are glibc's")
+@pytest.mark.skipif(_transparent_huge_pages() == "always", reason="huge pages: a 64 MiB block faults ~32 times either way")
 def test_keep_reuses_a_freed_block_without_faulting_its_pages_again():
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_TUNABLES"))}
+
     def second_round_faults(mode: str) -> int:
-        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True)
+        out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True,
+                             cwd=root, env=env)
         return int(out.stdout.strip())
 
     pages = 64 * 2**20 // 4096

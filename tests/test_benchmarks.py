@@ -41,7 +41,7 @@ def test_side_by_side_worker_trains_and_hashes_its_adapter(tiny_model_dir, monke
     assert first["lora_sha"] == again["lora_sha"]  # same seed, same threads: the same adapter
 
 
-def test_allocator_worker_times_each_workload_and_hashes_its_output(tiny_model_dir, monkeypatch):
+def test_allocator_worker_times_the_encode_and_sft_workloads_and_hashes_their_output(tiny_model_dir, monkeypatch):
     from benchmarks import bench_allocator, common
     from components.lm import runtime
     from components.lm import source as model_source
@@ -52,6 +52,7 @@ def test_allocator_worker_times_each_workload_and_hashes_its_output(tiny_model_d
         return runtime.load(model_source.resolve(cfg), cfg), 0
 
     monkeypatch.setattr(common, "load", load)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # the worker's thread count stays out of later tests
     for workload in ("encode", "sft"):
         args = argparse.Namespace(model="tiny", device="cpu", dtype="float32", threads=1, repeats=1,
                                   workload=workload, allocator="system")

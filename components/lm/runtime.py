@@ -50,7 +50,8 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def load(resolved: ResolvedModel, cfg: ModelConfig) -> LoadedModel:
-    """Load weights and tokenizer from ``resolved.path`` for inference."""
+    """Load weights and tokenizer from ``resolved.path`` for inference. Like the thread count,
+    ``cfg.allocator`` is set for the whole process (``components.core.allocator``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     allocator.apply(cfg.allocator)  # before the weights and activations are allocated

@@ -52,7 +52,7 @@ class ModelConfig:
     allocator: str = "keep"
     """What freed host memory does (``components.core.allocator``): ``keep`` (glibc: freed blocks
     stay in the heap for reuse instead of being unmapped and zero-filled again: RL and SFT steps
-    about 1.3× faster on CPU, batched decoding about 4% slower, a higher peak RSS, the same
+    about 1.3× faster on CPU, batched decoding 4–6% slower, a higher peak RSS, the same
     outputs) or ``system`` (the C library's default). Elsewhere than on glibc both are the default."""
     offline: bool = True
     """Keep the HF hub offline; set false only to let a hub id download."""
