@@ -57,5 +57,5 @@ def test_allocator_worker_times_the_encode_and_sft_workloads_and_hashes_their_ou
         args = argparse.Namespace(model="tiny", device="cpu", dtype="float32", threads=1, repeats=1,
                                   workload=workload, allocator="system")
         first, again = bench_allocator.worker(args), bench_allocator.worker(args)
-        assert first["s"] > 0 and first["peak_rss_gb"] > 0 and len(first["digest"]) == 16
+        assert first["s"] > 0 and first["peak_rss_gib"] > 0 and len(first["digest"]) == 16
         assert first["digest"] == again["digest"]  # deterministic: the peers' outputs are comparable
