@@ -9,9 +9,9 @@ kernel; in benchmarks/bench_allocator.py's LoRA SFT step, a fifth. ``keep`` sets
 0`` (blocks come from the heap) and a 2 GiB ``M_TRIM_THRESHOLD`` (the heap's top stays mapped),
 so a freed block is reused as it is. Only where memory comes from changes, not what is computed:
 outputs are bit-identical. The cost is resident memory: the process keeps its peak heap (peak RSS
-4.2 → 5.5 GiB for the benchmark's SFT step). Threads other than the main one allocate from
-arenas of at most 64 MiB, whose larger blocks glibc still maps and unmaps: ``keep`` covers what
-the main thread allocates, which is where PyTorch's CPU forward and backward allocate.
+4.2 → 5.5 GiB for the benchmark's SFT step). Blocks that threads other than the main one
+allocate come from arenas of their own; the gain was measured for what the main thread allocates,
+where PyTorch's CPU forward and backward allocate.
 
 Nothing happens at import; ``apply`` is called where a model is loaded (``components.lm.runtime``).
 """
