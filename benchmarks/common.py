@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import platform
 import time
 from pathlib import Path
 
@@ -38,15 +37,11 @@ def device_name() -> str:
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``), else the architecture: CPU figures differ between
-    machines of one size (docs/benchmarks.md)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, else the architecture: CPU figures differ between machines of one
+    size (docs/benchmarks.md)."""
+    from components.lm.runtime import cpu_model as model_name
+
+    return model_name()
 
 
 def sync() -> None:

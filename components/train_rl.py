@@ -114,17 +114,19 @@ def gate_dir(root: str | Path, cfg: TrainRLConfig, model_cfg: source.ModelConfig
              pools: dict[str, list[str]], processes: int = 1, start: Path | None = None) -> Path:
     """Where the adapter RL starts from (``components.rl.start_adapter``: peft's LoRA, probe-aligned,
     gated) is kept under ``root``, keyed by what shapes it: every setting but ``gate.RL_ONLY``, the model
-    (``fingerprint``), numerics and where they run (device type, CPU threads, library versions:
-    each can change the trained weights, and none re-runs a DVC stage), the train prompts the
-    probe and gate read (``pools``), the RL code, the number of processes and the adapter
+    (``fingerprint``), numerics and where they run (device type, the CPU's model and kernels, CPU
+    threads, library versions: each can change the trained weights, and none re-runs a DVC stage),
+    the train prompts the probe and gate read (``pools``), the RL code, the number of processes and the adapter
     ``init: sft`` builds on. The CRAFT stage and its text-only ablation share a key: whichever runs
     second loads what the first computed."""
     import peft
     import transformers
 
     fields = {k: v for k, v in sorted(cfg.__dict__.items()) if k not in gate.RL_ONLY}
-    where = (runtime.pick_device(model_cfg.device).type, f"threads={model_cfg.threads}", torch.__version__,
-             transformers.__version__, peft.__version__)
+    device = runtime.pick_device(model_cfg.device).type
+    cpu = [runtime.cpu_numerics()] if device == "cpu" else []  # CPUs differ in bf16 kernels
+    where = (device, *cpu, f"threads={model_cfg.threads}", torch.__version__, transformers.__version__,
+             peft.__version__)
     key = stable_id(json.dumps(fields, default=str), fingerprint, numerics(model_cfg), *where, code_digest(),
                     stable_id(json.dumps(pools["harmful"])), stable_id(json.dumps(pools["benign"])),
                     f"processes={processes}", dir_digest(start) if start is not None else "base")

@@ -165,3 +165,18 @@ def test_a_start_adapter_that_drew_from_the_rng_is_not_kept(tiny_model_dir, head
     run(_cfg(gate_steps=1, gate_prompts=2, steps=1), _model(tiny_model_dir), PROMPTS, head_dir, tmp_path / "b",
         tmp_path / "ckpt_b", gates=gates)
     assert len(list((gates / "train_rl").iterdir())) == 1  # without dropout the same run keeps it
+
+
+def test_the_start_adapter_cache_is_keyed_by_the_cpu(tmp_path, monkeypatch):
+    """An AMX Xeon and an AVX512-BF16 EPYC gate different adapters in bf16: neither reads the other's."""
+    from components import train_rl
+    from components.lm import runtime
+    from components.lm import source as model_source
+
+    cfg, model_cfg = train_rl.TrainRLConfig(), model_source.ModelConfig(device="cpu")
+    pools = {"harmful": ["a"], "benign": ["b"]}
+    key = lambda: train_rl.gate_dir(tmp_path, cfg, model_cfg, "fp", pools)  # noqa: E731
+    here = key()
+    assert key() == here
+    monkeypatch.setattr(runtime, "cpu_numerics", lambda: "Other CPU/AVX512/amx=False")
+    assert key() != here

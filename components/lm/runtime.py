@@ -42,6 +42,29 @@ def native_bf16(device: torch.device) -> bool:
                          or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else the architecture."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_numerics() -> str:
+    """What picks this CPU's kernels, and with them bf16 results: its model name, torch's vector
+    capability and whether it has AMX tiles (an AMX Xeon and an AVX512-BF16 EPYC train different
+    adapters from one seed, README round 24)."""
+    cpu = getattr(torch, "cpu", None)
+    amx = bool(cpu and getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return f"{cpu_model()}/{torch.backends.cpu.get_cpu_capability()}/amx={amx}"
+
+
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     """The compute dtype for params.yaml ``model.dtype`` on ``device`` (``auto`` → bf16 where native)."""
     if name == "auto":
