@@ -37,9 +37,13 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` multiplies bfloat16 in hardware (not emulated through float32)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    return _cpu_has("_is_avx512_bf16_supported") or _cpu_has("_is_amx_tile_supported")
+
+
+def _cpu_has(probe: str) -> bool:
+    """``torch.cpu.<probe>()`` (a private feature check), False where this torch lacks it."""
     cpu = getattr(torch, "cpu", None)
-    return bool(cpu and (getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                         or getattr(cpu, "_is_amx_tile_supported", lambda: False)()))
+    return bool(cpu and getattr(cpu, probe, lambda: False)())
 
 
 def cpu_model() -> str:
@@ -60,9 +64,7 @@ def cpu_numerics() -> str:
     """What picks this CPU's kernels, and with them bf16 results: its model name, torch's vector
     capability and whether it has AMX tiles (an AMX Xeon and an AVX512-BF16 EPYC train different
     adapters from one seed, README round 24)."""
-    cpu = getattr(torch, "cpu", None)
-    amx = bool(cpu and getattr(cpu, "_is_amx_tile_supported", lambda: False)())
-    return f"{cpu_model()}/{torch.backends.cpu.get_cpu_capability()}/amx={amx}"
+    return f"{cpu_model()}/{torch.backends.cpu.get_cpu_capability()}/amx={_cpu_has('_is_amx_tile_supported')}"
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
