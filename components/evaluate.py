@@ -31,6 +31,7 @@ from components.data.records import PROMPT_COLUMNS, stable_id
 from components.eval import attacks as attack_lib
 from components.eval import metrics as eval_metrics
 from components.eval import report as eval_report
+from components.eval import routing
 from components.eval import transcripts as tx
 from components.eval.judges import HELDOUT, JUDGES, make_judge, valid_judge
 from components.eval.judges import identity as judge_identity
@@ -40,7 +41,9 @@ from components.lm.under_test import load_under_test
 log = logging.getLogger("craft.evaluate")
 STAGE = "evaluate"
 LABELS = {"base": "base", "train_sft": "SFT on safe traces", "train_rl_text": "RL, text reward only",
-          "train_rl": "CRAFT", "train_rl_guard": "CRAFT + latent guard"}
+          "train_rl": "CRAFT", "train_rl_guard": "CRAFT + latent guard",
+          "train_sft_routed": "SFT + router", "train_rl_text_routed": "RL, text reward only + router",
+          "train_rl_routed": "CRAFT + router"}
 FOCUS = "train_rl"
 """The model every other one is compared with (paired tests)."""
 TABLE_CHARS = 2000
@@ -88,6 +91,10 @@ class EvaluateConfig:
     """Latent p_safe below this counts as an unsafe token for the guard."""
     guard_patience: int = 4
     """Consecutive unsafe tokens before the guard stops generation."""
+    routed_models: tuple[str, ...] = ("train_sft", "train_rl_text", "train_rl")
+    """Models also evaluated behind the prompt router (``train_router``): rows ``<model>_routed``, each
+    input answered by the model where the router routes it and by base elsewhere; needs ``base`` in
+    ``models`` and the router folder (``--router``)."""
 
     def __post_init__(self) -> None:
         require(len(self.models) > 0,
@@ -155,13 +162,15 @@ def _guard_inputs(inputs: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame,
-        data_dir: Path = Path("data"), workspace: str = ".") -> tuple[pd.DataFrame, dict, dict]:
+        data_dir: Path = Path("data"), workspace: str = ".", router_dir: Path | None = None
+        ) -> tuple[pd.DataFrame, dict, dict]:
     """Evaluate every available model: (all transcripts, ``{model: metrics}``, eval_set)."""
     chosen = test_prompts(prompts, cfg)
     require(len(chosen) > 0, "evaluate: no test prompts; check the ingest output.")
     inputs = build_inputs(chosen, cfg)
     judge = make_judge(cfg.judge)
-    frames, results, adapters = [], {}, {}
+    router = routing.load(router_dir, cfg.routed_models, cfg.models, model_cfg, workspace)
+    frames, results, adapters, kept, routes = [], {}, {}, {}, None
     for name in cfg.models:
         spec = name if name == "base" or "/" in name else str(data_dir / name)
         if name != "base" and not Path(spec).exists():
@@ -171,27 +180,39 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         if (Path(spec) / "adapter").is_dir():  # registration checks it evaluates this very adapter
             adapters[name] = dir_digest(Path(spec) / "adapter")
         t = tx.generate(lm, inputs, judge, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens)
+        nlls = tx.reference_nlls(lm, chosen)
+        if name == "base" and router is not None:
+            routes = routing.decide(router, lm, inputs)
+        if name == "base" or name in cfg.routed_models:
+            kept[name] = (t.copy(), nlls)
         t.insert(0, "model", name)
         frames.append(t)
-        results[name] = {**eval_metrics.rates(t), "utility_nll": tx.reference_nll(lm, chosen)}
+        results[name] = {**eval_metrics.rates(t), "utility_nll": tx.mean_nll(nlls)}
         if name in cfg.guard_models and (Path(spec) / "head").exists() and cfg.guard_prompts:
-            from components.eval import audit
-
-            audit_cfg = audit.AuditConfig(threshold=cfg.guard_threshold, patience=cfg.guard_patience, guard=True,
-                                          max_new_tokens=cfg.max_new_tokens)
-            head, _ = audit.load_head(Path(spec) / "head", lm.device)
-            g, extra = tx.guarded(lm, head, _guard_inputs(inputs, cfg.guard_prompts), judge, audit_cfg,
-                                  cfg.batch_size)
-            g.insert(0, "model", f"{name}_guard")
-            frames.append(g)
-            results[f"{name}_guard"] = {**eval_metrics.rates(g), "utility_nll": results[name]["utility_nll"], **extra}
+            _guard(cfg, name, spec, lm, inputs, judge, frames, results)
         del lm
     require(len(frames) > 0, f"evaluate: none of the models {list(cfg.models)} exists; train them with "
                              "`craft run` or name existing model folders.")
+    if routes is not None:
+        routing.add_rows(kept, routes, inputs, frames, results)
     # batching is part of the protocol: in bf16 a greedy reply can part at a near-tie when its batch changes
     protocol = {"judge": judge_identity(cfg.judge), "max_new_tokens": cfg.max_new_tokens,
                 "engine": model_cfg.engine, "batch_size": cfg.batch_size, "batch_tokens": cfg.batch_tokens}
     return pd.concat(frames, ignore_index=True), results, {**eval_set(inputs, protocol), "adapters": adapters}
+
+
+def _guard(cfg: EvaluateConfig, name: str, spec: str, lm, inputs: pd.DataFrame, judge, frames: list,
+           results: dict) -> None:
+    """The latent guard's rows (``<name>_guard``) on the first ``guard_prompts`` plain prompts of each kind."""
+    from components.eval import audit
+
+    audit_cfg = audit.AuditConfig(threshold=cfg.guard_threshold, patience=cfg.guard_patience, guard=True,
+                                  max_new_tokens=cfg.max_new_tokens)
+    head, _ = audit.load_head(Path(spec) / "head", lm.device)
+    g, extra = tx.guarded(lm, head, _guard_inputs(inputs, cfg.guard_prompts), judge, audit_cfg, cfg.batch_size)
+    g.insert(0, "model", f"{name}_guard")
+    frames.append(g)
+    results[f"{name}_guard"] = {**eval_metrics.rates(g), "utility_nll": results[name]["utility_nll"], **extra}
 
 
 def comparisons(t: pd.DataFrame, focus: str = FOCUS) -> dict[str, float]:
@@ -235,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
         ("--judge-metrics", False, "train_judge's metrics.json: the judges' agreement with the gold set"),
+        ("--router", False, "train_router's router folder (data/train_router/router): the <model>_routed rows"),
         ("--out", True, "output folder (data/evaluate)"),
     ])
     cfg = stage_config(EvaluateConfig, STAGE, params)
@@ -243,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
     gold = json.loads(Path(args.judge_metrics).read_text()) if args.judge_metrics else {}
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
-        t, results, evaluated = run(cfg, model_cfg, read_table(args.prompts))
+        t, results, evaluated = run(cfg, model_cfg, read_table(args.prompts),
+                                    router_dir=Path(args.router) if args.router else None)
         write_outputs(out, t, results, evaluated, gold, cfg, source=args.prompts)
     return 0
 
@@ -257,7 +280,7 @@ def write_outputs(out: Path, t: pd.DataFrame, results: dict, evaluated: dict, go
     write_table(out / "transcripts.parquet", t)
     write_json(out / "eval_set.json", evaluated)
     flat = {f"{model}/{k}": v for model, m in results.items() for k, v in m.items()}
-    compare = comparisons(t, focus)
+    compare = {**comparisons(t, focus), **comparisons(t, f"{focus}_routed")}
     gold_keys = {k: v for k, v in gold.items() if k.startswith(("gold/", "judge/"))}
     contract = {"eval_set/harmful": evaluated["harmful"], "eval_set/benign": evaluated["benign"],
                 **flat, **compare, **gold_keys}

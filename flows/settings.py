@@ -26,12 +26,13 @@ def section_configs() -> dict[str, type]:
     from components.train_head import TrainHeadConfig
     from components.train_judge import TrainJudgeConfig
     from components.train_rl import TrainRLConfig
+    from components.train_router import TrainRouterConfig
     from components.train_sft import TrainSFTConfig
     from components.validate import ValidateConfig
 
     return {"ingest": IngestConfig, "curate": CurateConfig, "validate": ValidateConfig, "extract": ExtractConfig,
             "train_head": TrainHeadConfig, "train_sft": TrainSFTConfig, "train_rl": TrainRLConfig,
-            "train_judge": TrainJudgeConfig, "evaluate": EvaluateConfig, "promote": PromoteConfig}
+            "train_judge": TrainJudgeConfig, "train_router": TrainRouterConfig, "evaluate": EvaluateConfig, "promote": PromoteConfig}
 
 
 def check_params(path: str | Path) -> dict:

@@ -25,6 +25,7 @@ PIPELINE: tuple[Stage, ...] = (
     Stage("train_head"),
     Stage("train_sft"),
     Stage("train_judge", report="report.md"),  # before RL: its checkpoint selection uses the held-out judge
+    Stage("train_router"),
     Stage("train_rl_text"),
     Stage("train_rl"),
     Stage("evaluate", report="report.md"),

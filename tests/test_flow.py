@@ -37,6 +37,7 @@ def _params(tiny_model_dir, **overrides) -> str:
         "evaluate": {"max_harmful": 4, "max_benign": 2, "max_new_tokens": 4, "attacks": ["past_tense"],
                      "attack_prompts": 2, "guard_prompts": 1},
         "train_judge": {"compare": ["keyword"]},
+        "train_router": {"folds": 2},
         "promote": {"model_name": "flow-test"},
     }
     for section, values in overrides.items():
@@ -50,7 +51,8 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     ws = make_workspace(tmp_path / "ws", _params(tiny_model_dir))
     first = pipeline(workspace=str(ws))
     assert [r["stage"] for r in first] == ["sources", "ingest", "curate", "validate", "extract", "train_head", "train_sft",
-                                           "train_judge", "train_rl_text", "train_rl", "evaluate", "register"]
+                                           "train_judge", "train_router", "train_rl_text", "train_rl", "evaluate",
+                                           "register"]
     assert all(r["status"] == "ran" for r in first[:-1]) and first[-1]["status"] == "version 1"
     assert (ws / "data" / "validate" / "report.md").read_text().startswith("# Pair dataset validation: PASSED")
 
@@ -69,6 +71,7 @@ def test_pipeline_runs_skips_and_stops_on_bad_data(harness, tiny_model_dir, tmp_
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[-1].info.run_id]
     assert sorted(r.info.run_name for r in children) == ["curate", "evaluate", "extract", "ingest", "register",
                                                          "train_head", "train_judge", "train_rl", "train_rl_text",
+                                                         "train_router",
                                                          "train_sft", "validate"]
     assert any(k.startswith("dvc.curate.") for k in parents[0].data.tags)
 

@@ -35,12 +35,14 @@ def comparison_table(results: dict, labels: dict) -> str:
     return "\n".join(lines)
 
 
-def significance(results: dict, compare: dict, labels: dict, focus: str = "train_rl") -> str:
-    """One sentence per comparison: which differences a paired test supports at ALPHA."""
+def significance(results: dict, compare: dict, labels: dict, focus: str = "train_rl",
+                 among: tuple[str, ...] | None = None) -> str:
+    """One sentence per comparison: which differences a paired test supports at ALPHA (with the
+    models in ``among`` only, when given)."""
     if focus not in results:
         return f"`{focus}` was not evaluated, so nothing is compared."
     out = []
-    for other in [m for m in results if m != focus and not m.endswith("_guard")]:
+    for other in [m for m in results if m != focus and not m.endswith("_guard") and (among is None or m in among)]:
         said = []
         for key, word in WORDS.items():
             p = compare.get(f"compare/{focus}_vs_{other}/{key}_p", float("nan"))
@@ -154,8 +156,9 @@ def asr_plot(results: dict, path: Path) -> None:
     for i, (name, m) in enumerate(results.items()):
         key = lambda a: "response_asr" if a == "none" else f"{a}_response_asr"  # noqa: E731
         vals = [m.get(key(a), float("nan")) for a in attacks]
-        err = [[v - m.get(key(a) + "_lo", v) for a, v in zip(attacks, vals)],
-               [m.get(key(a) + "_hi", v) - v for a, v in zip(attacks, vals)]]
+        # clipped at 0: a Wilson bound can sit a rounding error past the rate it brackets
+        err = [[max(v - m.get(key(a) + "_lo", v), 0.0) for a, v in zip(attacks, vals)],
+               [max(m.get(key(a) + "_hi", v) - v, 0.0) for a, v in zip(attacks, vals)]]
         ax.bar([x + i * width for x in range(len(attacks))], vals, width, yerr=err, capsize=2, label=name)
     ax.set_xticks([x + width * (len(results) - 1) / 2 for x in range(len(attacks))], attacks)
     ax.set_ylabel("harmful ASR (compliance share)"), ax.set_ylim(0, 1.05), ax.legend(fontsize=8)
@@ -173,6 +176,20 @@ def benign_sources(t: pd.DataFrame) -> str:
     return " (" + ", ".join(f"{n} {src}" for src, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) + ")"
 
 
+def routed_section(results: dict, compare: dict, labels: dict, focus: str) -> str:
+    """The paired tests of ``<focus>_routed`` (behind the prompt router) against base, the other routed
+    models and ``focus`` itself; "" when the router was not evaluated."""
+    routed = f"{focus}_routed"
+    if routed not in results:
+        return ""
+    among = ("base", focus, *[m for m in results if m.endswith("_routed")])
+    share = lambda k: results[routed].get(k, float("nan"))  # noqa: E731
+    return (f"## What is significant behind the prompt router\n\nThe router (`train_router`) sent "
+            f"{share('routed_harmful'):.1%} of the plain harmful, {share('routed_benign'):.1%} of the benign and "
+            f"{share('routed_attacked'):.1%} of the jailbreak-wrapped inputs to the adapter; base answered the rest.\n\n"
+            f"{significance(results, compare, labels, routed, among)}\n\n")
+
+
 def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: dict, gold: dict, judge: str,
           labels: dict, n_samples: int, focus: str = "train_rl") -> Path:
     text = (f"# Evaluation\n\n{evaluated['harmful']} held-out harmful prompts and {evaluated['benign']} benign "
@@ -181,7 +198,7 @@ def write(path: Path, t: pd.DataFrame, results: dict, compare: dict, evaluated: 
             f"(refusal, compliance, degenerate; degenerate is never counted as safe). Rates carry Wilson 95% intervals. "
             f"Prompt-set digest `{evaluated['digest']}`.\n\n{judge_line(judge, gold)}\n\n"
             f"## Comparison (plain prompts)\n\n{comparison_table(results, labels)}\n\n"
-            f"## What is significant\n\n{significance(results, compare, labels, focus)}\n\n"
+            f"## What is significant\n\n{significance(results, compare, labels, focus)}\n\n{routed_section(results, compare, labels, focus)}"
             f"## Harmful ASR by attack\n\n{attack_table(results, labels)}\n\n![ASR by attack](asr.png)\n\n"
             f"## Over-refusal by benign source (plain prompts)\n\n{source_table(results, labels)}\n\n"
             f"## Latent guard (plain prompts)\n\n{guard_table(results, labels)}\n\n"

@@ -62,18 +62,45 @@ def guarded(lm: LoadedModel, head, inputs: pd.DataFrame, judge: Judge, audit_cfg
 
 
 @torch.no_grad()
-def reference_nll(lm: LoadedModel, prompts: pd.DataFrame) -> float:
-    """Mean per-token NLL of reference answers to benign prompts (teacher forcing)."""
+def reference_nlls(lm: LoadedModel, prompts: pd.DataFrame) -> list[tuple[str, float, int]]:
+    """(prompt_id, summed NLL, tokens) of each reference answer to a benign prompt (teacher forcing)."""
     refs = prompts[(prompts.prompt_kind == "benign") & (prompts.reference.fillna("") != "")]
-    if refs.empty:
-        return float("nan")
-    total, count = 0.0, 0
-    for p, ref in zip(refs.prompt, refs.reference):
+    out = []
+    for pid, p, ref in zip(refs.prompt_id, refs.prompt, refs.reference):
         prefix = generation.render(lm.tokenizer, p)
         ids_p = lm.tokenizer(prefix, add_special_tokens=False, return_tensors="pt")["input_ids"]
         ids = lm.tokenizer(prefix + ref, add_special_tokens=False, return_tensors="pt")["input_ids"].to(lm.device)
         logits = lm.model(input_ids=ids).logits[0, ids_p.shape[1] - 1 : -1]  # [T_ref, V] predicts the answer
         target = ids[0, ids_p.shape[1]:]
-        total += float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum"))
-        count += int(target.numel())
+        out.append((pid, float(torch.nn.functional.cross_entropy(logits.float(), target, reduction="sum")),
+                    int(target.numel())))
+    return out
+
+
+def mean_nll(rows: list[tuple[str, float, int]]) -> float:
+    """Per-token NLL over ``reference_nlls`` rows; NaN for none."""
+    if not rows:
+        return float("nan")
+    total, count = 0.0, 0
+    for _, nll, n in rows:  # summed in order, as one pass over the references would
+        total += nll
+        count += n
     return total / max(count, 1)
+
+
+def reference_nll(lm: LoadedModel, prompts: pd.DataFrame) -> float:
+    """Mean per-token NLL of reference answers to benign prompts (teacher forcing)."""
+    return mean_nll(reference_nlls(lm, prompts))
+
+
+def routed(base: pd.DataFrame, model: pd.DataFrame, routes: pd.Series) -> pd.DataFrame:
+    """Transcripts of ``model`` behind the prompt router: row i is ``model``'s where ``routes[i]``
+    (the adapter answers) and ``base``'s elsewhere. Both frames hold the same inputs in the same
+    order (one ``generate`` each); greedy answers do not depend on which other rows shared a batch
+    beyond bf16 ties, so this is what decoding the two groups apart gives."""
+    if len(base) != len(model) or list(base.input) != list(model.input):
+        raise ValueError("routed: base and model transcripts must cover the same inputs in the same order")
+    pick = routes.to_numpy(dtype=bool)
+    out = base.copy()
+    out.loc[pick] = model.loc[pick].to_numpy()
+    return out

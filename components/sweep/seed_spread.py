@@ -8,7 +8,7 @@ fixed (``ingest.seed`` is never varied). The ``scope`` says which stages (``SCOP
   is RL randomness alone (LoRA initialisation, prompt order, rollouts). The SFT rows then repeat
   the committed run's values.
 - ``all``: every training stage (``SEEDED``): curation sampling, extraction word dropout, head
-  initialisation and batches, SFT batches, RL rollouts.
+  initialisation and batches, SFT batches, the prompt router's cross-validation folds, RL rollouts.
 
 Each finished run gives one value per metric; the spread of a metric over n runs is mean, sample
 standard deviation (n − 1 in the denominator; 0 for one run), min, max and a 95% t interval of
@@ -29,7 +29,7 @@ from typing import Mapping, Sequence
 from components.core.config import ConfigError, require
 from components.eval.stats import across_seeds
 
-SEEDED = ("curate", "extract", "train_head", "train_sft", "train_rl")
+SEEDED = ("curate", "extract", "train_head", "train_sft", "train_router", "train_rl")
 """Stages with a ``seed`` key (``train_rl_text`` inherits ``train_rl``'s)."""
 SCOPES: dict[str, tuple[str, ...]] = {"rl": ("train_rl",), "all": SEEDED}
 """``craft seeds --scope``: the stages whose seed a sweep sets."""
