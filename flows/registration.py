@@ -1,6 +1,7 @@
 """Registration and promotion flows (outside DVC: they change the registry, not data)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,10 +19,15 @@ from components.lm.source import model_config
 from flows import lineage
 
 
+ROUTER = Path("data") / "train_router" / "router"
+"""``train_router``'s output: the prompt router a ``promote.routed`` version is served behind."""
+
+
 def check_registrable(root: Path, model_key: str) -> tuple:
     """Everything registration needs, checked without Prefect (``craft register`` calls it before
     the flow starts, so a user error is one line): params, the promote config, an evaluation made
-    from this very adapter, and its metrics. Returns (params, cfg, eval_set, evaluation, metrics, base)."""
+    from this very adapter, and its metrics (``<model_key>_routed``'s under ``promote.routed``, which
+    also needs the router). Returns (params, cfg, eval_set, evaluation, metrics, base)."""
     params = load_params(root / "params.yaml")
     cfg = stage_config(promote.PromoteConfig, "promote", params)
     eval_set = root / "data" / "evaluate" / "eval_set.json"
@@ -32,9 +38,13 @@ def check_registrable(root: Path, model_key: str) -> tuple:
     register.require_evaluated(root / "data" / model_key, evaluated, model_key)  # weights exist and were evaluated
     register.prompt_set_digest(evaluated)
     evaluation = json.loads(metrics_file.read_text())
-    metrics, base = register.metrics_for(evaluation, model_key)
-    require(bool(metrics), f"{metrics_file} holds no metrics for {model_key!r}: evaluate it first "
-                           f"(evaluate.models in params.yaml) or pass the model key that was evaluated.")
+    key = f"{model_key}_routed" if cfg.routed else model_key
+    metrics, base = register.metrics_for(evaluation, key)
+    require(bool(metrics), f"{metrics_file} holds no metrics for {key!r}: evaluate it first "
+                           f"(evaluate.models, and evaluate.routed_models under promote.routed, in params.yaml) "
+                           "or pass the model key that was evaluated.")
+    require(not cfg.routed or (root / ROUTER / "router.json").is_file(),
+            f"promote.routed is set but {root / ROUTER} holds no router: run `craft run --stages train_router`.")
     return params, cfg, evaluated, evaluation, metrics, base
 
 
@@ -47,9 +57,10 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
     prompt_set = register.prompt_set_digest(evaluated)
     tags = {"git_sha": lineage.git_sha(root), "params_hash": lineage.params_hash(root),
             **{k: v for k, v in lineage.lock_hashes(root).items()}}
-    facts = _card_facts(root, model_key, evaluated, evaluation)
+    facts = dataclasses.replace(_card_facts(root, model_key, evaluated, evaluation), routed=cfg.routed)
     version = register.run(root / "data" / model_key, metrics, base, tags, cfg, model_config(params), parent_run_id,
-                           prompt_set=prompt_set, serve=defaults_for(evaluated, params), facts=facts)
+                           prompt_set=prompt_set, serve=defaults_for(evaluated, params), facts=facts,
+                           router_dir=root / ROUTER if cfg.routed else None)
     get_run_logger().info("registered %s version %s as challenger", cfg.model_name, version)
     ci = lambda k: f" [{metrics[k + '_lo']:.4f}, {metrics[k + '_hi']:.4f}]" if {k + '_lo', k + '_hi'} <= metrics.keys() else ""  # noqa: E731
     lines = [f"- {k}: {v:.4f}{ci(k)}" for k, v in metrics.items() if not k.endswith(promote.INTERVAL_PARTS)]

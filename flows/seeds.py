@@ -48,6 +48,10 @@ OUT = "seeds"
 TRANSCRIPTS = "data/evaluate/transcripts.parquet"
 PAIRED_WITH = ("train_rl_text", "base")
 """The models CRAFT is compared with, paired by prompt within each run (``components.sweep.paired``)."""
+PAIRED_ROUTED = (("train_rl_routed", "train_rl_text_routed"), ("train_rl_routed", "base"), ("train_rl_routed", "train_rl"))
+"""The same for CRAFT behind the prompt router (evaluate's ``<model>_routed`` rows), when a run has them;
+against CRAFT alone also on over-refusal and on refusal rate apart (``ROUTED_RATES``)."""
+ROUTED_RATES = (("train_rl_routed", "train_rl", "benign"), ("train_rl_routed", "train_rl", "harmful"))
 SEED_TAG = "craft.seed"
 RUN_CONTEXT = "MLFLOW_RUN_CONTEXT"
 """JSON tags MLflow adds to every run it creates (its SystemEnvironmentContext); stage processes inherit it."""
@@ -69,16 +73,32 @@ REUSED = {"rl": ("base", "train_sft")}
 """Models a scope leaves as the committed run's. Their evaluation in an experiment would repeat
 HEAD's exactly (the same weights and prompts, greedy decoding, each model generated in batches of
 its own), so the experiments evaluate only the reseeded models and the spread takes these models'
-figures from ``HEAD`` (``with_reused``). Under ``rl`` this saves about 7 of a seed's 34 minutes here."""
-LABELS = {"train_rl": "CRAFT", "train_rl_text": "RL text-only", "base": "base", "train_sft": "SFT"}
+figures from ``HEAD`` (``with_reused``). Under ``rl`` this saves about 7 of a seed's 34 minutes here.
+With ``evaluate.routed_models`` set, an experiment still evaluates ``base``: the routed rows of the
+reseeded models take base's answers where the router keeps an input from the adapter
+(``evaluate_overrides``); the routed rows of a reused model come from ``HEAD`` too (``reused_models``)."""
+
+
+def reused_models(scope: str) -> tuple[str, ...]:
+    """The models whose rows and figures an experiment of ``scope`` takes from ``HEAD``: ``REUSED``
+    and their routed rows (base has none)."""
+    reused = REUSED.get(scope, ())
+    return reused + tuple(f"{m}_routed" for m in reused if m != "base")
+LABELS = {"train_rl": "CRAFT", "train_rl_text": "RL text-only", "base": "base", "train_sft": "SFT",
+          "train_rl_routed": "CRAFT + router", "train_rl_text_routed": "RL text-only + router"}
 
 
 def evaluate_overrides(root: Path, scope: str) -> list[str]:
-    """``-S evaluate.models=[…]`` without the models ``scope`` leaves unchanged, and no latent-guard
-    pass (its figures are not in the spread; about 3 minutes a seed here). None for ``all``."""
+    """``-S evaluate.models=[…]`` without the models ``scope`` leaves unchanged (but with ``base`` while
+    ``evaluate.routed_models`` is set: the routed rows need its answers), and no latent-guard pass
+    (its figures are not in the spread; about 3 minutes a seed here). None for ``all``."""
+    from components.evaluate import EvaluateConfig
+
     reused, path = REUSED.get(scope, ()), root / "params.yaml"
-    models = list((load_params(path).get("evaluate") or {}).get("models") or []) if path.is_file() else []
-    kept = [m for m in models if m not in reused]
+    evaluate = (load_params(path).get("evaluate") or {}) if path.is_file() else {}
+    models = list(evaluate.get("models") or [])
+    routed = evaluate.get("routed_models", EvaluateConfig.routed_models)
+    kept = [m for m in models if m not in reused or (m == "base" and routed)]
     if not kept or len(kept) == len(models):
         return []
     return [f"evaluate.models=[{','.join(kept)}]", "evaluate.guard_models=[]"]
@@ -88,7 +108,7 @@ def with_reused(found: dict[str, dict[str, dict]], scope: str) -> dict[str, dict
     """Each experiment's metrics with the ``evaluate`` figures of the models ``scope`` did not
     re-evaluate filled in from ``HEAD`` (an experiment's own figures are never overwritten)."""
     head = (found.get("HEAD") or {}).get("evaluate") or {}
-    reused = tuple(f"{m}/" for m in REUSED.get(scope, ()))
+    reused = tuple(f"{m}/" for m in reused_models(scope))
     out = {}
     for name, stages in found.items():
         evaluate = dict(stages.get("evaluate") or {})
@@ -223,7 +243,7 @@ def run_transcripts(root: Path, states: dict[str, dict], names: list[str], scope
     for name in names:
         with dvc.api.open(TRANSCRIPTS, repo=str(root), rev=states[name]["rev"], mode="rb") as f:
             tables[name] = pd.read_parquet(io.BytesIO(f.read()))
-    return paired.fill_from(tables, "HEAD", REUSED.get(scope, ()))
+    return paired.fill_from(tables, "HEAD", reused_models(scope))
 
 
 def paired_section(root: Path, states: dict[str, dict], names: list[str], scope: str) -> tuple[list, str]:
@@ -235,6 +255,9 @@ def paired_section(root: Path, states: dict[str, dict], names: list[str], scope:
     try:
         tables = run_transcripts(root, states, names, scope)
         tests = [paired.paired_score(tables, "train_rl", other) for other in PAIRED_WITH]
+        both = lambda a, b: all((t.model == a).any() and (t.model == b).any() for t in tables.values())  # noqa: E731
+        tests += [paired.paired_score(tables, a, b) for a, b in PAIRED_ROUTED if both(a, b)]
+        tests += [paired.paired_rate(tables, a, b, kind) for a, b, kind in ROUTED_RATES if both(a, b)]
     except (OSError, ValueError, KeyError, DvcException) as exc:  # the spread is written either way
         logging.getLogger(__name__).warning("paired test across seeds left out: %s", exc)
         return [], f"Paired test across seeds left out: {type(exc).__name__}: {exc}"

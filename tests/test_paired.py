@@ -104,3 +104,23 @@ def test_models_a_run_did_not_re_evaluate_come_from_the_source_run():
     filled = paired.fill_from({"HEAD": head, "seed-1": seed}, "HEAD", ("base", "train_sft"))
     assert filled["HEAD"] is head and sorted(set(filled["seed-1"].model)) == ["base", "train_rl"]
     assert paired.paired_score(filled, "train_rl", "base", n_perm=100).per_run == {"HEAD": 0.0, "seed-1": -2.0}
+
+
+def test_paired_rate_compares_one_kinds_refusal_share_across_runs():
+    from components.sweep.paired import paired_rate
+
+    def run(a_benign, b_benign):
+        rows = []
+        for m, refused in (("a", a_benign), ("b", b_benign)):
+            rows += [{"model": m, "attack": "none", "prompt_id": f"b{i}", "prompt_kind": "benign",
+                      "label_response": "refusal" if r else "compliance"} for i, r in enumerate(refused)]
+            rows += [{"model": m, "attack": "none", "prompt_id": "h0", "prompt_kind": "harmful",
+                      "label_response": "refusal"}]
+        return pd.DataFrame(rows)
+
+    runs = {"HEAD": run([0, 0, 0, 0], [1, 1, 0, 0]), "seed-1": run([0, 0, 0, 0], [1, 0, 1, 0])}
+    r = paired_rate(runs, "a", "b", "benign", n_perm=2000)
+    assert r.measure == "over-refusal" and r.score_a == 0.0 and r.score_b == 0.5
+    assert r.diff == pytest.approx(-0.5) and r.per_run == {"HEAD": -0.5, "seed-1": -0.5}
+    assert r.prompts == 4 and 0 < r.p_value <= 1
+    assert paired_rate(runs, "a", "b", "harmful", n_perm=10).diff == 0.0

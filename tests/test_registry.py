@@ -253,7 +253,8 @@ def test_registered_model_loads_and_generates(store, model_folder, tiny_model_di
     out = model.predict(pd.DataFrame({"prompt": ["Hello there", "How do I make a weapon?"]}),
                         params={"max_new_tokens": 4})
     assert list(out.columns) == ["prompt", "completion", "trace", "response", "latent_p_safe", "latent_r_lat",
-                                 "guarded"]
+                                 "guarded", "adapter"]
+    assert out.adapter.all()  # no router: the adapter answers every prompt
     assert len(out) == 2 and out.latent_p_safe.between(0, 1).all()
 
 
@@ -286,3 +287,28 @@ def test_registration_refuses_a_folder_without_weights_or_with_another_evaluatio
         register.require_evaluated(model_folder, {"adapters": {"train_rl": "stale"}}, "train_rl")
     register.require_evaluated(model_folder, {"adapters": {"train_rl": register.adapter_digest(model_folder)}},
                                "train_rl")
+
+
+def test_a_routed_registration_takes_the_routed_figures_and_needs_the_router(model_folder, tmp_path):
+    """promote.routed: check_registrable reads evaluate's <model>_routed metrics and refuses without the router."""
+    import json
+    import shutil
+
+    from components.core.config import ConfigError
+    from flows.registration import ROUTER, check_registrable
+
+    shutil.copytree(model_folder, tmp_path / "data" / "train_rl")
+    (tmp_path / "data" / "evaluate").mkdir(parents=True)
+    digest = register.adapter_digest(tmp_path / "data" / "train_rl")
+    (tmp_path / "data" / "evaluate" / "eval_set.json").write_text(
+        json.dumps({"digest": "d1", "adapters": {"train_rl": digest}}))
+    (tmp_path / "data" / "evaluate" / "metrics.json").write_text(json.dumps(
+        {"train_rl/over_refusal": 0.12, "train_rl_routed/over_refusal": 0.03, "base/over_refusal": 0.02}))
+    (tmp_path / "params.yaml").write_text("promote: {model_name: m, routed: true}\n")
+    with pytest.raises(ConfigError, match="holds no router"):
+        check_registrable(tmp_path, "train_rl")
+    (tmp_path / ROUTER).mkdir(parents=True)
+    (tmp_path / ROUTER / "router.json").write_text("{}")
+    assert check_registrable(tmp_path, "train_rl")[4] == {"over_refusal": 0.03}
+    (tmp_path / "params.yaml").write_text("promote: {model_name: m}\n")
+    assert check_registrable(tmp_path, "train_rl")[4] == {"over_refusal": 0.12}

@@ -168,15 +168,19 @@ def test_rl_scope_evaluates_only_the_reseeded_models_and_reuses_head_for_the_res
     from flows.seeds import evaluate_overrides, with_reused
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(
-        {"evaluate": {"models": ["base", "train_sft", "train_rl_text", "train_rl"]}}))
+        {"evaluate": {"models": ["base", "train_sft", "train_rl_text", "train_rl"], "routed_models": []}}))
     assert evaluate_overrides(tmp_path, "rl") == ["evaluate.models=[train_rl_text,train_rl]", "evaluate.guard_models=[]"]
     assert evaluate_overrides(tmp_path, "all") == []
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(  # routed rows (the default) need base's answers
+        {"evaluate": {"models": ["base", "train_sft", "train_rl_text", "train_rl"]}}))
+    assert evaluate_overrides(tmp_path, "rl") == ["evaluate.models=[base,train_rl_text,train_rl]",
+                                                  "evaluate.guard_models=[]"]
     found = {"HEAD": {"evaluate": {"base/response_asr": 0.7, "train_sft/over_refusal": 0.05,
-                                   "train_rl/response_asr": 0.3}},
+                                   "train_sft_routed/over_refusal": 0.04, "train_rl/response_asr": 0.3}},
              "seed-1": {"evaluate": {"train_rl/response_asr": 0.2}, "train_rl": {"selected_step": 9}}}
     filled = with_reused(found, "rl")
     assert filled["seed-1"]["evaluate"] == {"base/response_asr": 0.7, "train_sft/over_refusal": 0.05,
-                                            "train_rl/response_asr": 0.2}
+                                            "train_sft_routed/over_refusal": 0.04, "train_rl/response_asr": 0.2}
     assert filled["seed-1"]["train_rl"] == {"selected_step": 9} and filled["HEAD"] == found["HEAD"]
     assert with_reused(found, "all")["seed-1"]["evaluate"] == {"train_rl/response_asr": 0.2}
 

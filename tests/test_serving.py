@@ -357,3 +357,63 @@ def test_mlflow_models_serve_answers_with_params(store, policy_folder, tiny_mode
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
+
+
+# --- the prompt router ----------------------------------------------------------------------------
+
+def _router(folder: Path, hidden: int, threshold: float, weight: float = 0.0) -> Path:
+    """A router on layer 1 whose logit is ``weight``·(first standardised dimension): routes by sign when
+    ``weight`` ≠ 0 and ``threshold`` = 0; all to the adapter at −inf, none at +inf."""
+    import torch
+
+    from components.head.router import PromptRouter
+
+    r = PromptRouter(hidden, 1, threshold)
+    with torch.no_grad():
+        r.weight[0] = weight
+    r.save(folder)
+    return folder
+
+
+def test_a_routed_model_answers_what_the_router_keeps_with_the_base_model(policy_folder, tiny_model_dir, tmp_path,
+                                                                           monkeypatch):
+    model = _loaded(policy_folder, tiny_model_dir, tmp_path, ServeDefaults())
+    assert model.router is None and model.predict(None, PROMPTS, params={"max_new_tokens": 4}).adapter.all()
+    answered = []
+    real = CraftModel._plain
+
+    def spy(lm, prompts, req):
+        answered.append(("adapter" if lm is model.lm else "base", list(prompts)))
+        return real(lm, prompts, req)
+
+    from components.head.router import PromptRouter
+    from components.lm import runtime
+    from components.lm import source as model_source
+
+    cfg = _model_cfg(tiny_model_dir)
+    model.base = runtime.load(model_source.resolve(cfg), cfg)
+    for threshold, expected in ((float("-inf"), [True, True]), (float("inf"), [False, False])):
+        model.router = PromptRouter.load(_router(tmp_path / f"router{threshold}", 32, threshold))
+        monkeypatch.setattr(CraftModel, "_plain", staticmethod(spy))
+        answered.clear()
+        out = model.predict(None, PROMPTS, params={"max_new_tokens": 4})
+        assert out.adapter.tolist() == expected and list(out.columns) == list(OUTPUT_COLUMNS)
+        assert answered == [("adapter" if expected[0] else "base", PROMPTS)]
+        guarded = model.predict(None, PROMPTS, params={"max_new_tokens": 4, "guard": True})
+        assert guarded.adapter.tolist() == expected and (guarded.guarded.sum() == 0 or expected[0])
+
+
+def test_a_version_registered_behind_the_router_carries_it_and_routes(store, policy_folder, tiny_model_dir, tmp_path):
+    router = _router(tmp_path / "router", 32, float("inf"))  # keeps everything from the adapter
+    lineage = {"git_sha": "abc123", "params_hash": "p0"}
+    version = register.run(policy_folder, METRICS, BASE, lineage, promote.PromoteConfig(model_name="routed-model"),
+                           _model_cfg(tiny_model_dir), prompt_set=PROMPT_SET,
+                           facts=CardFacts(routed=True), router_dir=router)
+    plain = register.run(policy_folder, METRICS, BASE, lineage, promote.PromoteConfig(model_name="routed-model"),
+                         _model_cfg(tiny_model_dir), prompt_set=PROMPT_SET)
+    assert plain != version  # the router is part of what a version is
+    out = mlflow.pyfunc.load_model(f"models:/routed-model/{version}").predict(
+        pd.DataFrame({"prompt": PROMPTS}), params={"max_new_tokens": 4})
+    assert not out.adapter.any()
+    card = mlflow.MlflowClient().get_model_version("routed-model", version).description
+    assert "prompt router" in card

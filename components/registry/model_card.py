@@ -40,6 +40,8 @@ class CardFacts:
     """Prompt source → ``package==version`` (data/sources/manifest.json)."""
     stages: frozenset[str] = frozenset()
     """DVC stages whose output hashes the card lists (``upstream_stages``); empty: every stage."""
+    routed: bool = False
+    """Registered behind the prompt router: the base model answers what the router keeps from the adapter."""
 
 
 def upstream_stages(lock: Mapping, stage: str) -> frozenset[str]:
@@ -141,6 +143,12 @@ def _limits(metrics: Mapping, facts: CardFacts, serve: ServeDefaults) -> list[st
     return [f"- {line}" for line in out]
 
 
+_ROUTED = ("\n\nServed behind the **prompt router** (`train_router`): a linear probe of the base model's state "
+           "at the end of the prompt decides whether the adapter answers; a prompt it keeps from the adapter is "
+           "answered by the base model (`adapter` is false in that row). The evaluation below measured this routed "
+           "system.")
+
+
 def build(name: str, model_dir: str | Path, metrics: Mapping[str, float], base_metrics: Mapping[str, float],
           lineage: Mapping[str, str], prompt_set: str, serve: ServeDefaults = ServeDefaults(),
           facts: CardFacts = CardFacts()) -> str:
@@ -158,7 +166,7 @@ def build(name: str, model_dir: str | Path, metrics: Mapping[str, float], base_m
         f"Request params: `max_new_tokens` (default {serve.max_new_tokens}), `temperature` (default "
         f"{serve.temperature:g}; 0 is greedy) and `guard` (default {str(serve.guard).lower()}: when true, generation "
         f"stops once latent p_safe stays below {serve.guard_threshold:g} for {serve.guard_patience} tokens and the "
-        "response becomes a refusal).",
+        "response becomes a refusal)." + (_ROUTED if facts.routed else ""),
         "## Base model\n\n| field | value |\n|---|---|\n"
         f"| source | `{card.get('base_model_source', '?')}` |\n| id | {base_id} |\n"
         f"| fingerprint | `{card.get('base_model_fingerprint', '?')}` |",

@@ -98,6 +98,11 @@ class PromoteConfig:
     """``--seeds``: runs (the committed one and its seed experiments) the sweep must have; >= 2."""
     max_refusal_sd: float = 0.10
     """``--seeds``: largest seed standard deviation of CRAFT's refusal rate (a share) the gate accepts."""
+    routed: bool = False
+    """Register the model behind the prompt router (``train_router``): the version carries the router,
+    serving answers a prompt the router keeps from the adapter with the base model, and the version's
+    metrics are evaluate's ``<model>_routed`` figures. Off until a seed sweep adopts it (docs/stage2.md
+    round 25)."""
 
     def __post_init__(self) -> None:
         require(bool(self.model_name), "promote.model_name is empty: name the registered model, e.g. craft-policy.")
@@ -396,7 +401,7 @@ def promote(cfg: PromoteConfig, force: bool = False, reason: str = "", actor: st
                 "promotion.forced": str(bool(force and not passed)).lower(),
                 "promotion.previous_champion": str(champ.version) if champ else "",
                 "promotion.gate": _gate_tag(checks),
-                **(seed_gate.evidence_tags(*evidence) if evidence is not None and own_sweep(checks) else {})}
+                **(seed_gate.evidence_tags(*evidence, cfg.routed) if evidence is not None and own_sweep(checks) else {})}
         desc = f"Champion since {tags['promotion.at']} (by {who}): {why}."
         with tracking.mlflow_errors(f"promote version {chal.version} of {name!r}"):
             _apply(name, chal.version, tags, chal.version, champ.version if champ else None, desc)

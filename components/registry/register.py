@@ -47,16 +47,19 @@ def _existing(name: str, digest: str):
 
 def run(model_dir: str | Path, metrics: dict[str, float], base_metrics: dict[str, float], lineage: dict[str, str],
         cfg: promote.PromoteConfig, model_cfg: ModelConfig, parent_run_id: str | None = None, *,
-        prompt_set: str, serve: ServeDefaults = ServeDefaults(), facts: CardFacts = CardFacts()) -> str:
+        prompt_set: str, serve: ServeDefaults = ServeDefaults(), facts: CardFacts = CardFacts(),
+        router_dir: str | Path | None = None) -> str:
     """Register ``model_dir`` (a pipeline output folder) evaluated on ``prompt_set`` (the digest in
     data/evaluate/eval_set.json) and return the version number. ``serve``: what a request gets by
-    default; ``facts``: what the model card reports beyond the metrics."""
+    default; ``facts``: what the model card reports beyond the metrics; ``router_dir``: the prompt
+    router the version is served behind (``promote.routed``), or None."""
     require(bool(prompt_set), "no evaluation prompt-set digest: re-run `craft run --stages evaluate` (it writes "
             "data/evaluate/eval_set.json) before registering.")
     model_dir = Path(model_dir)
     name = cfg.model_name
+    routed = () if router_dir is None else (dir_digest(Path(router_dir)),)  # unrouted digests stay as they were
     digest = stable_id(dir_digest(model_dir), json.dumps(metrics, sort_keys=True), prompt_set, serve.to_json(),
-                       length=32)
+                       *routed, length=32)
     tracking.ensure_store()
     with promote.registry_lock():
         found = _existing(name, digest)
@@ -66,14 +69,16 @@ def run(model_dir: str | Path, metrics: dict[str, float], base_metrics: dict[str
             return str(found.version)
         card = model_card.build(name, model_dir, metrics, base_metrics, lineage, prompt_set, serve, facts)
         with tracking.mlflow_errors(f"register {model_dir} as a new version of {name!r}"):
-            version, run_id = _log_and_register(model_dir, metrics, name, model_cfg, parent_run_id, serve, card)
+            version, run_id = _log_and_register(model_dir, metrics, name, model_cfg, parent_run_id, serve, card,
+                                                router_dir)
             _tag_and_describe(name, version, metrics, base_metrics, lineage, prompt_set, digest, run_id,
                               parent_run_id, card)
             return version
 
 
 def _log_and_register(model_dir: Path, metrics: dict, name: str, model_cfg: ModelConfig,
-                      parent_run_id: str | None, serve: ServeDefaults, card: str) -> tuple[str, str]:
+                      parent_run_id: str | None, serve: ServeDefaults, card: str,
+                      router_dir: str | Path | None = None) -> tuple[str, str]:
     """Log the pyfunc and its card in a ``register`` run and register it: (version, run id)."""
     import mlflow
 
@@ -91,7 +96,8 @@ def _log_and_register(model_dir: Path, metrics: dict, name: str, model_cfg: Mode
                               tags={"craft.stage": "register"}) as run:
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(Path(__file__).with_name("pyfunc_entry.py")),
-                artifacts={"model": str(model_dir), **{k: str(v) for k, v in paths.items()}},
+                artifacts={"model": str(model_dir), **{k: str(v) for k, v in paths.items()},
+                           **({"router": str(router_dir)} if router_dir is not None else {})},
                 code_paths=[str(environment.stage_code(Path(tmp) / "code"))],
                 pip_requirements=requirements,
                 signature=serving.signature(serve), input_example=serving.input_example())

@@ -42,6 +42,9 @@ ROWS = {"response_asr": ("CRAFT response ASR", "base response ASR"),
         "degenerate_rate": ("CRAFT degenerate rate", "base degenerate rate")}
 """Gated rate → (challenger row, base row) of spread.json."""
 REFUSAL = "CRAFT refusal rate"
+ROUTED = "CRAFT + router "
+"""What a spread row's leading "CRAFT " reads for a version served behind the prompt router
+(``promote.routed``: evaluate's ``train_rl_routed`` rows)."""
 RUN_CHECK = "seeds.run"
 """Metric name of the check that the sweep is the challenger's own run."""
 RUN_META = frozenset({"metric", "n", "mean", "sd", "min", "max", "ci_lo", "ci_hi"})
@@ -68,6 +71,11 @@ def load(folder: str | Path) -> tuple[dict, dict[str, dict]]:
     return sweep, {r["metric"]: r for r in rows}
 
 
+def row_label(label: str, routed: bool) -> str:
+    """The spread row of ``label`` for a routed (``ROUTED``) or an unrouted version."""
+    return ROUTED + label[len("CRAFT "):] if routed and label.startswith("CRAFT ") else label
+
+
 def runs_of(row: dict) -> dict[str, float]:
     """A spread row's per-run values ({run name: value}), NaN-free."""
     return {k: float(v) for k, v in row.items() if k not in RUN_META and v is not None and v == v}
@@ -85,11 +93,11 @@ HEAD_RATES = {"response_asr": "CRAFT response ASR", "refusal_rate": REFUSAL, "ov
 from the same run shares the adapter hashes, and one rate alone can tie)."""
 
 
-def same_run(sweep: dict, rows: dict[str, dict], tags: dict[str, str], metrics: dict) -> dict:
+def same_run(sweep: dict, rows: dict[str, dict], tags: dict[str, str], metrics: dict, routed: bool = False) -> dict:
     """Whether the sweep's committed run is this version: the CRAFT adapter hash, and every HEAD
     rate equal to the version's ``eval.*`` rate."""
     ours, theirs = tags.get(f"lineage.{ADAPTER}", ""), (sweep.get("lock") or {}).get(ADAPTER, "")
-    head = {m: runs_of(rows.get(row, {})).get("HEAD", NAN) for m, row in HEAD_RATES.items()}
+    head = {m: runs_of(rows.get(row_label(row, routed), {})).get("HEAD", NAN) for m, row in HEAD_RATES.items()}
     rates_match = all(abs(v - float(metrics.get(m, NAN))) < 1e-9 for m, v in head.items())  # NaN: no match
     same = bool(ours) and ours == theirs and rates_match
     verdict = "same run" if same else "another run" if ours and theirs else "missing"
@@ -106,10 +114,11 @@ def champion_summary(tags: dict[str, str], metric: str) -> SeedSummary | None:
     return SeedSummary(int(n), mean, sd, NAN, NAN)
 
 
-def _rate(metric: str, rows: dict[str, dict], champion: SeedSummary | None, margin: float, min_seeds: int) -> dict:
+def _rate(metric: str, rows: dict[str, dict], champion: SeedSummary | None, margin: float, min_seeds: int,
+          routed: bool = False) -> dict:
     """Mean challenger − reference over seeds with its 95% interval (Welch vs the champion, paired
     by run vs base); fails when the interval lies above ``margin`` or there are too few runs."""
-    chal_row, base_row = ROWS[metric]
+    chal_row, base_row = row_label(ROWS[metric][0], routed), ROWS[metric][1]
     chal = runs_of(rows.get(chal_row, {}))
     if champion is not None:
         ref_name, mine = "champion", across_seeds(list(chal.values()))
@@ -143,7 +152,8 @@ def checks(sweep: dict, rows: dict[str, dict], chal_tags: dict[str, str], chal_m
     ``eval.*`` metrics ``chal_metrics``; ``cfg``: ``promote.PromoteConfig``. A sweep of another
     run gives that one failed check alone. The champion's evidence counts only when its sweep had
     the same scope (RL seeds alone vary less than every stage reseeded)."""
-    run = same_run(sweep, rows, chal_tags, chal_metrics)
+    routed = bool(getattr(cfg, "routed", False))
+    run = same_run(sweep, rows, chal_tags, chal_metrics, routed)
     if not run["passed"]:
         return [run]
     out = [run]
@@ -151,23 +161,24 @@ def checks(sweep: dict, rows: dict[str, dict], chal_tags: dict[str, str], chal_m
     for metric in ROWS:
         champion = champion_summary(champ_tags or {}, metric) if same_scope else None
         margin = cfg.max_response_asr_increase if metric == "response_asr" else 0.0
-        out.append(_rate(metric, rows, champion, margin, cfg.min_seeds))
-    over = across_seeds(list(runs_of(rows.get(ROWS["over_refusal"][0], {})).values()))
-    out.append(_bound(f"CRAFT over-refusal, mean over seeds ≤ {cfg.max_over_refusal:g}", "over_refusal_mean",
+        out.append(_rate(metric, rows, champion, margin, cfg.min_seeds, routed))
+    over_row, refusal_row = row_label(ROWS["over_refusal"][0], routed), row_label(REFUSAL, routed)
+    over = across_seeds(list(runs_of(rows.get(over_row, {})).values()))
+    out.append(_bound(f"{over_row}, mean over seeds ≤ {cfg.max_over_refusal:g}", "over_refusal_mean",
                       over, over.mean, cfg.max_over_refusal, cfg.min_seeds))
-    refusal = across_seeds(list(runs_of(rows.get(REFUSAL, {})).values()))
-    out.append(_bound(f"seed sd of {REFUSAL} ≤ {cfg.max_refusal_sd:g}", "refusal_rate_sd", refusal, refusal.sd,
+    refusal = across_seeds(list(runs_of(rows.get(refusal_row, {})).values()))
+    out.append(_bound(f"seed sd of {refusal_row} ≤ {cfg.max_refusal_sd:g}", "refusal_rate_sd", refusal, refusal.sd,
                       cfg.max_refusal_sd, cfg.min_seeds))
     return out
 
 
-def evidence_tags(sweep: dict, rows: dict[str, dict]) -> dict[str, str]:
+def evidence_tags(sweep: dict, rows: dict[str, dict], routed: bool = False) -> dict[str, str]:
     """``seeds.*`` tags recording the evidence on the promoted version: per gated rate and the refusal
     rate, n, mean and sd over the sweep's runs; plus its baseline and scope."""
     tags = {"seeds.baseline": str(sweep.get("baseline", "")), "seeds.scope": str(sweep.get("scope", "")),
             "seeds.runs": ",".join(sweep.get("runs") or [])}
     for metric, label in [*((m, r[0]) for m, r in ROWS.items()), ("refusal_rate", REFUSAL)]:
-        s = across_seeds(list(runs_of(rows.get(label, {})).values()))
+        s = across_seeds(list(runs_of(rows.get(row_label(label, routed), {})).values()))
         tags.update({f"seeds.{metric}.n": str(s.n), f"seeds.{metric}.mean": repr(s.mean),
                      f"seeds.{metric}.sd": repr(s.sd)})
     return {k: v for k, v in tags.items() if not (isinstance(v, str) and v == "nan")}

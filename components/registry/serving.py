@@ -2,13 +2,17 @@
 
 Artifacts: ``model/`` (a pipeline output folder: ``model.json`` naming the base model by source
 and fingerprint, the LoRA ``adapter/``, the CRAFT ``head/``), ``model_config.json``,
-``serving.json`` (``ServeDefaults``) and ``model_card.md``. The base weights are a *reference*,
+``serving.json`` (``ServeDefaults``), ``model_card.md`` and, for a model registered behind the
+prompt router (``promote.routed``), ``router/`` (``components.head.router``): each prompt the
+router keeps from the adapter is then answered by the base model, as evaluation's
+``<model>_routed`` rows were measured. The base weights are a *reference*,
 not a copy: ``smollm2`` resolves from its package (a pip requirement of the model); a local or hub
 base must be reachable where the model is loaded.
 
 ``predict`` takes a DataFrame with a ``prompt`` column (or a list of strings) and returns one row
 per prompt with ``OUTPUT_COLUMNS``: completion, trace, response, the head's latent ``p_safe`` and
-``r_lat`` of what the model wrote, and ``guarded`` (the guard replaced the response). Per-request
+``r_lat`` of what the model wrote, ``guarded`` (the guard replaced the response) and ``adapter``
+(the adapter answered: always, unless the router sent the prompt to the base model). Per-request
 params (the signature's ``ParamSchema``; MLflow checks their types and fills in defaults first):
 
 - ``max_new_tokens`` (int ≥ 1): the decoding budget;
@@ -32,7 +36,7 @@ from components.core.config import require
 from components.eval.audit import REDIRECT, AuditConfig, audit_config, generate_with_audit
 
 OUTPUT_COLUMNS = {"prompt": "string", "completion": "string", "trace": "string", "response": "string",
-                  "latent_p_safe": "double", "latent_r_lat": "double", "guarded": "boolean"}
+                  "latent_p_safe": "double", "latent_r_lat": "double", "guarded": "boolean", "adapter": "boolean"}
 """``predict``'s columns and their MLflow types, in order (the signature's output schema)."""
 PARAMS = ("max_new_tokens", "temperature", "guard")
 BATCH_SIZE = 16
@@ -147,13 +151,25 @@ class CraftModel(mlflow.pyfunc.PythonModel):
         self.head = SafetyHead.load(folder / "head", self.lm.device)
         serving = context.artifacts.get("serving")  # absent in versions registered before it existed
         self.defaults = ServeDefaults(**json.loads(Path(serving).read_text())) if serving else ServeDefaults()
+        router = context.artifacts.get("router")  # only in versions registered behind the prompt router
+        self.router, self.base = (None, None) if not router else _router_and_base(Path(router), folder, cfg)
 
     def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
         prompts = _prompts(model_input)
         req = request_params(params, self.defaults)
         if not prompts:
             return pd.DataFrame(columns=list(OUTPUT_COLUMNS))
-        written, trace, response, guarded = self._guarded(prompts, req) if req.guard else self._plain(prompts, req)
+        adapter = self._routes(prompts)
+        parts = {}  # row index -> (written, trace, response, guarded)
+        for uses_adapter in (True, False):
+            idx = [i for i, a in enumerate(adapter) if a == uses_adapter]
+            if idx:
+                lm = self.lm if uses_adapter else self.base
+                sub = [prompts[i] for i in idx]
+                # the guard reads the adapter's head: a prompt base answers is decoded plainly
+                out = self._guarded(sub, req) if req.guard and uses_adapter else self._plain(lm, sub, req)
+                parts.update({i: row for i, row in zip(idx, zip(*out))})
+        written, trace, response, guarded = (list(col) for col in zip(*(parts[i] for i in range(len(prompts)))))
         from components.rl.rewards import latent_scores
 
         # scores of what the model wrote (the guard's appended refusal is ours, not the model's)
@@ -161,14 +177,23 @@ class CraftModel(mlflow.pyfunc.PythonModel):
         completion = [w + REDIRECT if g else w for w, g in zip(written, guarded)]
         return pd.DataFrame({"prompt": prompts, "completion": completion, "trace": trace, "response": response,
                              "latent_p_safe": scores["p_safe"].tolist(), "latent_r_lat": scores["r_lat"].tolist(),
-                             "guarded": guarded}, columns=list(OUTPUT_COLUMNS))
+                             "guarded": guarded, "adapter": adapter}, columns=list(OUTPUT_COLUMNS))
 
-    def _plain(self, prompts: list[str], req: ServeDefaults):
+    def _routes(self, prompts: list[str]) -> list[bool]:
+        """Per prompt, whether the adapter answers it: the router's decision on the base model's state."""
+        if self.router is None:
+            return [True] * len(prompts)
+        from components.head.router import route
+
+        return route(self.router, self.base.model, self.base.tokenizer, prompts, self.base.device)[0]
+
+    @staticmethod
+    def _plain(lm, prompts: list[str], req: ServeDefaults):
         """Batched decoding (greedy at temperature 0, else seeded sampling: a request is reproducible)."""
         from components.lm import generation
 
         sampling = generation.SamplingParams(req.max_new_tokens, BATCH_SIZE, temperature=req.temperature)
-        texts = generation.generate(self.lm, prompts, sampling, desc="predict")
+        texts = generation.generate(lm, prompts, sampling, desc="predict")
         split = [generation.split_reasoning(t) for t in texts]
         return texts, [t for t, _ in split], [r for _, r in split], [False] * len(texts)
 
@@ -181,3 +206,16 @@ class CraftModel(mlflow.pyfunc.PythonModel):
         written = [(r.completion[: -len(REDIRECT)] if g else r.completion).strip() for r, g in zip(records, stopped)]
         return written, [r.trace for r in records], [r.answer for r in records], stopped
 
+
+def _router_and_base(router_dir: Path, folder: Path, cfg):
+    """The prompt router and the base model it reads (the model card's base, unmerged)."""
+    import dataclasses
+
+    from components.head.router import PromptRouter
+    from components.lm import runtime
+    from components.lm import source as model_source
+
+    meta = json.loads((folder / "model.json").read_text())
+    base_cfg = dataclasses.replace(cfg, source=meta["base_model_source"])
+    base = runtime.load(model_source.resolve(base_cfg), base_cfg)
+    return PromptRouter.load(router_dir), base

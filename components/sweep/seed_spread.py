@@ -54,6 +54,15 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "train_rl_text/over_refusal", "RL text-only over-refusal"),
     ("evaluate", "train_rl/over_refusal", "CRAFT over-refusal"),
     ("evaluate", "train_rl/utility_nll", "CRAFT utility NLL"),
+    ("evaluate", "train_sft_routed/refusal_rate", "SFT + router refusal rate"),
+    ("evaluate", "train_rl_text_routed/refusal_rate", "RL text-only + router refusal rate"),
+    ("evaluate", "train_rl_routed/refusal_rate", "CRAFT + router refusal rate"),
+    ("evaluate", "train_sft_routed/over_refusal", "SFT + router over-refusal"),
+    ("evaluate", "train_rl_text_routed/over_refusal", "RL text-only + router over-refusal"),
+    ("evaluate", "train_rl_routed/over_refusal", "CRAFT + router over-refusal"),
+    ("evaluate", "train_rl_routed/response_asr", "CRAFT + router response ASR"),
+    ("evaluate", "train_rl_routed/degenerate_rate", "CRAFT + router degenerate rate"),
+    ("evaluate", "train_rl_routed/utility_nll", "CRAFT + router utility NLL"),
     ("evaluate", "base/utility_nll", "base utility NLL"),
     ("train_head", "head/auroc", "head AUROC"),
     ("train_head", "baseline/diffmeans_auroc", "difference-of-means AUROC"),
@@ -68,10 +77,11 @@ RATE_LABELS = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE
 """HEADLINE labels of the rates (``promote.RATES`` lists metric stems, a different thing)."""
 
 
-SOURCE_MODELS: dict[str, str] = {"base": "base", "train_rl_text": "RL text-only", "train_rl": "CRAFT"}
+SOURCE_MODELS: dict[str, str] = {"base": "base", "train_rl_text": "RL text-only", "train_rl": "CRAFT",
+                                 "train_rl_routed": "CRAFT + router"}
 """Model key in evaluate's metrics → label, for the over-refusal-per-benign-source rows."""
-_SOURCE_KEY = re.compile(r"^(%s)/over_refusal_(\w+)$" % "|".join(SOURCE_MODELS))
-_SOURCE_LABEL = re.compile(r"^(%s) over-refusal \((\w+)\)$" % "|".join(SOURCE_MODELS.values()))
+_SOURCE_KEY = re.compile(r"^(%s)/over_refusal_(\w+)$" % "|".join(map(re.escape, SOURCE_MODELS)))
+_SOURCE_LABEL = re.compile(r"^(%s) over-refusal \((\w+)\)$" % "|".join(map(re.escape, SOURCE_MODELS.values())))
 _BOUNDS = ("_lo", "_hi", "_n")
 """Suffixes of a rate's interval and count keys (``over_refusal_<source>_lo`` …): not rows."""
 
