@@ -112,8 +112,11 @@ def test_seed_sweep_runs_dvc_experiments_and_reports_the_spread(harness, tiny_mo
     assert sweep["scope"] == "rl" and sweep["runs"] == ["HEAD", "seed-1"]
     assert sweep["lock"]["dvc.train_rl.data/train_rl/adapter"] in lock_before
     assert rows["head AUROC"]["sd"] == 0  # scope rl: the head is the committed run's
-    vs = {t["b"]: t for t in sweep["paired"]}  # read from the DVC cache at each run's commit
+    vs = {t["b"]: t for t in sweep["paired"] if t["a"] == "train_rl"}  # read from the DVC cache at each run's commit
     assert set(vs) == {"train_rl_text", "base"} and all(t["runs"] == 2 and 0 < t["p_value"] <= 1 for t in vs.values())
+    routed = {(t["b"], t["measure"]) for t in sweep["paired"] if t["a"] == "train_rl_routed"}  # base evaluated too
+    assert routed == {("train_rl_text_routed", "refusal rate − over-refusal"), ("base", "refusal rate − over-refusal"),
+                      ("train_rl", "refusal rate − over-refusal"), ("train_rl", "over-refusal"), ("train_rl", "refusal rate")}
     assert "sign-flip permutation test over prompts (each prompt's runs flipped together)" in (ws / "seeds" / "spread.md").read_text()
     assert set(sweep["minutes"]) == {"seed-1"} and sweep["minutes"]["seed-1"] > 0  # `craft seeds` states its time
     assert "Wall time per experiment here: seed-1" in (ws / "seeds" / "spread.md").read_text()

@@ -310,5 +310,5 @@ def test_a_routed_registration_takes_the_routed_figures_and_needs_the_router(mod
     (tmp_path / ROUTER).mkdir(parents=True)
     (tmp_path / ROUTER / "router.json").write_text("{}")
     assert check_registrable(tmp_path, "train_rl")[4] == {"over_refusal": 0.03}
-    (tmp_path / "params.yaml").write_text("promote: {model_name: m}\n")
+    (tmp_path / "params.yaml").write_text("promote: {model_name: m, routed: false}\n")
     assert check_registrable(tmp_path, "train_rl")[4] == {"over_refusal": 0.12}

@@ -14,7 +14,7 @@ from components.registry.promote import PromoteConfig, PromotionRefused
 from components.registry.seed_gate import ADAPTER
 from tests.test_registry import model_folder, store  # noqa: F401 (fixtures)
 
-CFG = PromoteConfig(model_name="seed-model")
+CFG = PromoteConfig(model_name="seed-model", routed=False)
 RUNS = ("HEAD", "seed-1", "seed-2")
 
 
@@ -86,7 +86,7 @@ def test_too_few_runs_fail_with_the_count():
     checks = gate(sweep(), rows, tags())
     failed = [c for c in checks if not c["passed"]]
     assert failed and all("needs ≥ 3 runs, has 2" in c["rule"] for c in failed)
-    assert gate(sweep(), rows, tags(), cfg=PromoteConfig(min_seeds=2))[-1]["passed"]
+    assert gate(sweep(), rows, tags(), cfg=PromoteConfig(min_seeds=2, routed=False))[-1]["passed"]
 
 
 def test_against_a_champion_the_seed_means_are_compared_by_welch():
@@ -196,6 +196,7 @@ def test_a_routed_version_is_gated_on_the_router_rows():
     assert checks["seeds.run"]["passed"] and checks["over_refusal_mean"]["passed"]
     assert checks["over_refusal_mean"]["challenger"] == pytest.approx(0.03)
     assert "CRAFT + router over-refusal" in checks["over_refusal_mean"]["rule"]
-    unrouted = by_metric(gate(sweep(), rows, tags(), cfg=PromoteConfig(model_name="seed-model", max_over_refusal=0.1)))
+    unrouted = by_metric(gate(sweep(), rows, tags(), cfg=PromoteConfig(model_name="seed-model", max_over_refusal=0.1,
+                                                                         routed=False)))
     assert not unrouted["over_refusal_mean"]["passed"]  # CRAFT alone: 0.20 over the bound
     assert seed_gate.evidence_tags(sweep(), rows, True)["seeds.over_refusal.mean"] == repr(0.03)

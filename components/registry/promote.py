@@ -98,11 +98,11 @@ class PromoteConfig:
     """``--seeds``: runs (the committed one and its seed experiments) the sweep must have; >= 2."""
     max_refusal_sd: float = 0.10
     """``--seeds``: largest seed standard deviation of CRAFT's refusal rate (a share) the gate accepts."""
-    routed: bool = False
+    routed: bool = True
     """Register the model behind the prompt router (``train_router``): the version carries the router,
     serving answers a prompt the router keeps from the adapter with the base model, and the version's
-    metrics are evaluate's ``<model>_routed`` figures. Off until a seed sweep adopts it (docs/stage2.md
-    round 25)."""
+    metrics are evaluate's ``<model>_routed`` figures. Adopted by round 25's seed sweep (docs/stage2.md);
+    false registers the adapter alone."""
 
     def __post_init__(self) -> None:
         require(bool(self.model_name), "promote.model_name is empty: name the registered model, e.g. craft-policy.")

@@ -3,7 +3,7 @@
 Artifacts: ``model/`` (a pipeline output folder: ``model.json`` naming the base model by source
 and fingerprint, the LoRA ``adapter/``, the CRAFT ``head/``), ``model_config.json``,
 ``serving.json`` (``ServeDefaults``), ``model_card.md`` and, for a model registered behind the
-prompt router (``promote.routed``), ``router/`` (``components.head.router``): each prompt the
+prompt router (``promote.routed``, the default), ``router/`` (``components.head.router``): each prompt the
 router keeps from the adapter is then answered by the base model, as evaluation's
 ``<model>_routed`` rows were measured. The base weights are a *reference*,
 not a copy: ``smollm2`` resolves from its package (a pip requirement of the model); a local or hub
