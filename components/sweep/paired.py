@@ -96,11 +96,18 @@ def sign_flip_p(values: np.ndarray, n_perm: int, seed: int, chunk: int = 2000) -
 def paired_score(runs: dict[str, pd.DataFrame], a: str = "train_rl", b: str = "train_rl_text",
                  n_perm: int = 20_000, seed: int = 0) -> PairedScore:
     """Compare a with b on refusal rate − over-refusal over ``runs`` ({run name: transcripts})."""
+    return _paired(runs, a, b, lambda t: weighted_diffs(t, a, b), n_perm, seed, PairedScore.measure)
+
+
+def _paired(runs: dict[str, pd.DataFrame], a: str, b: str, diffs, n_perm: int, seed: int, measure: str
+            ) -> PairedScore:
+    """The test over ``runs``: ``diffs(t)`` gives one run's (per-prompt paired values, value of a,
+    value of b); each prompt's values are averaged over the runs (D_i), T = Σ D_i."""
     if not runs:
         raise ValueError("no runs to compare")
     parts, per_run, sa, sb = [], {}, [], []
     for name, t in runs.items():
-        d, score_a, score_b = weighted_diffs(t, a, b)
+        d, score_a, score_b = diffs(t)
         parts.append(d / len(runs))  # T is the mean over runs
         per_run[name] = score_a - score_b
         sa.append(score_a)
@@ -109,7 +116,7 @@ def paired_score(runs: dict[str, pd.DataFrame], a: str = "train_rl", b: str = "t
     seeds = across_seeds(list(per_run.values()))
     return PairedScore(a, b, len(runs), len(by_prompt), float(np.mean(sa)), float(np.mean(sb)),
                        float(by_prompt.sum()), sign_flip_p(by_prompt.to_numpy(), n_perm, seed), per_run,
-                       seeds.lo, seeds.hi, n_perm)
+                       seeds.lo, seeds.hi, n_perm, measure)
 
 
 def rate_diffs(t: pd.DataFrame, a: str, b: str, kind: str) -> tuple[pd.Series, float, float]:
@@ -128,21 +135,8 @@ def paired_rate(runs: dict[str, pd.DataFrame], a: str, b: str, kind: str = "beni
                 seed: int = 0) -> PairedScore:
     """a − b on the refusal share of ``kind`` prompts (benign: over-refusal), paired by prompt across
     ``runs`` with the same sign-flip test and seed interval as ``paired_score``."""
-    if not runs:
-        raise ValueError("no runs to compare")
-    parts, per_run, sa, sb = [], {}, [], []
-    for name, t in runs.items():
-        d, rate_a, rate_b = rate_diffs(t, a, b, kind)
-        parts.append(d / len(runs))
-        per_run[name] = rate_a - rate_b
-        sa.append(rate_a)
-        sb.append(rate_b)
-    by_prompt = pd.concat(parts).groupby(level=0).sum()
-    seeds = across_seeds(list(per_run.values()))
     measure = "over-refusal" if kind == "benign" else "refusal rate"
-    return PairedScore(a, b, len(runs), len(by_prompt), float(np.mean(sa)), float(np.mean(sb)),
-                       float(by_prompt.sum()), sign_flip_p(by_prompt.to_numpy(), n_perm, seed), per_run,
-                       seeds.lo, seeds.hi, n_perm, measure)
+    return _paired(runs, a, b, lambda t: rate_diffs(t, a, b, kind), n_perm, seed, measure)
 
 
 def fill_from(tables: dict[str, pd.DataFrame], source: str, models: tuple[str, ...]) -> dict[str, pd.DataFrame]:
