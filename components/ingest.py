@@ -8,6 +8,10 @@ see: ``train``, plus ``val`` when that kind has no val cap), ``max_val_harmful``
 (when set) the ``val`` split on its own (RL's checkpoint selection reads it: a val set sized on
 purpose, not by the share that falls to it from a train + val cap), and
 ``max_test_harmful``/``max_test_benign`` the held-out evaluation set.
+
+Outputs: ``prompts.parquet`` (the capped table every stage reads), ``pool.parquet`` (every ``train``
+and ``val`` prompt before the caps, never a ``test`` one: what the prompt router fits and is scored
+on), ``metrics.json`` and ``summary.md``.
 """
 from __future__ import annotations
 
@@ -123,6 +127,30 @@ def _pools(train_cap: int, val_cap: int | None, test_cap: int) -> list[tuple[tup
 
 def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
     """Read, clean, de-duplicate, cap and split. Returns the prompt table and its stats."""
+    df, _, stats = run_with_pool(cfg)
+    return df, stats
+
+
+def run_with_pool(cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """``run``'s prompt table and stats, and the pool: every ``train`` and ``val`` prompt before the
+    caps (never a ``test`` one), with ``capped`` True where the prompt table holds it too. Only the
+    prompt router fits on more than the capped table (``train_router.prompts: pool``)."""
+    seen, read_stats = _read(cfg)
+    df = pd.DataFrame([p.__dict__ for p in _split_and_cap(seen, cfg)], columns=list(PROMPT_COLUMNS))
+    assert df["prompt"].map(normalise).is_unique
+    held = [p for p in sorted(seen.values(), key=lambda p: p.prompt_id) if p.split != "test"]
+    pool = pd.DataFrame([p.__dict__ for p in held], columns=list(PROMPT_COLUMNS))
+    pool["capped"] = pool.prompt_id.isin(set(df.prompt_id))
+    stats = dict(read_stats, kept=len(df), **_counts(df, ""), **_counts(pool, "pool_"))
+    return df, pool, stats
+
+
+def _counts(df: pd.DataFrame, prefix: str) -> dict[str, int]:
+    return {f"{prefix}{kind}_{split}": int(n) for (kind, split), n in df.groupby(["prompt_kind", "split"]).size().items()}
+
+
+def _read(cfg: IngestConfig) -> tuple[dict[str, Prompt], Counter]:
+    """Every source prompt within the length bounds, de-duplicated, with its split: {prompt id: prompt}."""
     seen: dict[str, Prompt] = {}
     stats: Counter = Counter()
     for name in cfg.sources:
@@ -137,6 +165,10 @@ def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
                 continue
             seen[pid] = Prompt(pid, raw.text, raw.prompt_kind, raw.source, raw.category,
                                split_of(pid, cfg), raw.reference)
+    return seen, stats
+
+
+def _split_and_cap(seen: dict[str, Prompt], cfg: IngestConfig) -> list[Prompt]:
     rows: list[Prompt] = []
     for kind, train_cap, val_cap, test_cap in (
             ("harmful", cfg.max_harmful, cfg.max_val_harmful, cfg.max_test_harmful),
@@ -144,12 +176,7 @@ def run(cfg: IngestConfig) -> tuple[pd.DataFrame, dict]:
         pool = [p for p in seen.values() if p.prompt_kind == kind]
         for splits, cap in _pools(train_cap, val_cap, test_cap):
             rows += _cap([p for p in pool if p.split in splits], cap, cfg.seed)
-    df = pd.DataFrame([p.__dict__ for p in rows], columns=list(PROMPT_COLUMNS))
-    assert df["prompt"].map(normalise).is_unique
-    stats = dict(stats, kept=len(df), **{
-        f"{kind}_{split}": int(n) for (kind, split), n in df.groupby(["prompt_kind", "split"]).size().items()
-    })
-    return df, stats
+    return rows
 
 
 def summary_markdown(df: pd.DataFrame, stats: dict) -> str:
@@ -165,9 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     ])
     cfg = stage_config(IngestConfig, STAGE, params)
     with tracking.stage_run(STAGE, cfg):
-        df, stats = run(cfg)
+        df, pool, stats = run_with_pool(cfg)
         out = Path(args.out)
         write_table(out / "prompts.parquet", df)
+        write_table(out / "pool.parquet", pool)
         datasets.log_splits(df, out / "prompts.parquet", "prompts")
         write_json(out / "metrics.json", stats)
         write_text(out / "summary.md", summary_markdown(df, stats))

@@ -1,9 +1,12 @@
 """Stage ``train_router``: the prompt router that decides which prompts the aligned adapter answers.
 
 Reads the base model's hidden state at the last prompt position of every ``train`` and ``val``
-prompt (``components.head.router``), fits the router on ``train`` (harmful against benign; layer
+prompt (``components.route.router``), fits the router on ``train`` (harmful against benign; layer
 by cross-validated AUROC, threshold at the cross-validated ``recall``), and scores it on ``val``,
-which it was not fitted on. Outputs ``router/`` (the ``PromptRouter``), ``metrics.json`` and
+which it was not fitted on. The prompts are ingest's pool (``data/ingest/pool.parquet``): with
+``prompts: pool`` every train and val prompt before ingest's caps (round 26: 669 + 191 train, 188 + 65
+val, against 89 + 100 and 31 + 48 capped), with ``prompts: capped`` only those the capped table
+holds (round 25's router). Outputs ``router/`` (the ``PromptRouter``), ``metrics.json`` and
 ``summary.md``. ``evaluate`` answers each input with the adapter where the router routes it and
 with the base model elsewhere (the ``<model>_routed`` rows). Test prompts are never read.
 """
@@ -20,7 +23,7 @@ from components.core import stage_cli, tracking
 from components.core.config import require, stage_config
 from components.core.io import read_table, write_json, write_text
 from components.eval.stats import wilson
-from components.head import router as router_lib
+from components.route import router as router_lib
 from components.lm import runtime
 from components.lm import source
 
@@ -32,6 +35,9 @@ STAGE = "train_router"
 class TrainRouterConfig:
     """params.yaml:train_router."""
 
+    prompts: str = "pool"
+    """pool: fit on every train prompt before ingest's caps and score on every val one (test prompts
+    are never in the pool); capped: only those of ingest's capped prompt table."""
     recall: float = 0.95
     """Share of harmful train prompts (cross-validated) the router must send to the adapter; in (0, 1]."""
     c: float = 0.1
@@ -46,6 +52,8 @@ class TrainRouterConfig:
     """Seed of the cross-validation split."""
 
     def __post_init__(self) -> None:
+        require(self.prompts in ("pool", "capped"),
+                f"train_router.prompts={self.prompts!r}: use pool (every train prompt before ingest's caps) or capped.")
         require(0 < self.recall <= 1, f"train_router.recall={self.recall!r}: use a share in (0, 1], e.g. 0.95.")
         require(self.c > 0, f"train_router.c={self.c!r}: use a positive value, e.g. 0.1.")
         require(self.folds >= 2, f"train_router.folds={self.folds!r}: use 2 or more, e.g. 5.")
@@ -56,9 +64,13 @@ def split_rows(prompts: pd.DataFrame, split: str) -> pd.DataFrame:
     return prompts[prompts.split == split].sort_values("prompt_id").reset_index(drop=True)
 
 
-def run(cfg: TrainRouterConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame, out: Path,
+def run(cfg: TrainRouterConfig, model_cfg: source.ModelConfig, pool: pd.DataFrame, out: Path,
         workspace: str = ".") -> dict:
-    """Fit on train, score on val, save ``out/router``. Returns the metrics."""
+    """Fit on train, score on val, save ``out/router``. Returns the metrics. ``pool``: ingest's
+    pool.parquet (a table without a ``capped`` column counts as capped)."""
+    prompts = pool[pool.capped] if cfg.prompts == "capped" and "capped" in pool else pool
+    require(not (prompts.split == "test").any(), "train_router: the prompt table holds test prompts; pass "
+            "ingest's pool.parquet, which never does.")
     train, val = split_rows(prompts, "train"), split_rows(prompts, "val")
     kinds = set(train.prompt_kind)
     require({"harmful", "benign"} <= kinds,
@@ -74,7 +86,7 @@ def run(cfg: TrainRouterConfig, model_cfg: source.ModelConfig, prompts: pd.DataF
     router = router_lib.fit(states, y, layers, cfg.recall, cfg.c, cfg.folds, cfg.seed)
     router.info.update({"model_id": resolved.model_id, "model_fingerprint": resolved.fingerprint})
     router.save(out / "router")
-    metrics = {"layer": router.layer, "threshold": router.threshold,
+    metrics = {"layer": router.layer, "prompts": cfg.prompts, "threshold": router.threshold,
                **{k: v for k, v in router.info.items() if isinstance(v, (int, float))}}
     if len(val):
         routes, scores = router_lib.route(router, lm.model, lm.tokenizer, list(val.prompt), lm.device, cfg.batch_size)
@@ -103,14 +115,14 @@ def summary(metrics: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
-        ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
+        ("--pool", True, "ingest's pool (data/ingest/pool.parquet)"),
         ("--out", True, "output folder (data/train_router)"),
     ])
     cfg = stage_config(TrainRouterConfig, STAGE, params)
     model_cfg = source.model_config(params)
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
-        metrics = run(cfg, model_cfg, read_table(args.prompts), out)
+        metrics = run(cfg, model_cfg, read_table(args.pool), out)
         write_json(out / "metrics.json", metrics)
         write_text(out / "summary.md", summary(metrics))
         tracking.log_stage_outputs(STAGE, metrics, [out / "summary.md", out / "router" / "router.json"])

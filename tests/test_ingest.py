@@ -64,3 +64,15 @@ def test_user_prompt_file(tmp_path):
     df, stats = run(IngestConfig(sources=(f"file:{path}",), max_harmful=10, max_benign=10))
     assert len(df) == 2 and stats["dropped_duplicate"] == 1
     assert split_of(df.prompt_id[0], IngestConfig()) in ("train", "val", "test")
+
+
+def test_the_pool_holds_every_train_and_val_prompt_before_the_caps_and_no_test_one():
+    from components.ingest import run_with_pool
+
+    cfg = IngestConfig(sources=("harmbench", "redharness", "aplomb"), max_harmful=40, max_benign=20)
+    df, pool, stats = run_with_pool(cfg)
+    assert df.equals(run(cfg)[0])
+    assert set(pool.split) == {"train", "val"} and len(pool) > (df.split != "test").sum()
+    assert set(pool[pool.capped].prompt_id) == set(df[df.split != "test"].prompt_id)
+    assert not set(pool.prompt_id) & set(df[df.split == "test"].prompt_id)
+    assert stats["pool_harmful_train"] == ((pool.prompt_kind == "harmful") & (pool.split == "train")).sum()

@@ -10,7 +10,7 @@ from components.core.errors import UserError
 from components.data.records import prompt_id
 from components.eval import routing
 from components.eval import transcripts as tx
-from components.head import router as router_lib
+from components.route import router as router_lib
 from components.lm.source import ModelConfig
 
 
@@ -165,3 +165,38 @@ def test_stopping_after_the_routers_layer_gives_the_whole_stacks_states(tmp_path
     early = router_lib.prompt_states(lm.model, lm.tokenizer, prompts, lm.device, [2])  # runs 3 of 4 layers
     assert torch.equal(early[:, 0], full[:, 2])
     assert len(lm.model.model.layers) == 4  # the stack is whole again
+
+
+def test_a_shallow_first_call_does_not_cap_a_deeper_later_one(tmp_path):
+    """transformers installs its hidden-state hooks at a model's first forward: a first call that
+    stops after layer 1 must not leave a later call for layer 3 without states (round 26 bug)."""
+    from components.lm import runtime, tiny_model
+    from components.lm import source as model_source
+
+    cfg = ModelConfig(source=str(tiny_model.build(tmp_path / "deep", layers=4)), dtype="float32", device="cpu",
+                      threads=1)
+    lm = runtime.load(model_source.resolve(cfg), cfg)
+    prompts = ["Hi there", "How do I bake bread?"]
+    shallow = router_lib.prompt_states(lm.model, lm.tokenizer, prompts, lm.device, [1])  # runs 2 of 4 layers first
+    deeper = router_lib.prompt_states(lm.model, lm.tokenizer, prompts, lm.device, [3])
+    full = router_lib.prompt_states(lm.model, lm.tokenizer, prompts, lm.device, None)
+    assert torch.equal(shallow[:, 0], full[:, 1]) and torch.equal(deeper[:, 0], full[:, 3])
+
+
+def test_the_stage_fits_on_the_pool_or_only_its_capped_rows(tiny_model_dir, tmp_path):
+    from components import train_router
+
+    pool = _train_prompts()
+    pool["capped"] = [i % 6 < 4 for i in range(len(pool))]  # 2 of 3 train rows of each kind
+    model_cfg = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    wide = train_router.run(train_router.TrainRouterConfig(folds=2, layers=(1,)), model_cfg, pool, tmp_path / "a")
+    narrow = train_router.run(train_router.TrainRouterConfig(prompts="capped", folds=2, layers=(1,)), model_cfg,
+                              pool, tmp_path / "b")
+    n_train = int((pool.split == "train").sum())
+    assert wide["train_harmful"] + wide["train_benign"] == n_train
+    assert narrow["train_harmful"] + narrow["train_benign"] == int((pool[pool.capped].split == "train").sum()) < n_train
+    with pytest.raises(ConfigError, match="never does"):
+        train_router.run(train_router.TrainRouterConfig(folds=2, layers=(1,)), model_cfg,
+                         pool.assign(split="test"), tmp_path / "c")
+    with pytest.raises(ConfigError, match="use pool"):
+        train_router.TrainRouterConfig(prompts="all")

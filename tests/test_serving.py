@@ -366,7 +366,7 @@ def _router(folder: Path, hidden: int, threshold: float, weight: float = 0.0) ->
     ``weight`` ≠ 0 and ``threshold`` = 0; all to the adapter at −inf, none at +inf."""
     import torch
 
-    from components.head.router import PromptRouter
+    from components.route.router import PromptRouter
 
     r = PromptRouter(hidden, 1, threshold)
     with torch.no_grad():
@@ -386,7 +386,7 @@ def test_a_routed_model_answers_what_the_router_keeps_with_the_base_model(policy
         answered.append(("adapter" if lm is model.lm else "base", list(prompts)))
         return real(lm, prompts, req)
 
-    from components.head.router import PromptRouter
+    from components.route.router import PromptRouter
     from components.lm import runtime
     from components.lm import source as model_source
 

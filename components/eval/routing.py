@@ -1,6 +1,6 @@
 """Evaluation behind the prompt router: the ``<model>_routed`` rows.
 
-The router (``components.head.router``, fitted by ``train_router`` on the base model's states of
+The router (``components.route.router``, fitted by ``train_router`` on the base model's states of
 the train prompts) decides once per evaluated input, on the base model, whether the adapter answers
 it. A routed model's transcript row is then the model's own where the router routes the input and
 base's elsewhere (``transcripts.routed``): no input is generated again. Utility NLL follows the
@@ -16,7 +16,7 @@ import pandas as pd
 from components.core.errors import UserError
 from components.eval import metrics as eval_metrics
 from components.eval import transcripts as tx
-from components.head.router import PromptRouter, route
+from components.route.router import PromptRouter, route
 from components.lm import source as model_source
 
 log = logging.getLogger("craft.evaluate")

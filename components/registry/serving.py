@@ -3,7 +3,7 @@
 Artifacts: ``model/`` (a pipeline output folder: ``model.json`` naming the base model by source
 and fingerprint, the LoRA ``adapter/``, the CRAFT ``head/``), ``model_config.json``,
 ``serving.json`` (``ServeDefaults``), ``model_card.md`` and, for a model registered behind the
-prompt router (``promote.routed``, the default), ``router/`` (``components.head.router``): each prompt the
+prompt router (``promote.routed``, the default), ``router/`` (``components.route.router``): each prompt the
 router keeps from the adapter is then answered by the base model, as evaluation's
 ``<model>_routed`` rows were measured. The base weights are a *reference*,
 not a copy: ``smollm2`` resolves from its package (a pip requirement of the model); a local or hub
@@ -183,7 +183,7 @@ class CraftModel(mlflow.pyfunc.PythonModel):
         """Per prompt, whether the adapter answers it: the router's decision on the base model's state."""
         if self.router is None:
             return [True] * len(prompts)
-        from components.head.router import route
+        from components.route.router import route
 
         return route(self.router, self.base.model, self.base.tokenizer, prompts, self.base.device)[0]
 
@@ -211,7 +211,7 @@ def _router_and_base(router_dir: Path, folder: Path, cfg):
     """The prompt router and the base model it reads (the model card's base, unmerged)."""
     import dataclasses
 
-    from components.head.router import PromptRouter
+    from components.route.router import PromptRouter
     from components.lm import runtime
     from components.lm import source as model_source
 

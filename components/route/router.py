@@ -79,16 +79,32 @@ class PromptRouter(nn.Module):
 def first_layers(decoder, needed: int | None):
     """While inside, ``decoder`` runs only its first ``needed`` layers (None, or a model without a
     ``layers`` list: all). ``hidden_states[i]`` for i < ``needed`` is then what the whole stack gives
-    (the final norm applies only to the last entry), at ``needed``/L of the cost."""
+    (the final norm applies only to the last entry), at ``needed``/L of the cost.
+
+    transformers (5.x) records ``hidden_states`` by hooks it installs on the layers present at a
+    model's first forward; they are installed on the whole stack first, or a first call with few
+    layers would cap every later call's ``hidden_states`` at that depth."""
     layers = getattr(decoder, "layers", None)
     if needed is None or not isinstance(layers, nn.ModuleList) or not 0 < needed < len(layers):
         yield
         return
+    _install_output_hooks(decoder)
     decoder.layers = layers[:needed]
     try:
         yield
     finally:
         decoder.layers = layers
+
+
+def _install_output_hooks(decoder) -> None:
+    """transformers' output-recording hooks on every current layer of ``decoder``, where the
+    installed version records outputs by hooks (5.x); older versions collect them in the loop."""
+    try:
+        from transformers.utils.output_capturing import maybe_install_capturing_hooks
+    except ImportError:
+        return
+    with contextlib.suppress(KeyError, TypeError, AttributeError):  # a model class without recorded outputs
+        maybe_install_capturing_hooks(decoder)
 
 
 @torch.no_grad()
