@@ -11,7 +11,7 @@ purpose, not by the share that falls to it from a train + val cap), and
 
 Outputs: ``prompts.parquet`` (the capped table every stage reads), ``pool.parquet`` (every ``train``
 and ``val`` prompt before the caps, never a ``test`` one: what the prompt router fits and is scored
-on), ``metrics.json`` and ``summary.md``.
+on with ``train_router.prompts: pool``), ``metrics.json`` and ``summary.md``.
 """
 from __future__ import annotations
 
@@ -146,6 +146,7 @@ def run_with_pool(cfg: IngestConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
 
 
 def _counts(df: pd.DataFrame, prefix: str) -> dict[str, int]:
+    """{prefix + kind_split: prompts} of a prompt table."""
     return {f"{prefix}{kind}_{split}": int(n) for (kind, split), n in df.groupby(["prompt_kind", "split"]).size().items()}
 
 
@@ -169,6 +170,7 @@ def _read(cfg: IngestConfig) -> tuple[dict[str, Prompt], Counter]:
 
 
 def _split_and_cap(seen: dict[str, Prompt], cfg: IngestConfig) -> list[Prompt]:
+    """The capped table's prompts: per kind, each pool of splits (``_pools``) drawn to its cap."""
     rows: list[Prompt] = []
     for kind, train_cap, val_cap, test_cap in (
             ("harmful", cfg.max_harmful, cfg.max_val_harmful, cfg.max_test_harmful),

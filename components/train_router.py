@@ -21,6 +21,7 @@ import torch
 
 from components.core import stage_cli, tracking
 from components.core.config import require, stage_config
+from components.core.errors import UserError
 from components.core.io import read_table, write_json, write_text
 from components.eval.stats import wilson
 from components.route import router as router_lib
@@ -64,13 +65,27 @@ def split_rows(prompts: pd.DataFrame, split: str) -> pd.DataFrame:
     return prompts[prompts.split == split].sort_values("prompt_id").reset_index(drop=True)
 
 
+NEEDED = ("prompt_id", "prompt", "prompt_kind", "split")
+
+
+def prompt_rows(cfg: TrainRouterConfig, pool: pd.DataFrame) -> pd.DataFrame:
+    """The rows ``cfg.prompts`` selects from ingest's pool; a table with test prompts or without the
+    needed columns is refused (a table without ``capped`` counts as capped throughout)."""
+    missing = [c for c in NEEDED if c not in pool.columns]
+    if missing:
+        raise UserError(f"train_router: the prompt table lacks column(s) {missing}; pass ingest's "
+                        "data/ingest/pool.parquet (re-run `dvc repro ingest` if it is older than round 26).")
+    if (pool.split == "test").any():
+        raise UserError(f"train_router: the prompt table holds {int((pool.split == 'test').sum())} test prompts; pass "
+                        "ingest's data/ingest/pool.parquet, which never does.")
+    return pool[pool.capped] if cfg.prompts == "capped" and "capped" in pool else pool
+
+
 def run(cfg: TrainRouterConfig, model_cfg: source.ModelConfig, pool: pd.DataFrame, out: Path,
         workspace: str = ".") -> dict:
     """Fit on train, score on val, save ``out/router``. Returns the metrics. ``pool``: ingest's
     pool.parquet (a table without a ``capped`` column counts as capped)."""
-    prompts = pool[pool.capped] if cfg.prompts == "capped" and "capped" in pool else pool
-    require(not (prompts.split == "test").any(), "train_router: the prompt table holds test prompts; pass "
-            "ingest's pool.parquet, which never does.")
+    prompts = prompt_rows(cfg, pool)
     train, val = split_rows(prompts, "train"), split_rows(prompts, "val")
     kinds = set(train.prompt_kind)
     require({"harmful", "benign"} <= kinds,

@@ -195,8 +195,24 @@ def test_the_stage_fits_on_the_pool_or_only_its_capped_rows(tiny_model_dir, tmp_
     n_train = int((pool.split == "train").sum())
     assert wide["train_harmful"] + wide["train_benign"] == n_train
     assert narrow["train_harmful"] + narrow["train_benign"] == int((pool[pool.capped].split == "train").sum()) < n_train
-    with pytest.raises(ConfigError, match="never does"):
+    with pytest.raises(UserError, match="never does"):
         train_router.run(train_router.TrainRouterConfig(folds=2, layers=(1,)), model_cfg,
                          pool.assign(split="test"), tmp_path / "c")
+    with pytest.raises(UserError, match=r"lacks column\(s\) \['split'\]"):
+        train_router.run(train_router.TrainRouterConfig(folds=2, layers=(1,)), model_cfg,
+                         pool.drop(columns="split"), tmp_path / "d")
     with pytest.raises(ConfigError, match="use pool"):
         train_router.TrainRouterConfig(prompts="all")
+
+
+def test_a_wrong_hidden_state_count_is_an_error_not_a_wrong_layer(tmp_path):
+    from components.lm import runtime, tiny_model
+    from components.lm import source as model_source
+
+    cfg = ModelConfig(source=str(tiny_model.build(tmp_path / "deep", layers=4)), dtype="float32", device="cpu",
+                      threads=1)
+    lm = runtime.load(model_source.resolve(cfg), cfg)
+    decoder = lm.model.model
+    with pytest.raises(RuntimeError, match="returned 3 hidden states for 4 decoder layers"):
+        router_lib._checked((None,) * 3, decoder)
+    assert len(router_lib._checked((None,) * 5, decoder)) == 5
