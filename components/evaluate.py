@@ -240,14 +240,17 @@ def user_prompts(path: str | Path) -> pd.DataFrame:
 
 
 def evaluate_file(model: str, prompts_path: str | Path, cfg: EvaluateConfig, model_cfg: model_source.ModelConfig,
-                  out: Path, with_base: bool = False) -> dict:
-    """``craft evaluate``: any model on any prompt file, same report as the stage."""
+                  out: Path, with_base: bool = False, router_dir: Path | None = None) -> dict:
+    """``craft evaluate``: any model on any prompt file, same report as the stage. With ``router_dir``
+    (a ``train_router`` router fitted on this base model) base is evaluated too and ``<model>_routed``
+    rows report the model behind the router."""
     import dataclasses
 
     prompts = user_prompts(prompts_path)
-    models = (("base",) if with_base else ()) + (model,)
-    cfg = dataclasses.replace(cfg, models=models, max_harmful=len(prompts), max_benign=len(prompts))
-    t, results, evaluated = run(cfg, model_cfg, prompts)
+    models = (("base",) if with_base or router_dir is not None else ()) + (model,)
+    cfg = dataclasses.replace(cfg, models=models, max_harmful=len(prompts), max_benign=len(prompts),
+                              routed_models=(model,) if router_dir is not None else ())
+    t, results, evaluated = run(cfg, model_cfg, prompts, router_dir=router_dir)
     write_outputs(out, t, results, evaluated, {}, cfg, focus=model, source=prompts_path)
     return results
 

@@ -128,7 +128,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     model_cfg = model_config(params)
     out = _out_folder(args.out)
     _require_model(args.model)
-    results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base)
+    results = evaluate_file(args.model, args.prompts, cfg, model_cfg, out, with_base=args.with_base,
+                            router_dir=Path(args.router) if args.router else None)
     if args.json:
         emit_json(args, {"model": args.model, "results": results,
                           "eval_set": json.loads((out / "eval_set.json").read_text()),
@@ -272,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL/CSV/Parquet prompt file")
     p.add_argument("--out", default="evaluation", help="report folder (default: ./evaluation)")
     p.add_argument("--with-base", action="store_true", help="also evaluate the base model for comparison")
+    p.add_argument("--router", help="a prompt router folder (data/train_router/router): also report MODEL behind it "
+                                    "(<model>_routed rows; base answers what the router keeps; evaluates base too)")
     p.add_argument("--params", default="params.yaml", help="settings from params.yaml:evaluate/model")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document (logs go to stderr)")
     p.set_defaults(func=_cmd_evaluate)
