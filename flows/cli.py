@@ -273,8 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompts", required=True, help="JSONL/CSV/Parquet prompt file")
     p.add_argument("--out", default="evaluation", help="report folder (default: ./evaluation)")
     p.add_argument("--with-base", action="store_true", help="also evaluate the base model for comparison")
-    p.add_argument("--router", help="a prompt router folder (data/train_router/router): also report MODEL behind it "
-                                    "(<model>_routed rows; base answers what the router keeps; evaluates base too)")
+    p.add_argument("--router", help="a prompt router folder, e.g. data/train_router/router: also report MODEL behind "
+                                    "it (<model>_routed rows; base answers what the router keeps; evaluates base "
+                                    "too); default: none, MODEL alone")
     p.add_argument("--params", default="params.yaml", help="settings from params.yaml:evaluate/model")
     p.add_argument("--json", action="store_true", help="print the results as one JSON document (logs go to stderr)")
     p.set_defaults(func=_cmd_evaluate)
