@@ -39,8 +39,9 @@ class TrainRouterConfig:
     prompts: str = "pool"
     """pool: fit on every train prompt before ingest's caps and score on every val one (test prompts
     are never in the pool); capped: only those of ingest's capped prompt table."""
-    recall: float = 0.95
-    """Share of harmful train prompts (cross-validated) the router must send to the adapter; in (0, 1]."""
+    recall: float = 0.925
+    """Share of harmful train prompts (cross-validated) the router must send to the adapter; in (0, 1].
+    0.925 was chosen on val by the routed system's refusal − 2·over-refusal (docs/stage2.md round 27)."""
     c: float = 0.1
     """Inverse L2 strength of the logistic regression; > 0."""
     folds: int = 5
@@ -55,7 +56,7 @@ class TrainRouterConfig:
     def __post_init__(self) -> None:
         require(self.prompts in ("pool", "capped"),
                 f"train_router.prompts={self.prompts!r}: use pool (every train prompt before ingest's caps) or capped.")
-        require(0 < self.recall <= 1, f"train_router.recall={self.recall!r}: use a share in (0, 1], e.g. 0.95.")
+        require(0 < self.recall <= 1, f"train_router.recall={self.recall!r}: use a share in (0, 1], e.g. 0.925.")
         require(self.c > 0, f"train_router.c={self.c!r}: use a positive value, e.g. 0.1.")
         require(self.folds >= 2, f"train_router.folds={self.folds!r}: use 2 or more, e.g. 5.")
         require(self.batch_size >= 1, f"train_router.batch_size={self.batch_size!r}: use 1 or more, e.g. 16.")
@@ -118,7 +119,7 @@ def summary(metrics: dict) -> str:
              f"index), chosen by {metrics['folds']}-fold cross-validated AUROC {metrics['cv_auroc']:.3f} on "
              f"{metrics['train_harmful']} harmful and {metrics['train_benign']} benign train prompts. Its threshold "
              f"{metrics['threshold']:.3f} sends {metrics['cv_recall']:.1%} of the harmful train prompts (cross-validated; "
-             f"target {metrics['recall_target']:.0%}) and {metrics['cv_false_positive_rate']:.1%} of the benign ones to "
+             f"target {metrics['recall_target']:.1%}) and {metrics['cv_false_positive_rate']:.1%} of the benign ones to "
              "the adapter."]
     if "val_auroc" in metrics:
         h = wilson(metrics["val_harmful_routed"], metrics["val_harmful"])

@@ -118,7 +118,7 @@ def test_the_stage_fits_on_train_scores_val_and_refuses_a_one_kind_split(tiny_mo
 def test_config_says_how_to_fix_a_bad_recall():
     from components.train_router import TrainRouterConfig
 
-    with pytest.raises(ConfigError, match=r"recall=0.*e\.g\. 0\.95"):
+    with pytest.raises(ConfigError, match=r"recall=0.*e\.g\. 0\.925"):
         TrainRouterConfig(recall=0)
 
 
