@@ -62,3 +62,20 @@ def gold_frame() -> pd.DataFrame:
                          "prompt": p, "prompt_kind": "harmful", "attack": "none", "input": p, "completion": r,
                          "split": split, "label": l, "labeller": "tests/factories.py", "labelled_at": "2026-11-23"})
     return pd.DataFrame(rows)
+
+
+def redteam_file(folder, prompts: dict[str, str]):
+    """A user's red-team file (``craft evaluate --prompts``): one JSONL row per {prompt: kind}."""
+    path = folder / "redteam.jsonl"
+    pd.DataFrame({"prompt": list(prompts), "prompt_kind": list(prompts.values())}).to_json(
+        path, orient="records", lines=True)
+    return path
+
+
+def evaluate_params(folder, model_dir, evaluate: str, runtime: str = "device: cpu"):
+    """A params.yaml for ``craft evaluate`` on ``model_dir`` in float32, with the given
+    ``evaluate`` and ``runtime`` flow mappings (YAML text inside the braces)."""
+    path = folder / "params.yaml"
+    path.write_text(f"model: {{source: '{model_dir}', dtype: float32}}\nruntime: {{{runtime}}}\n"
+                    f"evaluate: {{{evaluate}}}\n")
+    return path
