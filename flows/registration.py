@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from components.core import env, tracking
 from components.registry import register
-from components.registry import promote
+from components.registry import promote, rules
 from components.registry.model_card import CardFacts, source_packages, upstream_stages
 from components.registry.serving import defaults_for
 from components.core.config import load_params, require, stage_config
@@ -63,7 +63,7 @@ def register_flow(workspace: str = ".", model_key: str = "train_rl", parent_run_
                            router_dir=root / ROUTER if cfg.routed else None)
     get_run_logger().info("registered %s version %s as challenger", cfg.model_name, version)
     ci = lambda k: f" [{metrics[k + '_lo']:.4f}, {metrics[k + '_hi']:.4f}]" if {k + '_lo', k + '_hi'} <= metrics.keys() else ""  # noqa: E731
-    lines = [f"- {k}: {v:.4f}{ci(k)}" for k, v in metrics.items() if not k.endswith(promote.INTERVAL_PARTS)]
+    lines = [f"- {k}: {v:.4f}{ci(k)}" for k, v in metrics.items() if not k.endswith(rules.INTERVAL_PARTS)]
     create_markdown_artifact(key="register", markdown=f"Registered **{cfg.model_name}** version {version} "
                              f"as `challenger` (prompt set `{prompt_set[:12]}`).\n\n" + "\n".join(lines))
     return version

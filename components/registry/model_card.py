@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from components.registry import promote
+from components.registry import rules
 from components.registry.serving import OUTPUT_COLUMNS, ServeDefaults
 
 DESCRIPTION_LIMIT = 5000
@@ -71,16 +71,16 @@ def source_packages(manifest: Mapping) -> dict[str, str]:
 
 def _rows(metrics: Mapping[str, float]) -> list[str]:
     """Metric keys in table order: the rates, the attacks' response ASRs, the utility NLL."""
-    present = [k for k in metrics if not k.endswith(promote.INTERVAL_PARTS)]
-    attacks = sorted(k for k in present if promote.is_attack(k))
-    return [k for k in promote.RATES if k in present] + attacks + [k for k in (promote.UTILITY,) if k in present]
+    present = [k for k in metrics if not k.endswith(rules.INTERVAL_PARTS)]
+    attacks = sorted(k for k in present if rules.is_attack(k))
+    return [k for k in rules.RATES if k in present] + attacks + [k for k in (rules.UTILITY,) if k in present]
 
 
 def _cell(metrics: Mapping[str, float], key: str) -> str:
     if key not in metrics:
         return "—"
     value = float(metrics[key])
-    if key == promote.UTILITY:
+    if key == rules.UTILITY:
         return f"{value:.3f}"
     text = f"{value:.1%}"
     if f"{key}_lo" in metrics and f"{key}_hi" in metrics:
@@ -95,7 +95,7 @@ def evaluation_table(metrics: Mapping, base: Mapping, guard: Mapping) -> str:
     columns = [("this model", metrics), ("base model", base)] + ([("this model + latent guard", guard)] if guard else [])
     lines = ["| metric | " + " | ".join(c for c, _ in columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for key in _rows(metrics):
-        label = LABELS.get(key) or f"{key[: -len(promote.ATTACK_ASR)]} attack: harmful ASR ↓"
+        label = LABELS.get(key) or f"{key[: -len(rules.ATTACK_ASR)]} attack: harmful ASR ↓"
         lines.append(f"| {label} | " + " | ".join(_cell(m, key) for _, m in columns) + " |")
     return "\n".join(lines)
 

@@ -30,9 +30,7 @@ from components.core import tracking
 from components.core.config import require
 from components.core.errors import UserError
 from components.registry import seed_gate
-from components.registry.rules import (  # noqa: F401  (re-exported: promote.gate, promote.RATES, …)
-    ATTACK_ASR, GATED, INTERVAL_PARTS, MAX_TAG, NAN, PROMPT_SET, RATES, UTILITY, _gate_tag, _interval, gate,
-    gate_table, is_attack, is_eval_key)
+from components.registry.rules import MAX_TAG, NAN, PROMPT_SET, UTILITY, _gate_tag, _interval, gate, gate_table
 
 CHALLENGER, CHAMPION = "challenger", "champion"
 

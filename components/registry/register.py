@@ -25,7 +25,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from components.registry import environment, model_card, promote
+from components.registry import environment, model_card, promote, rules
 from components.registry.model_card import CardFacts
 from components.registry import serving
 from components.registry.serving import ServeDefaults
@@ -130,7 +130,7 @@ def pick_metrics(evaluation: dict, key: str) -> dict:
     """``key``'s metrics from data/evaluate/metrics.json's ``<key>/<metric>`` entries: every rate with
     ``_lo``/``_hi``/``_n``, every ``<attack>_response_asr`` and the utility NLL."""
     return {k.split("/", 1)[1]: float(v) for k, v in evaluation.items()
-            if k.startswith(f"{key}/") and promote.is_eval_key(k.split("/", 1)[1])}
+            if k.startswith(f"{key}/") and rules.is_eval_key(k.split("/", 1)[1])}
 
 
 def metrics_for(evaluation: dict, model_key: str) -> tuple[dict, dict]:

@@ -74,7 +74,7 @@ HEADLINE: tuple[tuple[str, str, str], ...] = (
 RATE_SUFFIXES = ("_asr", "_rate", "over_refusal", "_rate_end")
 """Metric keys ending so are shares in [0, 1]: printed as percentages, their intervals clipped to [0, 1]."""
 RATE_LABELS = frozenset(label for _, key, label in HEADLINE if key.endswith(RATE_SUFFIXES))
-"""HEADLINE labels of the rates (``promote.RATES`` lists metric stems, a different thing)."""
+"""HEADLINE labels of the rates (``rules.RATES`` lists metric stems, a different thing)."""
 
 
 SOURCE_MODELS: dict[str, str] = {"base": "base", "train_rl_text": "RL text-only", "train_rl": "CRAFT",
