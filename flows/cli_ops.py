@@ -72,7 +72,7 @@ def add_ops_parsers(sub) -> None:
                                    "run: seeds/spread.md, seeds/spread.json and seeds/sweep.json. --scope rl "
                                    "reseeds train_rl and train_rl_text only (curation, head and SFT fixed); "
                                    "--scope all reseeds every training stage.")
-    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores about 25 min each "
+    p.add_argument("--seeds", help="comma-separated seeds (default 1,2; on 2 CPU cores about 35 min each "
                                                   "with --scope rl, about 40, a full run, with --scope all)")
     p.add_argument("--scope", default="rl", choices=["rl", "all"],
                    help="which stages get the seed: rl (train_rl, train_rl_text) or all training stages")
