@@ -1,5 +1,5 @@
 """The operations commands of ``craft``: seeds (seed sweep), pull (DVC remote), schedule (Prefect
-deployment): their handlers and their parsers."""
+deployment), cache (list and prune ``.cache``): their handlers and their parsers."""
 from __future__ import annotations
 
 import argparse
@@ -64,8 +64,42 @@ def cmd_seeds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    import time
+
+    from components.upkeep import cache
+    from flows.cli_json import emit_json
+
+    cfg = cache.PruneConfig(args.older_than, args.keep)  # a bad value: one line, exit 2
+    root = Path(args.workspace) / ".cache"
+    entries, now = cache.scan(root), time.time()
+    doomed = cache.to_prune(entries, cfg, now)
+    freed = 0
+    if args.prune:
+        from flows.pipeline import workspace_lock
+
+        with workspace_lock(Path(args.workspace).resolve()):  # never under a running `craft run` or sweep
+            entries, now = cache.scan(root), time.time()  # what the lock found, not what was seen before it
+            doomed = cache.to_prune(entries, cfg, now)
+            freed = cache.remove(doomed, root)
+    if args.json:
+        gone = {e.path for e in doomed}
+        emit_json(args, {"cache": str(root), "pruned": bool(args.prune), "freed_bytes": freed,
+                         "older_than_days": cfg.older_than_days, "keep": cfg.keep,
+                         "entries": [{"kind": e.kind, "stage": e.stage, "key": e.key, "path": str(e.path),
+                                      "bytes": e.size, "written": e.written, "last_step": e.last_step,
+                                      "prune": e.path in gone} for e in entries]})
+        return 0
+    print(cache.table(entries, doomed, now))
+    if args.prune:
+        print(f"removed {len(doomed)} entries, freed {cache.human(freed)}.")
+    elif doomed:
+        print("nothing removed: add --prune to remove the entries marked yes.")
+    return 0
+
+
 def add_ops_parsers(sub) -> None:
-    """Add ``seeds``, ``pull`` and ``schedule`` to the ``craft`` subparsers ``sub``."""
+    """Add ``seeds``, ``pull``, ``schedule`` and ``cache`` to the ``craft`` subparsers ``sub``."""
     p = sub.add_parser("seeds", help="re-run the RL stages (or the pipeline) under other seeds and report the spread",
                        description="One DVC experiment per seed (dvc exp run --temp, the held-out split fixed), then "
                                    "mean, sd, 95% interval and range of the headline results beside the committed "
@@ -111,3 +145,22 @@ def add_ops_parsers(sub) -> None:
     p.add_argument("--stages", help="comma-separated stages (default: all)")
     p.add_argument("--name", default="craft-retrain", help="deployment name")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("cache", help="list the RL checkpoints and start adapters kept in .cache, and prune old ones",
+                       description="RL checkpoints (.cache/checkpoints) and start adapters (.cache/gates) are kept "
+                                   "per key of settings, data, model and code, outside DVC, and no stage removes "
+                                   "them: each retraining on new inputs adds one (about 25 MB each for SmolLM2). "
+                                   "Without --prune this lists them and marks what a prune would remove. A prune "
+                                   "keeps the --keep newest of each stage and removes the rest last written more "
+                                   "than --older-than days ago. The converted base models (.cache/models) are "
+                                   "listed, never removed. A removed entry only costs time: a run that needs it "
+                                   "trains again from the start.")
+    p.add_argument("--prune", action="store_true", help="remove the marked entries (refused while a `craft run` "
+                                                        "or `craft seeds` uses the workspace)")
+    p.add_argument("--older-than", type=float, default=30.0, metavar="DAYS",
+                   help="prune entries last written longer ago than this")
+    p.add_argument("--keep", type=int, default=1, metavar="N",
+                   help="newest entries of each stage kept whatever their age")
+    p.add_argument("--json", action="store_true", help="print one JSON document (logs go to stderr)")
+    p.add_argument("--workspace", default=".", help="project folder holding .cache")
+    p.set_defaults(func=cmd_cache)

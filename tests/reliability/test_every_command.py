@@ -25,6 +25,7 @@ CASES = {
     "gold-sample": (["gold-sample", "--prompts", "missing.parquet"], "missing.parquet"),
     "schedule": (["schedule", "--cron", "0 3 * * 0", "--timezone", "Mars/Olympus_Mons"], "Mars/Olympus_Mons"),
     "pull": (["pull", "--workspace", "bad"], "bad"),
+    "cache": (["cache", "--older-than", "-3"], "--older-than"),
 }
 
 
