@@ -10,7 +10,7 @@
     craft seeds --seeds 1,2                      # how much the results move with the RL seed (--scope all: every stage)
     craft models --json                          # models, evaluate, promote: one JSON document on stdout
     craft promote --dry-run                      # the gate's decision and evidence; nothing changes
-    craft cache --prune --older-than 30          # remove RL checkpoints and start adapters unused for 30 days
+    craft cache --prune --older-than 30          # remove RL checkpoints and start adapters written over 30 days ago
     craft --version                              # package version and the workspace's git commit
 """
 from __future__ import annotations

@@ -67,35 +67,42 @@ def cmd_seeds(args: argparse.Namespace) -> int:
 def cmd_cache(args: argparse.Namespace) -> int:
     import time
 
+    from components.core.errors import UserError
     from components.upkeep import cache
     from flows.cli_json import emit_json
 
     cfg = cache.PruneConfig(args.older_than, args.keep)  # a bad value: one line, exit 2
-    root = Path(args.workspace) / ".cache"
+    ws = Path(args.workspace)
+    if not (ws / "dvc.yaml").is_file():  # a typo must not "prune nothing" and exit 0
+        raise UserError(f"--workspace {ws}: no dvc.yaml there; run from the project folder or pass --workspace.")
+    root = ws / ".cache"
     entries, now = cache.scan(root), time.time()
     doomed = cache.to_prune(entries, cfg, now)
-    freed = 0
+    done = cache.Removed(0, [])
     if args.prune:
         from flows.pipeline import workspace_lock
 
-        with workspace_lock(Path(args.workspace).resolve()):  # never under a running `craft run` or sweep
+        with workspace_lock(ws.resolve()):  # never under a running `craft run` or sweep
             entries, now = cache.scan(root), time.time()  # what the lock found, not what was seen before it
             doomed = cache.to_prune(entries, cfg, now)
-            freed = cache.remove(doomed, root)
+            done = cache.remove(doomed, root)
     if args.json:
         gone = {e.path for e in doomed}
-        emit_json(args, {"cache": str(root), "pruned": bool(args.prune), "freed_bytes": freed,
-                         "older_than_days": cfg.older_than_days, "keep": cfg.keep,
+        emit_json(args, {"cache": str(root), "pruned": bool(args.prune), "freed_bytes": done.freed,
+                         "failed": done.failed, "older_than_days": cfg.older_than_days, "keep": cfg.keep,
                          "entries": [{"kind": e.kind, "stage": e.stage, "key": e.key, "path": str(e.path),
                                       "bytes": e.size, "written": e.written, "last_step": e.last_step,
-                                      "prune": e.path in gone} for e in entries]})
-        return 0
-    print(cache.table(entries, doomed, now))
-    if args.prune:
-        print(f"removed {len(doomed)} entries, freed {cache.human(freed)}.")
-    elif doomed:
-        print("nothing removed: add --prune to remove the entries marked yes.")
-    return 0
+                                      "unreadable": e.unreadable or None, "prune": e.path in gone}
+                                     for e in entries]})
+    else:
+        print(cache.table(entries, doomed, now, cache.leftovers(root)))
+        if args.prune:
+            print(f"removed {len(doomed) - len(done.failed)} entries, freed {cache.human(done.freed)}.")
+        elif doomed:
+            print("nothing removed: add --prune to remove the entries marked yes.")
+    for line in done.failed:
+        print(f"craft cache: could not delete {line}", file=sys.stderr)
+    return 1 if done.failed else 0
 
 
 def add_ops_parsers(sub) -> None:
@@ -149,18 +156,21 @@ def add_ops_parsers(sub) -> None:
     p = sub.add_parser("cache", help="list the RL checkpoints and start adapters kept in .cache, and prune old ones",
                        description="RL checkpoints (.cache/checkpoints) and start adapters (.cache/gates) are kept "
                                    "per key of settings, data, model and code, outside DVC, and no stage removes "
-                                   "them: each retraining on new inputs adds one (about 25 MB each for SmolLM2). "
-                                   "Without --prune this lists them and marks what a prune would remove. A prune "
-                                   "keeps the --keep newest of each stage and removes the rest last written more "
-                                   "than --older-than days ago. The converted base models (.cache/models) are "
-                                   "listed, never removed. A removed entry only costs time: a run that needs it "
-                                   "trains again from the start.")
-    p.add_argument("--prune", action="store_true", help="remove the marked entries (refused while a `craft run` "
-                                                        "or `craft seeds` uses the workspace)")
+                                   "them: a pipeline run on new inputs adds about 55 MB for SmolLM2 (CRAFT and its "
+                                   "ablation checkpoint into the one folder train_rl). Without --prune this lists "
+                                   "them and marks what a prune would remove. A prune keeps the --keep newest of "
+                                   "each folder and removes the rest last written more than --older-than days "
+                                   "ago; a start adapter counts from when it was computed, however often read "
+                                   "since. Converted base models (.cache/models) are listed, never removed. A "
+                                   "removed entry only costs time: a run that needs it trains from the start.")
+    p.add_argument("--prune", action="store_true",
+                   help="remove the marked entries; refused while `craft run`, `craft seeds` or a scheduled run "
+                        "holds the workspace, but a stage started by hand (dvc repro, python -m) holds no lock: "
+                        "keep --older-than longer than any such run")
     p.add_argument("--older-than", type=float, default=30.0, metavar="DAYS",
                    help="prune entries last written longer ago than this")
-    p.add_argument("--keep", type=int, default=1, metavar="N",
-                   help="newest entries of each stage kept whatever their age")
+    p.add_argument("--keep", type=int, default=2, metavar="N",
+                   help="newest entries of each folder kept whatever their age")
     p.add_argument("--json", action="store_true", help="print one JSON document (logs go to stderr)")
-    p.add_argument("--workspace", default=".", help="project folder holding .cache")
+    p.add_argument("--workspace", default=".", help="project folder holding dvc.yaml and .cache")
     p.set_defaults(func=cmd_cache)

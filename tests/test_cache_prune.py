@@ -41,6 +41,7 @@ def store(tmp_path):
     _entry(root, "gates", "train_rl", "g_old", 60)
     _entry(root, "gates", "train_rl", "g_new", 1)
     _entry(root, "models", "", "smollm2-abc", 900)              # never pruned
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
     return root
 
 
@@ -64,19 +65,62 @@ def test_prune_keeps_the_newest_per_stage_and_removes_only_old_ones(store):
     assert doomed == set()
 
 
+def test_an_unfinished_write_takes_no_keep_slot_and_goes_once_old(store):
+    """A killed gate save leaves .<key>.XXXX.partial: it neither shields nor displaces a real entry."""
+    _entry(store, "gates", "train_rl", ".g_new.abc123.partial", 40)
+    _entry(store, "gates", "train_rl", ".g_x.def456.partial", 1)
+    entries = cache.scan(store)
+    assert {e.key for e in entries if e.temporary} == {".g_new.abc123.partial", ".g_x.def456.partial"}
+    doomed = {e.key for e in cache.to_prune(entries, cache.PruneConfig(30, 1), NOW) if e.kind == "gates"}
+    assert doomed == {"g_old", ".g_new.abc123.partial"}
+
+
+def test_an_entry_not_read_whole_is_never_pruned(store, monkeypatch):
+    """A folder it cannot list, a file it cannot stat, or a symlinked key: shown, never removed."""
+    real_stat = os.stat
+    hidden = store / "checkpoints" / "train_rl" / "old1" / "best"
+
+    def stat(path, *a, **k):
+        if str(path).startswith(str(hidden)):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_stat(path, *a, **k)
+
+    monkeypatch.setattr(os, "stat", stat)
+    elsewhere = store.parent / "moved"
+    elsewhere.mkdir()
+    (store / "checkpoints" / "train_rl" / "linked").symlink_to(elsewhere)
+    os.utime(elsewhere, (NOW - 99 * DAY,) * 2)
+    entries = {e.key: e for e in cache.scan(store)}
+    assert "Permission denied" in entries["old1"].unreadable and entries["linked"].unreadable == "a symbolic link"
+    doomed = {e.key for e in cache.to_prune(list(entries.values()), cache.PruneConfig(0, 0), NOW)}
+    assert "old1" not in doomed and "linked" not in doomed and "old2" in doomed
+
+
+def test_a_failed_delete_is_reported_not_counted(store, monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "rmtree", lambda path, onerror: onerror(os.rmdir, str(path), (
+        PermissionError, PermissionError(13, "Permission denied"), None)))
+    doomed = cache.to_prune(cache.scan(store), cache.PruneConfig(30, 1), NOW)
+    done = cache.remove(doomed, store)
+    assert done.freed == 0 and len(done.failed) == len(doomed) == 3 and "Permission denied" in done.failed[0]
+    assert len(cache.leftovers(store)) == 3  # renamed away: no run resumes them; the next prune retries
+
+
 def test_remove_deletes_whole_entries_and_a_killed_prunes_leftovers(store):
     leftover = store / "checkpoints" / "train_rl" / ("dead" + cache.PRUNING)
     (leftover / "best").mkdir(parents=True)
     assert "dead" not in {e.key for e in cache.scan(store)}  # a half-deleted entry is never listed
     doomed = cache.to_prune(cache.scan(store), cache.PruneConfig(30, 1), NOW)
-    assert cache.remove(doomed, store) == sum(e.size for e in doomed) == 700
+    done = cache.remove(doomed, store)
+    assert done.freed == sum(e.size for e in doomed) == 700 and done.failed == []
     left = {e.key for e in cache.scan(store)}
     assert left == {"new", "lone", "g_new", "smollm2-abc"}
     assert not leftover.exists() and not list(store.rglob(f"*{cache.PRUNING}"))
 
 
 @pytest.mark.parametrize("bad", [dict(older_than_days=-1), dict(keep=-1), dict(keep=True), dict(keep=1.5),
-                                 dict(older_than_days="30")])
+                                 dict(older_than_days="30"), dict(older_than_days=float("nan"))])
 def test_bad_settings_say_how_to_fix(bad):
     with pytest.raises(ConfigError, match="--older-than|--keep"):
         cache.PruneConfig(**bad)
@@ -114,6 +158,7 @@ def _age_all(root: Path, days: float) -> None:
 def test_craft_cache_lists_without_removing_then_prunes(store, capsys):
     ws = store.parent
     _age_all(store / "checkpoints" / "train_rl" / "old1", 90)  # times relative to now, not NOW
+    _age_all(store / "checkpoints" / "train_rl" / "old2", 80)
     _age_all(store / "checkpoints" / "train_rl" / "new", 0)
     assert cli.main(["cache", "--workspace", str(ws)]) == 0
     out = capsys.readouterr().out
@@ -121,8 +166,8 @@ def test_craft_cache_lists_without_removing_then_prunes(store, capsys):
     assert cli.main(["cache", "--prune", "--workspace", str(ws), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     pruned = {e["key"] for e in doc["entries"] if e["prune"]}
-    assert doc["pruned"] and "old1" in pruned and "new" not in pruned and doc["freed_bytes"] > 0
-    assert not (store / "checkpoints" / "train_rl" / "old1").exists()
+    assert doc["pruned"] and pruned == {"old1"} and doc["freed_bytes"] == 300 and doc["failed"] == []
+    assert not (store / "checkpoints" / "train_rl" / "old1").exists()  # keep 2: old2 stays beside new
     assert (store / "checkpoints" / "train_rl" / "new").exists() and (store / "models" / "smollm2-abc").exists()
 
 
@@ -138,7 +183,10 @@ def test_craft_cache_prune_is_refused_while_a_run_holds_the_workspace(store, cap
     assert sorted(p.name for p in store.rglob("*")) == before
 
 
-def test_craft_cache_bad_value_is_one_line(tmp_path, capsys):
-    assert cli.main(["cache", "--keep", "-2", "--workspace", str(tmp_path)]) == 2
+@pytest.mark.parametrize("argv, names", [(["--keep", "-2"], "--keep"), (["--prune"], "no dvc.yaml")])
+def test_craft_cache_bad_value_or_workspace_is_one_line(argv, names, tmp_path, capsys):
+    """A mistyped --workspace is an error, not "removed 0 entries"; nothing is created there."""
+    ws = tmp_path / "typo"
+    assert cli.main(["cache", *argv, "--workspace", str(ws)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--keep" in err[0]
+    assert len(err) == 1 and names in err[0] and not ws.exists()
