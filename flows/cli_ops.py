@@ -76,16 +76,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if not (ws / "dvc.yaml").is_file():  # a typo must not "prune nothing" and exit 0
         raise UserError(f"--workspace {ws}: no dvc.yaml there; run from the project folder or pass --workspace.")
     root = ws / ".cache"
-    entries, now = cache.scan(root), time.time()
-    doomed = cache.to_prune(entries, cfg, now)
+
+    def survey():
+        entries, now = cache.scan(root), time.time()
+        return entries, now, cache.to_prune(entries, cfg, now)
+
     done = cache.Removed(0, [])
     if args.prune:
         from flows.pipeline import workspace_lock
 
         with workspace_lock(ws.resolve()):  # never under a running `craft run` or sweep
-            entries, now = cache.scan(root), time.time()  # what the lock found, not what was seen before it
-            doomed = cache.to_prune(entries, cfg, now)
+            entries, now, doomed = survey()
             done = cache.remove(doomed, root)
+    else:
+        entries, now, doomed = survey()
     if args.json:
         gone = {e.path for e in doomed}
         emit_json(args, {"cache": str(root), "pruned": bool(args.prune), "freed_bytes": done.freed,
