@@ -142,9 +142,7 @@ def to_prune(entries: list[Entry], cfg: PruneConfig, now: float) -> list[Entry]:
 
 def leftovers(cache: Path) -> list[Path]:
     """Entries a prune renamed but has not deleted (killed, or a file it could not remove)."""
-    return sorted(p for kind in PRUNED if (cache / kind).is_dir()
-                  for stage in (cache / kind).iterdir() if stage.is_dir()
-                  for p in stage.glob(f"*{PRUNING}"))
+    return sorted(p for kind in PRUNED for stage in _folders(cache / kind) for p in stage.glob(f"*{PRUNING}"))
 
 
 @dataclass(frozen=True)
