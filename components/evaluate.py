@@ -12,7 +12,9 @@ them (``components.eval.metrics``): response/reasoning ASR (compliance share on 
 refusal rate, over-refusal (refusal share on benign), degenerate rate, per-attack ASR, each with
 a Wilson 95% interval, plus utility NLL. ``compare/train_rl_vs_<model>/<metric>_p`` are exact
 McNemar p-values on the same inputs. ``eval_set.json`` records the prompt set's digest, which the
-promotion gate compares across registered versions. The MLflow run also records the inputs as its
+promotion gate compares across registered versions. A model decoded before on the same inputs, the
+same way, is not decoded again: its completions are read from the workspace's evaluation cache and
+judged anew (``components.eval.generations``; ``CRAFT_EVAL_CACHE=off`` turns it off). The MLflow run also records the inputs as its
 ``evaluation`` dataset (digest: that same digest) and every transcript as the table ``transcripts.json``.
 """
 from __future__ import annotations
@@ -29,6 +31,7 @@ from components.core.config import require, stage_config
 from components.core.io import dir_digest, read_table, write_json, write_table
 from components.data.records import PROMPT_COLUMNS, stable_id
 from components.eval import attacks as attack_lib
+from components.eval import generations
 from components.eval import metrics as eval_metrics
 from components.eval import report as eval_report
 from components.eval import routing
@@ -162,9 +165,10 @@ def _guard_inputs(inputs: pd.DataFrame, n: int) -> pd.DataFrame:
 
 
 def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.DataFrame,
-        data_dir: Path = Path("data"), workspace: str = ".", router_dir: Path | None = None
-        ) -> tuple[pd.DataFrame, dict, dict]:
-    """Evaluate every available model: (all transcripts, ``{model: metrics}``, eval_set)."""
+        data_dir: Path = Path("data"), workspace: str = ".", router_dir: Path | None = None,
+        cache: Path | None = None) -> tuple[pd.DataFrame, dict, dict]:
+    """Evaluate every available model: (all transcripts, ``{model: metrics}``, eval_set).
+    ``cache``: where each model's generations are kept and read back (``components.eval.generations``)."""
     chosen = test_prompts(prompts, cfg)
     require(len(chosen) > 0, "evaluate: no test prompts; check the ingest output.")
     inputs = build_inputs(chosen, cfg)
@@ -179,8 +183,7 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
         lm = load_under_test(spec, model_cfg, workspace)
         if (Path(spec) / "adapter").is_dir():  # registration checks it evaluates this very adapter
             adapters[name] = dir_digest(Path(spec) / "adapter")
-        t = tx.generate(lm, inputs, judge, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens)
-        nlls = tx.reference_nlls(lm, chosen)
+        t, nlls = decoded(cfg, lm, inputs, chosen, judge, cache)
         if name == "base" and router is not None:
             routes = routing.decide(router, lm, inputs)
         if name == "base" or name in cfg.routed_models:
@@ -199,6 +202,24 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
     protocol = {"judge": judge_identity(cfg.judge), "max_new_tokens": cfg.max_new_tokens,
                 "engine": model_cfg.engine, "batch_size": cfg.batch_size, "batch_tokens": cfg.batch_tokens}
     return pd.concat(frames, ignore_index=True), results, {**eval_set(inputs, protocol), "adapters": adapters}
+
+
+def decoded(cfg: EvaluateConfig, lm, inputs: pd.DataFrame, chosen: pd.DataFrame, judge, cache: Path | None
+            ) -> tuple[pd.DataFrame, list[tuple[str, float, int]]]:
+    """``lm``'s judged transcripts of ``inputs`` and its reference-answer NLLs on ``chosen``: decoded,
+    or read from ``cache`` when this model decoded these inputs the same way before (then judged anew)."""
+    decoding = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "batch_tokens": cfg.batch_tokens}
+    folder = generations.entry(cache, lm, inputs, chosen, decoding) if cache is not None else None
+    kept = generations.read(folder, len(inputs)) if folder is not None else None
+    if kept is not None:
+        log.info("%s: generations read from %s (same weights, inputs, decoding and code)", lm.model_id, folder)
+        completions, nlls = kept
+    else:
+        completions = tx.complete(lm, inputs, cfg.max_new_tokens, cfg.batch_size, cfg.batch_tokens)
+        nlls = tx.reference_nlls(lm, chosen)
+        if folder is not None:
+            generations.write(folder, completions, nlls, lm.model_id)
+    return tx.judged(inputs, completions, judge), nlls
 
 
 def _guard(cfg: EvaluateConfig, name: str, spec: str, lm, inputs: pd.DataFrame, judge, frames: list,
@@ -269,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     with tracking.stage_run(STAGE, cfg, model_cfg):
         t, results, evaluated = run(cfg, model_cfg, read_table(args.prompts),
-                                    router_dir=Path(args.router) if args.router else None)
+                                    router_dir=Path(args.router) if args.router else None, cache=generations.root())
         write_outputs(out, t, results, evaluated, gold, cfg, source=args.prompts)
     return 0
 

@@ -157,16 +157,19 @@ def add_ops_parsers(sub) -> None:
     p.add_argument("--name", default="craft-retrain", help="deployment name")
     p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("cache", help="list the RL checkpoints and start adapters kept in .cache, and prune old ones",
-                       description="RL checkpoints (.cache/checkpoints) and start adapters (.cache/gates) are kept "
+    p = sub.add_parser("cache", help="list the RL checkpoints, start adapters and evaluation generations kept in "
+                                     ".cache, and prune old ones",
+                       description="RL checkpoints (.cache/checkpoints), start adapters (.cache/gates) and each "
+                                   "evaluated model's completions (.cache/evaluations) are kept "
                                    "per key of settings, data, model and code, outside DVC, and no stage removes "
                                    "them: a pipeline run on new inputs adds about 55 MB for SmolLM2 (CRAFT and its "
-                                   "ablation checkpoint into the one folder train_rl). Without --prune this lists "
+                                   "ablation checkpoint into the one folder train_rl; evaluation about 0.1 MB a "
+                                   "model). Without --prune this lists "
                                    "them and marks what a prune would remove. A prune keeps the --keep newest of "
                                    "each folder and removes the rest last written more than --older-than days "
                                    "ago; a start adapter counts from when it was computed, however often read "
                                    "since. Converted base models (.cache/models) are listed, never removed. A "
-                                   "removed entry only costs time: a run that needs it trains from the start.")
+                                   "removed entry only costs time: a run that needs it trains or decodes again.")
     p.add_argument("--prune", action="store_true",
                    help="remove the marked entries; refused while `craft run`, `craft seeds` or a scheduled run "
                         "holds the workspace, but a stage started by hand (dvc repro, python -m) holds no lock: "

@@ -76,7 +76,10 @@ its own), so the experiments evaluate only the reseeded models and the spread ta
 figures from ``HEAD`` (``with_reused``). Under ``rl`` this saves about 7 of a seed's 34 minutes here.
 With ``evaluate.routed_models`` set, an experiment still evaluates ``base``: the routed rows of the
 reseeded models take base's answers where the router keeps an input from the adapter
-(``evaluate_overrides``); the routed rows of a reused model come from ``HEAD`` too (``reused_models``)."""
+(``evaluate_overrides``); the routed rows of a reused model come from ``HEAD`` too (``reused_models``).
+Base is then decoded once per machine: the experiments share this workspace's evaluation cache
+(``components.eval.generations``, through ``CRAFT_WORKSPACE``), so the first one on a machine decodes
+base and the later ones read its completions back."""
 
 
 def reused_models(scope: str) -> tuple[str, ...]:

@@ -20,6 +20,7 @@ def offline_env(tmp_path_factory):
     store = tmp_path_factory.mktemp("mlruns")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{store / 'mlflow.db'}"
     os.environ["PREFECT_HOME"] = str(tmp_path_factory.mktemp("prefect"))
+    os.environ["CRAFT_EVAL_CACHE"] = "off"  # stages decode every time and never write ./.cache (tests/test_eval_generations.py passes its own)
     env.configure(ROOT)
     # Prefect binds its console log handler to the sys.stderr of its first import: import it here,
     # before any test, not inside a test whose captured stderr is closed afterwards.

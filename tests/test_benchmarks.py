@@ -59,3 +59,15 @@ def test_allocator_worker_times_the_encode_and_sft_workloads_and_hashes_their_ou
         first, again = bench_allocator.worker(args), bench_allocator.worker(args)
         assert first["s"] > 0 and first["peak_rss_gib"] > 0 and len(first["digest"]) == 16
         assert first["digest"] == again["digest"]  # deterministic: the peers' outputs are comparable
+
+
+def test_eval_cache_benchmark_reads_back_what_it_decoded(tiny_lm):
+    from benchmarks import bench_eval_cache
+    from components.eval.judges import KeywordRefusalJudge
+    from components.evaluate import EvaluateConfig
+    from tests.test_evaluate import _tiny_prompts
+
+    cfg = EvaluateConfig(models=("base",), max_new_tokens=4, attacks=("past_tense",), judge="keyword")
+    cold, warm = bench_eval_cache.measure(tiny_lm, cfg, _tiny_prompts(), KeywordRefusalJudge())
+    assert cold["same_rows"] == 5 and warm["same_rows"] == 5  # 3 plain + 2 wrapped, every row equal
+    assert warm["seconds"] > 0 and warm["speedup"] > 0

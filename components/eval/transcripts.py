@@ -29,12 +29,23 @@ def _judged(out: pd.DataFrame, judge: Judge, answers: list[str] | None = None) -
     return out
 
 
+def complete(lm: LoadedModel, inputs: pd.DataFrame, max_new_tokens: int, batch_size: int,
+             batch_tokens: int = 0) -> list[str]:
+    """Greedy, batched completions of every input row, in order (``generation.batches``)."""
+    params = generation.SamplingParams(max_new_tokens, batch_size, batch_tokens=batch_tokens)
+    return generation.generate(lm, list(inputs.input), params, desc=f"evaluate {lm.model_id}")
+
+
 def generate(lm: LoadedModel, inputs: pd.DataFrame, judge: Judge, max_new_tokens: int,
              batch_size: int, batch_tokens: int = 0) -> pd.DataFrame:
     """Greedy, batched generation for every input row (``generation.batches``), then three-way verdicts."""
-    params = generation.SamplingParams(max_new_tokens, batch_size, batch_tokens=batch_tokens)
+    return judged(inputs, complete(lm, inputs, max_new_tokens, batch_size, batch_tokens), judge)
+
+
+def judged(inputs: pd.DataFrame, completions: list[str], judge: Judge) -> pd.DataFrame:
+    """The input rows with their ``completions`` (one per row, in order), split and judged three ways."""
     out = inputs.copy()
-    out["completion"] = generation.generate(lm, list(inputs.input), params, desc=f"evaluate {lm.model_id}")
+    out["completion"] = completions
     split = [generation.split_reasoning(c) for c in out.completion]
     out["trace"] = [t for t, _ in split]
     out["response"] = [r for _, r in split]

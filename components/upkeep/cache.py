@@ -10,6 +10,10 @@ before a stage re-runs), one folder per key:
 - ``.cache/gates/train_rl/<key>/``: the adapter RL starts from, shared by the two RL stages;
   ``train_rl.gate_dir``.
 
+``components/evaluate.py`` keeps a third, ``.cache/evaluations/evaluate/<key>/``: one model's
+completions on evaluation's inputs (``components.eval.generations``), so a model that did not
+change is not decoded again. One pipeline run adds an entry per model it evaluated.
+
 A key hashes every setting, the model, numerics, prompts, code and library versions, so every
 run whose inputs changed (a scheduled retraining on new data, a seed sweep, an upgrade) adds
 entries that later runs with other inputs never read. ``.cache/models/<name>/`` (a base model
@@ -34,7 +38,7 @@ from pathlib import Path
 
 from components.core.config import require
 
-PRUNED = ("checkpoints", "gates")  # <kind>/<stage>/<key>/
+PRUNED = ("checkpoints", "gates", "evaluations")  # <kind>/<stage>/<key>/
 KEPT = ("models",)                  # <kind>/<name>/
 PRUNING = ".pruning"
 DAY = 86400.0
@@ -59,8 +63,8 @@ class PruneConfig:
 
 @dataclass(frozen=True)
 class Entry:
-    kind: str                 # checkpoints | gates | models
-    stage: str                # the RL stage folder ('' for models)
+    kind: str                 # checkpoints | gates | evaluations | models
+    stage: str                # the stage folder ('' for models)
     key: str
     path: Path
     size: int                 # bytes of every file below path

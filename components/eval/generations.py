@@ -1,0 +1,127 @@
+"""Evaluation's generations kept across runs: a model is not decoded again on the same inputs.
+
+The ``evaluate`` stage decodes every model under test greedily on the same 560 inputs; that is
+most of its time (README "Run time"). When only some models changed (a retrained RL adapter, a
+seed sweep, a refitted judge or router), the others would be decoded again to the same tokens.
+So each model's completions and reference-answer NLLs are kept under
+``<workspace>/.cache/evaluations/evaluate/<key>/generations.json`` and read back on a key match.
+Verdicts are never kept: the judge runs on every evaluation, so a changed judge always counts.
+
+The key hashes everything that decides the tokens:
+
+- the weights as evaluated (an adapter merged into its base) and the tokenizer, by content, so a
+  retrained adapter or an edited model directory never reads an old entry;
+- the inputs in order and the reference answers (prompt id, prompt, reference);
+- the decoding settings (``max_new_tokens``, ``batch_size``, ``batch_tokens``, the engine): batch
+  composition can move a near-tied greedy token;
+- where it runs: device type, the CPU's kernels (``runtime.cpu_numerics``) or the GPU's name,
+  torch threads, and the torch / transformers / peft versions, none of which re-runs a DVC stage;
+- the generation code (the import closures of ``components.eval.transcripts`` and
+  ``components.lm.under_test``).
+
+An entry is written whole or not at all (``atomic_path``); one that cannot be read or does not
+fit the inputs is reported and decoded again. ``CRAFT_EVAL_CACHE=off`` turns the cache off; any
+other value is the folder to use instead of ``.cache/evaluations``. ``craft cache`` lists these
+entries and ``craft cache --prune`` removes old ones (``components.upkeep.cache``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from components.core.code import closure_digest
+from components.core.io import atomic_path
+from components.lm import runtime
+from components.lm.runtime import LoadedModel
+
+log = logging.getLogger("craft.evaluate")
+ENV = "CRAFT_EVAL_CACHE"
+STAGE = "evaluate"
+FILE = "generations.json"
+CODE = ("components.eval.transcripts", "components.lm.under_test")
+"""Modules whose import closures decide the generated tokens (part of the key)."""
+
+
+def root() -> Path | None:
+    """The cache folder: ``$CRAFT_EVAL_CACHE``, None when it is ``off``, else the workspace's
+    ``.cache/evaluations`` (``CRAFT_WORKSPACE``: a DVC experiment in a temporary copy shares the
+    workspace's entries)."""
+    chosen = os.environ.get(ENV, "")
+    if chosen.lower() in ("off", "0", "false", "no"):
+        return None
+    return Path(chosen) if chosen else Path(os.environ.get("CRAFT_WORKSPACE", ".")) / ".cache" / "evaluations"
+
+
+def model_digest(lm: LoadedModel) -> str:
+    """sha256 over the tokenizer and every weight and buffer as evaluated (name, dtype, shape, bytes)."""
+    h = hashlib.sha256()
+    backend = getattr(lm.tokenizer, "backend_tokenizer", None)
+    vocab = backend.to_str() if backend is not None else json.dumps(sorted(lm.tokenizer.get_vocab().items()))
+    h.update(vocab.encode())
+    h.update(json.dumps([lm.tokenizer.chat_template, lm.tokenizer.pad_token, lm.tokenizer.eos_token,
+                         lm.tokenizer.padding_side], default=str).encode())
+    for name, t in sorted(lm.model.state_dict().items()):
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def where(device: torch.device) -> list[str]:
+    """What, besides the weights, makes a device compute other tokens."""
+    import peft
+    import transformers
+
+    kernels = runtime.cpu_numerics() if device.type == "cpu" else torch.cuda.get_device_name(device)
+    return [device.type, kernels, f"threads={torch.get_num_threads()}", torch.__version__,
+            transformers.__version__, peft.__version__]
+
+
+def key(lm: LoadedModel, inputs: pd.DataFrame, prompts: pd.DataFrame, decoding: dict) -> str:
+    """The entry name for ``lm`` decoding ``inputs`` (rows in order) with ``decoding``, and scoring
+    the reference answers of ``prompts``."""
+    refs = prompts[["prompt_id", "prompt", "reference"]].fillna("").astype(str).values.tolist()
+    parts = [model_digest(lm), json.dumps(list(inputs.input)), json.dumps(refs),
+             json.dumps({**decoding, "engine": lm.engine}, sort_keys=True), *where(lm.device),
+             *(closure_digest(m) for m in CODE)]
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+
+
+def read(folder: Path, rows: int) -> tuple[list[str], list[tuple[str, float, int]]] | None:
+    """(completions, reference NLL rows) of the entry ``folder``, or None when there is none or it
+    cannot be used (said in the log, and then decoded again)."""
+    path = folder / FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        completions = [str(c) for c in data["completions"]]
+        nlls = [(str(p), float(n), int(k)) for p, n, k in data["nlls"]]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        log.warning("evaluation cache entry %s cannot be read (%s): decoding again", path, exc)
+        return None
+    if len(completions) != rows:
+        log.warning("evaluation cache entry %s holds %d completions for %d inputs: decoding again",
+                    path, len(completions), rows)
+        return None
+    return completions, nlls
+
+
+def write(folder: Path, completions: list[str], nlls: list[tuple[str, float, int]], model_id: str) -> None:
+    """Keep an entry (whole or not at all); a failure to write is logged, never fatal."""
+    try:
+        with atomic_path(folder / FILE) as tmp:
+            tmp.write_text(json.dumps({"model": model_id, "completions": completions,
+                                       "nlls": [list(r) for r in nlls]}))
+    except OSError as exc:
+        log.warning("evaluation cache entry %s not written (%s); the evaluation is unaffected", folder, exc)
+
+
+def entry(cache: Path, lm: LoadedModel, inputs: pd.DataFrame, prompts: pd.DataFrame, decoding: dict) -> Path:
+    """The folder of ``lm``'s entry under ``cache``."""
+    return cache / STAGE / key(lm, inputs, prompts, decoding)
