@@ -14,6 +14,7 @@ transcript rows equal between the two (it must be all of them).
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -47,7 +48,8 @@ def measure(lm, cfg: evaluate.EvaluateConfig, prompts: pd.DataFrame, judge) -> l
         cold, cold_s = common.timed(lambda: evaluate.decoded(cfg, lm, inputs, chosen, judge, Path(folder)))
         warm, warm_s = common.timed(lambda: evaluate.decoded(cfg, lm, inputs, chosen, judge, Path(folder)))
     rows_equal = (cold[0].astype(str) == warm[0].astype(str)).all(axis=1)
-    same = int(rows_equal.sum()) if cold[1] == warm[1] else 0  # reference NLLs differ: nothing counts as same
+    same_nlls = json.dumps(cold[1]) == json.dumps(warm[1])  # NaN-safe: NaN != NaN, but its text is equal
+    same = int(rows_equal.sum()) if same_nlls else 0  # reference NLLs differ: nothing counts as same
     return [{"peer": "decoded (empty cache)", "seconds": cold_s, "speedup": 1.0, "same_rows": len(cold[0])},
             {"peer": "read back (warm cache)", "seconds": warm_s, "speedup": cold_s / warm_s, "same_rows": same}]
 

@@ -14,8 +14,9 @@ a Wilson 95% interval, plus utility NLL. ``compare/train_rl_vs_<model>/<metric>_
 McNemar p-values on the same inputs. ``eval_set.json`` records the prompt set's digest, which the
 promotion gate compares across registered versions. A model decoded before on the same inputs, the
 same way, is not decoded again: its completions are read from the workspace's evaluation cache and
-judged anew (``components.eval.generations``; ``CRAFT_EVAL_CACHE=off`` turns it off). The MLflow run also records the inputs as its
-``evaluation`` dataset (digest: that same digest) and every transcript as the table ``transcripts.json``.
+judged anew (``components.eval.generations``; ``CRAFT_EVAL_CACHE=off`` turns it off). The MLflow
+run also records the inputs as its ``evaluation`` dataset (digest: that same digest) and every
+transcript as the table ``transcripts.json``.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ from components.eval import metrics as eval_metrics
 from components.eval import report as eval_report
 from components.eval import routing
 from components.eval import transcripts as tx
-from components.eval.judges import HELDOUT, JUDGES, make_judge, valid_judge
+from components.eval.judges import HELDOUT, JUDGES, Judge, make_judge, valid_judge
 from components.eval.judges import identity as judge_identity
 from components.lm import source as model_source
+from components.lm.runtime import LoadedModel
 from components.lm.under_test import load_under_test
 
 log = logging.getLogger("craft.evaluate")
@@ -204,13 +206,13 @@ def run(cfg: EvaluateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Da
     return pd.concat(frames, ignore_index=True), results, {**eval_set(inputs, protocol), "adapters": adapters}
 
 
-def decoded(cfg: EvaluateConfig, lm, inputs: pd.DataFrame, chosen: pd.DataFrame, judge, cache: Path | None
-            ) -> tuple[pd.DataFrame, list[tuple[str, float, int]]]:
+def decoded(cfg: EvaluateConfig, lm: LoadedModel, inputs: pd.DataFrame, chosen: pd.DataFrame, judge: Judge,
+            cache: Path | None) -> tuple[pd.DataFrame, list[tuple[str, float, int]]]:
     """``lm``'s judged transcripts of ``inputs`` and its reference-answer NLLs on ``chosen``: decoded,
     or read from ``cache`` when this model decoded these inputs the same way before (then judged anew)."""
     decoding = {"max_new_tokens": cfg.max_new_tokens, "batch_size": cfg.batch_size, "batch_tokens": cfg.batch_tokens}
-    folder = generations.entry(cache, lm, inputs, chosen, decoding) if cache is not None else None
-    kept = generations.read(folder, len(inputs)) if folder is not None else None
+    folder = _entry(cache, lm, inputs, chosen, decoding)
+    kept = generations.read(folder, len(inputs), len(tx.reference_rows(chosen))) if folder is not None else None
     if kept is not None:
         log.info("%s: generations read from %s (same weights, inputs, decoding and code)", lm.model_id, folder)
         completions, nlls = kept
@@ -220,6 +222,20 @@ def decoded(cfg: EvaluateConfig, lm, inputs: pd.DataFrame, chosen: pd.DataFrame,
         if folder is not None:
             generations.write(folder, completions, nlls, lm.model_id)
     return tx.judged(inputs, completions, judge), nlls
+
+
+def _entry(cache: Path | None, lm: LoadedModel, inputs: pd.DataFrame, chosen: pd.DataFrame, decoding: dict
+           ) -> Path | None:
+    """``lm``'s cache entry folder, or None without a cache or when its key cannot be computed (said in
+    the log: the cache only saves time, so the model is decoded instead)."""
+    if cache is None:
+        return None
+    try:
+        return generations.entry(cache, lm, inputs, chosen, decoding)
+    except (OSError, RuntimeError, ValueError, TypeError, NotImplementedError) as exc:
+        log.warning("%s: no evaluation cache key (%s): decoding it; set CRAFT_EVAL_CACHE=off to skip the cache",
+                    lm.model_id, exc)
+        return None
 
 
 def _guard(cfg: EvaluateConfig, name: str, spec: str, lm, inputs: pd.DataFrame, judge, frames: list,

@@ -61,13 +61,19 @@ def test_allocator_worker_times_the_encode_and_sft_workloads_and_hashes_their_ou
         assert first["digest"] == again["digest"]  # deterministic: the peers' outputs are comparable
 
 
-def test_eval_cache_benchmark_reads_back_what_it_decoded(tiny_lm):
+def test_eval_cache_benchmark_reads_back_what_it_decoded(tiny_lm, monkeypatch):
     from benchmarks import bench_eval_cache
     from components.eval.judges import KeywordRefusalJudge
     from components.evaluate import EvaluateConfig
     from tests.test_evaluate import _tiny_prompts
 
+    from components.eval import transcripts
+
     cfg = EvaluateConfig(models=("base",), max_new_tokens=4, attacks=("past_tense",), judge="keyword")
+    decodes = []
+    real = transcripts.complete
+    monkeypatch.setattr(transcripts, "complete", lambda *a, **k: decodes.append(1) or real(*a, **k))
     cold, warm = bench_eval_cache.measure(tiny_lm, cfg, _tiny_prompts(), KeywordRefusalJudge())
+    assert len(decodes) == 1  # the warm peer read the cold one's entry back
     assert cold["same_rows"] == 5 and warm["same_rows"] == 5  # 3 plain + 2 wrapped, every row equal
     assert warm["seconds"] > 0 and warm["speedup"] > 0

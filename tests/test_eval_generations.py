@@ -74,11 +74,33 @@ def test_the_key_moves_with_weights_inputs_references_decoding_and_code(tiny_lm,
         with torch.no_grad():
             param.copy_(kept)
     assert generations.key(tiny_lm, _inputs(), prompts, DECODING) == base
+    monkeypatch.setattr(tiny_lm.model.generation_config, "eos_token_id", 0)  # other stop tokens
+    assert generations.key(tiny_lm, _inputs(), prompts, DECODING) != base
+    monkeypatch.undo()
+    assert generations.key(tiny_lm, _inputs(), prompts, DECODING) == base
     monkeypatch.setattr(generations, "CODE", ("components.eval.metrics",))
     assert generations.key(tiny_lm, _inputs(), prompts, DECODING) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(generations.runtime, "cpu_numerics", lambda: "another CPU/AVX2/amx=False")
+    assert generations.key(tiny_lm, _inputs(), prompts, DECODING) != base
+    monkeypatch.undo()
+    monkeypatch.setattr(tiny_lm.tokenizer, "chat_template", "{{ messages[0]['content'] }}")
+    assert generations.key(tiny_lm, _inputs(), prompts, DECODING) != base
+    monkeypatch.undo()
+    assert generations.key(tiny_lm, _inputs(), prompts, DECODING) == base
 
 
-@pytest.mark.parametrize("content", ["{not json", json.dumps({"completions": ["only one"], "nlls": []})])
+def test_the_key_does_not_depend_on_the_padding_a_batch_call_left_on_the_tokenizer(tiny_lm):
+    before = generations.key(tiny_lm, _inputs(), _tiny_prompts(), DECODING)
+    tiny_lm.tokenizer(["a", "a longer text"], padding=True)  # sets the backend's padding state
+    try:
+        assert generations.key(tiny_lm, _inputs(), _tiny_prompts(), DECODING) == before
+    finally:
+        tiny_lm.tokenizer("reset")  # an unpadded call clears it, for the tests after this one
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"completions": ["only one"], "nlls": []}),
+                                     json.dumps({"completions": ["a"] * 5, "nlls": []})])  # 5 rows, 1 reference
 def test_an_unusable_entry_is_said_decoded_again_and_rewritten(tiny_model_dir, tmp_path, content, caplog):
     run(CFG, _model_cfg(tiny_model_dir), _tiny_prompts(), data_dir=tmp_path, cache=tmp_path / "c")
     [path] = (tmp_path / "c").rglob(generations.FILE)
@@ -106,3 +128,18 @@ def test_the_cache_folder_follows_the_environment(tmp_path, monkeypatch):
     assert generations.root() is None
     monkeypatch.setenv(generations.ENV, str(tmp_path / "shared"))
     assert generations.root() == tmp_path / "shared"
+
+
+def test_the_stage_keeps_its_generations_in_the_workspace_cache(tiny_model_dir, tmp_path, monkeypatch):
+    from components import evaluate
+    from tests.factories import evaluate_params
+
+    monkeypatch.setenv("CRAFT_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv(generations.ENV, raising=False)
+    prompts = tmp_path / "prompts.parquet"
+    _tiny_prompts().to_parquet(prompts)
+    params = evaluate_params(tmp_path, tiny_model_dir, "models: [base], max_new_tokens: 4, attacks: [past_tense], "
+                                                       "judge: keyword, routed_models: [], guard_models: []")
+    argv = ["--prompts", str(prompts), "--out", str(tmp_path / "out"), "--params", str(params)]
+    assert evaluate.main(argv) == 0
+    assert len(list((tmp_path / ".cache" / "evaluations" / "evaluate").glob(f"*/{generations.FILE}"))) == 1

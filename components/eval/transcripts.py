@@ -72,10 +72,15 @@ def guarded(lm: LoadedModel, head, inputs: pd.DataFrame, judge: Judge, audit_cfg
     return out, extra
 
 
+def reference_rows(prompts: pd.DataFrame) -> pd.DataFrame:
+    """The benign prompts with a reference answer: the rows ``reference_nlls`` scores, in order."""
+    return prompts[(prompts.prompt_kind == "benign") & (prompts.reference.fillna("") != "")]
+
+
 @torch.no_grad()
 def reference_nlls(lm: LoadedModel, prompts: pd.DataFrame) -> list[tuple[str, float, int]]:
     """(prompt_id, summed NLL, tokens) of each reference answer to a benign prompt (teacher forcing)."""
-    refs = prompts[(prompts.prompt_kind == "benign") & (prompts.reference.fillna("") != "")]
+    refs = reference_rows(prompts)
     out = []
     for pid, p, ref in zip(refs.prompt_id, refs.prompt, refs.reference):
         prefix = generation.render(lm.tokenizer, p)
