@@ -38,6 +38,7 @@ test-all: install     ## everything that runs without a GPU, slow tests included
 bench: install       ## CPU benchmarks vs their peers (run `make run` first for the pipeline timing)
 	$(PY) benchmarks/bench_generation.py --model smollm2
 	$(PY) benchmarks/bench_eval_batches.py --model smollm2
+	$(PY) benchmarks/bench_eval_cache.py --model smollm2
 	$(PY) benchmarks/bench_extract.py --model smollm2
 	$(PY) benchmarks/bench_rl_step.py --model smollm2
 	$(PY) benchmarks/bench_guard.py --model smollm2
