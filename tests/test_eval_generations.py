@@ -33,6 +33,7 @@ def test_a_second_evaluation_reads_the_generations_and_judges_them_anew(tiny_mod
     first, results, _ = run(CFG, _model_cfg(tiny_model_dir), _tiny_prompts(), data_dir=tmp_path, cache=kept)
     [entry] = [e for e in upkeep.scan(tmp_path / ".cache") if e.kind == "evaluations"]
     assert entry.stage == "evaluate" and entry.prunable
+    assert (entry.path / generations.FILE).stat().st_mode & 0o044 == 0o044  # readable by the team, not 0600
 
     def no_decoding(*_a, **_k):
         raise AssertionError("decoded again although the cache holds this model's generations")

@@ -165,6 +165,7 @@ def write(folder: Path, completions: list[str], nlls: list[tuple[str, float, int
         with atomic_path(folder / FILE) as tmp:
             tmp.write_text(json.dumps({"model": model_id, "completions": completions,
                                        "nlls": [list(r) for r in nlls]}))
+            tmp.chmod(0o644)  # a temporary file is private; an entry is readable like the workspace's other files
     except OSError as exc:
         log.warning("evaluation cache entry %s not written (%s); the evaluation is unaffected. Point "
                     "CRAFT_EVAL_CACHE at a writable folder, or set it to off.", folder, exc)
