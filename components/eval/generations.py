@@ -40,6 +40,7 @@ import torch
 
 from components.core.code import closure_digest
 from components.core.io import atomic_path
+from components.data.records import stable_id
 from components.eval import transcripts as tx
 from components.lm import runtime
 from components.lm.runtime import LoadedModel
@@ -132,7 +133,7 @@ def key(lm: LoadedModel, inputs: pd.DataFrame, prompts: pd.DataFrame, decoding: 
     parts = [model_digest(lm), json.dumps(list(inputs.input)), json.dumps(refs),
              json.dumps({**decoding, "engine": lm.engine}, sort_keys=True), *where(lm.device),
              *(closure_digest(m) for m in CODE)]
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:24]
+    return stable_id(*parts, length=24)
 
 
 def read(folder: Path, rows: int, refs: int) -> tuple[list[str], list[tuple[str, float, int]]] | None:
