@@ -140,12 +140,39 @@ def test_make_batch_places_dense_latent_rewards_per_token(monkeypatch, latent):
         torch.testing.assert_close(seen["token_r"], 0.5 * dense + last)
 
 
+def test_dense_on_harmful_keeps_benign_latent_reward_on_the_last_token(monkeypatch):
+    """dense_on: harmful: the harmful row as under dense; the benign row's w_lat·R_lat stays in its
+    sequence reward on the last token, and none of its shaped per-token rewards is paid."""
+    from components.rl import shaping
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    ro = Rollout(torch.zeros(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long), mask, 2, ["q", "p"],
+                 ["a", "b"])
+    dense = torch.tensor([[0.1, 0.2, 0.3], [0.4, 0.5, 0.0]])
+    monkeypatch.setattr(shaping, "dense_latent_rewards", lambda model, ro_, head, gamma, source: dense)
+    seen = _fake_forward(monkeypatch, 2, 3)
+    cfg = TrainRLConfig(advantage="ppo", latent_rewards="dense", dense_on="harmful", w_lat=0.5, kl_in="loss",
+                        group_size=1)
+    parts = {"total": torch.tensor([1.0, 2.0]), "r_lat": torch.tensor([0.6, -0.4])}
+    rl_loop.make_batch(cfg, object(), lambda h: torch.zeros(h.shape[:2]), ro, parts, head="HEAD",
+                       kinds=["harmful", "benign"])
+    expected = torch.tensor([[0.05, 0.1, 0.15 + 1.0 - 0.3], [0.0, 2.0, 0.0]])
+    torch.testing.assert_close(seen["token_r"], expected)
+
+
+def test_dense_rows_by_kind():
+    assert rl_loop.dense_rows("all", ["benign"], 1).tolist() == [True]
+    assert rl_loop.dense_rows("harmful", ["harmful", "benign"], 2).tolist() == [True, False]
+    assert rl_loop.dense_rows("harmful", None, 2).tolist() == [True, True]  # no kinds: the paper's harmful-only
+
+
 def test_config_refuses_dense_without_ppo_and_bad_selection():
     with pytest.raises(ConfigError, match="advantage: ppo"):
         TrainRLConfig(latent_rewards="dense")
     TrainRLConfig(latent_rewards="dense", advantage="ppo")
     for bad in ({"select_harmful": 0}, {"select_judge": "nope"}, {"benign_per_step": -1}, {"min_group_std": -0.1},
-                {"warmup_steps": -1}, {"latent_rewards": "token"}):
+                {"warmup_steps": -1}, {"latent_rewards": "token"}, {"dense_on": "benign"},
+                {"dense_on": "harmful", "advantage": "ppo"}):
         with pytest.raises(ConfigError):
             TrainRLConfig(**bad)
 

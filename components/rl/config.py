@@ -12,6 +12,7 @@ from components.rl.rewards import SOURCES
 from components.rl.probe_init import AT as PROBE_AT
 
 INITS = ("base", "sft")
+DENSE_ON = ("all", "harmful")
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,9 @@ class TrainRLConfig:
     """Weight of the consistency reward R_cons = 1 − |p_safe_latent − g|."""
     latent_rewards: str = "sequence"
     """sequence (R_lat on the last token, paper) | dense (potential-shaped per-token R_lat; ppo only)."""
+    dense_on: str = "all"
+    """Rollouts whose R_lat is spread over the tokens under ``latent_rewards: dense``: all | harmful (benign
+    rollouts keep w_lat·R_lat on their last token; docs/stage2.md round 33)."""
     reward_source: str = "reference"
     """reference (the frozen model re-encodes the text: no reward for moving the policy's own
     activations; chosen on val, docs/stage2.md) | policy (live hidden states, the paper)."""
@@ -273,6 +277,10 @@ class TrainRLConfig:
         require(self.latent_rewards == "sequence" or self.advantage == "ppo",
                 f"train_rl.latent_rewards=dense needs per-token credit: set advantage: ppo (GAE), "
                 f"or latent_rewards: sequence with advantage {self.advantage}.")
+        require(self.dense_on in DENSE_ON, f"train_rl.dense_on={self.dense_on!r}: use one of {DENSE_ON}.")
+        require(self.dense_on == "all" or self.latent_rewards == "dense",
+                f"train_rl.dense_on={self.dense_on!r} acts only on per-token latent rewards: set latent_rewards: "
+                "dense (with advantage: ppo), or leave dense_on: all.")
         require(self.select_harmful >= 1, f"train_rl.select_harmful={self.select_harmful!r}: use 1 or more, e.g. 24.")
         require(self.select_benign >= 0, f"train_rl.select_benign={self.select_benign!r}: use 0 or more, e.g. 48.")
         require(self.select_max_new_tokens >= 1,

@@ -48,7 +48,7 @@ RL_ONLY = frozenset({
     "clip", "kl_coef", "benign_candidates", "kl_coef_benign", "benign_baseline", "benign_adv_weight",
     "contrast_coef", "contrast_beta", "contrast_anchor", "contrast_floor", "contrast_max", "opening_coef",
     "opening_prompts", "opening_sides", "kl_in", "gamma", "lam", "vf_coef", "w_lat", "w_txt", "w_cons",
-    "latent_rewards", "reward_source", "judge", "select_harmful", "select_benign", "select_max_new_tokens",
+    "latent_rewards", "dense_on", "reward_source", "judge", "select_harmful", "select_benign", "select_max_new_tokens",
     "select_lambda", "select_judge", "log_every", "select_from", "ema_decay", "checkpoint_every", "kl_stop",
 })
 """``TrainRLConfig`` fields that shape only what comes after the start adapter (rollouts, rewards,

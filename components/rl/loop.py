@@ -129,6 +129,14 @@ def adv_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
     return per_kind(kinds, cfg.benign_adv_weight, 1.0)
 
 
+def dense_rows(dense_on: str, kinds: list[str] | None, b: int) -> torch.Tensor:
+    """[B] bool: the rollouts whose R_lat is spread over their tokens (``dense_on`` all | harmful; rows
+    without a kind count as harmful, the paper's setting)."""
+    if dense_on == "all":
+        return torch.ones(b, dtype=torch.bool)
+    return torch.tensor([k == "harmful" for k in (kinds or ["harmful"] * b)])
+
+
 def single_update(cfg, n: int) -> bool:
     """True when each batch gets exactly one optimizer step (one epoch, all minibatches accumulated):
     the policy cannot move during the pass, so old log-probs equal the current ones (ratio ≡ 1)
@@ -179,10 +187,12 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
     if cfg.latent_rewards == "dense":
         from components.rl import shaping  # imported here: the sequence path does not need it
 
-        # w_lat·R_lat spread over the tokens (potential shaping); text and consistency terms at the end
+        # w_lat·R_lat spread over the tokens (potential shaping) on the rows ``dense_on`` names; text and
+        # consistency terms, and the other rows' w_lat·R_lat, at the end
         dense = shaping.dense_latent_rewards(policy, ro, head, cfg.gamma, cfg.reward_source).to(token_r)
-        token_r = token_r + cfg.w_lat * dense
-        rewards = rewards - cfg.w_lat * parts["r_lat"].to(rewards)
+        on = dense_rows(cfg.dense_on, kinds, len(last)).to(token_r)  # [B]: 1 where R_lat is spread
+        token_r = token_r + cfg.w_lat * dense * on[:, None]
+        rewards = rewards - cfg.w_lat * parts["r_lat"].to(rewards) * on.to(rewards)
     token_r[torch.arange(len(last)), last] += rewards
     if cfg.kl_in == "reward":
         kl_w = cfg.kl_coef if coef is None else coef.to(token_r)  # scalar or [B, 1]
