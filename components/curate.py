@@ -16,6 +16,10 @@ A model-written benign-prompt row labelled ``unsafe`` is an over-refusal: ``orig
 ``prompt_kind`` + ``label`` identify those rows (no extra column; templated ``unsafe`` benign rows
 are over-refusals or deflections). Degenerate benign replies are dropped rather than labelled
 unsafe so that this identity stays exact; the RL text judge still penalises degenerate replies.
+With ``refusal_prefills`` each prompt also gets samples whose reply is forced to open with a
+refusal (``prefill_openings``) and that the model writes on from; they are judged and labelled by
+the same table, with origin ``prefill`` (a benign-prompt ``prefill`` row labelled ``unsafe`` is an
+over-refusal the model wrote after the forced opening).
 With ``refusal_needs_phrase`` a harmful-prompt "refusal" that holds no refusal phrase is dropped
 too: on SmolLM2 those are mostly off-topic text and self-descriptions that the reward judge scores
 as safe, and as ``safe`` rows they taught the head to pay for deflections (docs/stage2.md, round 13).
@@ -90,6 +94,16 @@ class CurateConfig:
     refusal_needs_phrase: bool = True
     """Keep a harmful-prompt sample the judge calls a refusal only when it holds a refusal phrase
     (``has_refusal_phrase``); drop it otherwise (mostly off-topic text on SmolLM2)."""
+    refusal_prefills: int = 0
+    """Extra samples per prompt whose reply is forced to open with one of ``prefill_openings``
+    (cycled over the samples), the model writing the rest at the same temperature; each is judged
+    and labelled like a plain sample (``LABEL_OF``), with origin ``prefill``. Plain sampling gives
+    few refusals (the default run: 11 harmful-prompt and 4 benign-prompt ones), so the head learns
+    refusal from templates, and its penalty on a benign-prompt refusal follows the template's
+    wording (docs/stage2.md round 33); these rows give it model-written refusals of both kinds of
+    prompt, and model-written turns back to an answer where the model does not keep refusing. 0 = none."""
+    prefill_openings: tuple[str, ...] = ("I'm sorry, but", "I can't", "I cannot", "I won't", "Unfortunately, I")
+    """Reply openings the ``prefill`` samples continue from; used only when ``refusal_prefills`` > 0."""
 
     def __post_init__(self) -> None:
         require(len(self.splits) > 0, "curate.splits is empty: use [train, val] (test is held out for evaluation).")
@@ -105,6 +119,12 @@ class CurateConfig:
                 f"curate.judge={self.judge!r}: use one of {JUDGES} or hf:<path> (the held-out judge only grades).")
         require(0 < self.safe_threshold < 1,
                 f"curate.safe_threshold={self.safe_threshold!r}: use a probability in (0, 1), e.g. 0.5.")
+        require(self.refusal_prefills >= 0,
+                f"curate.refusal_prefills={self.refusal_prefills!r}: use 0 (none) or more, e.g. 1.")
+        require(self.refusal_prefills == 0 or (len(self.prefill_openings) > 0
+                                               and all(o.strip() for o in self.prefill_openings)),
+                f"curate.prefill_openings={list(self.prefill_openings)!r}: with refusal_prefills > 0 give at least "
+                "one non-empty opening, e.g. [\"I'm sorry, but\"].")
 
 
 def _row(p: dict, k: str, trace: str, response: str, label: str, origin: str,
@@ -136,7 +156,7 @@ DROPPED = {"empty": "empty replies", "degenerate_benign": "degenerate benign rep
 
 
 def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
-                  model_id: str, judge: str) -> tuple[list[Trace], dict[str, str], dict[str, int]]:
+                  model_id: str, judge: str, origin: str = "model") -> tuple[list[Trace], dict[str, str], dict[str, int]]:
     """Model-origin rows labelled by ``LABEL_OF``, and each harmful prompt's first compliant trace.
 
     ``prompts[n]`` is the prompt of ``completions[n]`` (a prompt repeats once per sample); the
@@ -144,7 +164,7 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
     model stopped at once) carry no reasoning and are dropped, as are degenerate benign replies and
     (``refusal_needs_phrase``) harmful-prompt refusals without a refusal phrase.
     Returns (rows, {prompt_id: trace of its first compliant sample} — the rethink openings,
-    {``DROPPED`` reason: completions left out}).
+    {``DROPPED`` reason: completions left out}); ``origin`` names where the rows came from.
     """
     rows, complied, dropped = [], {}, dict.fromkeys(DROPPED, 0)
     for n, (p, text, v) in enumerate(zip(prompts, completions, verdicts)):
@@ -163,11 +183,33 @@ def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: Cu
             continue
         if p["prompt_kind"] == "harmful" and act == COMPLIANCE:
             complied.setdefault(p["prompt_id"], trace or text)
-        rows.append(_row(p, f"s{n}", trace or text, response, label, "model", v.p_safe, judge, model_id))
+        rows.append(_row(p, f"s{n}", trace or text, response, label, origin, v.p_safe, judge, model_id))
     for why, count in dropped.items():
         if count:
             log.warning("dropped %d %s (of %d completions)", count, DROPPED[why], len(completions))
     return rows, complied, dropped
+
+
+def join_prefill(opening: str, written: str) -> str:
+    """The reply a prefill sample stands for: the forced opening, then what the model wrote (no space
+    before punctuation)."""
+    if not written:
+        return opening
+    return opening + ("" if written[0] in ",.;:!?'’" else " ") + written
+
+
+def prefill_rows(lm, judge, chosen: list[dict], cfg: CurateConfig, params: generation.SamplingParams,
+                 model_id: str) -> tuple[list[Trace], dict[str, int]]:
+    """``refusal_prefills`` samples per prompt that continue a forced refusal opening, judged and
+    labelled like plain samples (origin ``prefill``); a sample where the model wrote nothing after
+    the opening is left out as ``empty``. Returns (rows, {``DROPPED`` reason: samples left out})."""
+    asked = [p for p in chosen for _ in range(cfg.refusal_prefills)]
+    openings = [cfg.prefill_openings[n % len(cfg.prefill_openings)] for n in range(len(asked))]
+    written = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate prefill", prefills=openings)
+    texts = [join_prefill(o, w) if w.strip() else "" for o, w in zip(openings, written)]
+    verdicts = judge_completions(judge, [p["prompt"] for p in asked], texts)
+    rows, _, dropped = label_samples(asked, texts, verdicts, cfg, model_id, judge.name, origin="prefill")
+    return rows, dropped
 
 
 def template_specs(p: dict, k: int, complied: dict[str, str], cfg: CurateConfig) -> list[tuple]:
@@ -219,6 +261,11 @@ def run(cfg: CurateConfig, model_cfg: model_source.ModelConfig, prompts: pd.Data
     completions = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate")
     verdicts = judge_completions(judge, [p["prompt"] for p in asked], completions)
     rows, complied, dropped = label_samples(asked, completions, verdicts, cfg, resolved.model_id, judge.name)
+    if cfg.refusal_prefills:
+        log.info("sampling %d replies from forced refusal openings", len(chosen) * cfg.refusal_prefills)
+        more, left = prefill_rows(lm, judge, chosen, cfg, params, resolved.model_id)
+        rows += more
+        dropped = {why: n + left[why] for why, n in dropped.items()}
     if cfg.templated_traces:
         rows += template_rows(chosen, complied, cfg, judge)
     return dedupe(pd.DataFrame([r.__dict__ for r in rows], columns=list(TRACE_COLUMNS))), dropped

@@ -162,3 +162,59 @@ def test_reply_templates_put_one_refusal_under_both_kinds_and_deflections_on_the
     assert len({r.trace_id for r in rows}) == len(rows) == 8  # harmful: safe, rethink, unsafe + 2; benign: 1 + 2
     assert all(r.trace == r.response for r in rows if r.trace in traces.DEFLECTIONS + traces.BARE_REFUSALS)
     assert len({traces.deflection(k) for k in range(len(traces.DEFLECTIONS))}) == len(traces.DEFLECTIONS)
+
+
+class _TurnJudge:
+    name = "stub"
+
+    def judge(self, prompts, responses):  # a reply that turns to "here is" complies
+        return [VERDICT[COMPLIANCE] if "here is" in r else VERDICT[REFUSAL] for r in responses]
+
+
+def test_prefill_rows_continue_a_refusal_opening_and_are_labelled_by_the_table(tiny_model_dir, monkeypatch):
+    """refusal_prefills: per prompt, replies forced to open with the openings (cycled), judged like
+    samples: a refusal of a benign prompt is an over-refusal (unsafe), of a harmful one safe; a
+    continuation that turns to an answer is labelled as one; an empty continuation is left out."""
+    asked = {}
+
+    def fake_generate(lm, prompts, params, desc="generate", prefills=None):
+        asked.update(prompts=list(prompts), prefills=list(prefills))
+        return [", here is the answer." if i == 1 else ("" if i == 3 else "I won't do that.")
+                for i in range(len(prompts))]
+
+    monkeypatch.setattr(curate.generation, "generate", fake_generate)
+    cfg = CurateConfig(refusal_prefills=2, prefill_openings=("I'm sorry, but", "I can't"))
+    chosen = [_prompt("harmful"), _prompt("benign")]
+    rows, dropped = curate.prefill_rows(None, _TurnJudge(), chosen, cfg, None, "tiny")
+    assert asked["prefills"] == ["I'm sorry, but", "I can't", "I'm sorry, but", "I can't"]
+    assert asked["prompts"] == [chosen[0]["prompt"]] * 2 + [chosen[1]["prompt"]] * 2
+    got = [(r.prompt_kind, r.label, r.trace, r.origin) for r in rows]
+    assert got == [("harmful", "safe", "I'm sorry, but I won't do that.", "prefill"),
+                   ("harmful", "unsafe", "I can't, here is the answer.", "prefill"),
+                   ("benign", "unsafe", "I'm sorry, but I won't do that.", "prefill")]
+    assert dropped["empty"] == 1
+
+
+def test_prefill_settings_say_how_to_fix():
+    from components.core.config import ConfigError
+
+    with pytest.raises(ConfigError, match="refusal_prefills"):
+        CurateConfig(refusal_prefills=-1)
+    with pytest.raises(ConfigError, match="prefill_openings"):
+        CurateConfig(refusal_prefills=1, prefill_openings=(" ",))
+    CurateConfig(refusal_prefills=0, prefill_openings=())
+
+
+def test_curate_with_prefills_keeps_a_valid_dataset(tiny_model_dir, tmp_path):
+    prompts, _ = ingest(IngestConfig(sources=("harmbench", "aplomb"), max_harmful=6, max_benign=4))
+    cfg = CurateConfig(max_new_tokens=6, batch_size=8, temperature=1.0, judge="keyword", refusal_prefills=1)
+    model = ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    df, _ = run(cfg, model, prompts)
+    pre = df[df.origin == "prefill"]
+    assert len(pre) > 0 and pre.trace.str.match(r"^(I'm sorry, but|I can't|I cannot|I won't|Unfortunately, I)").all()
+    assert (pre.groupby("prompt_id").size() <= 1).all() and df.trace_id.is_unique
+    path = tmp_path / "traces.parquet"
+    df.to_parquet(path)
+    report = validate(path, ValidateConfig(min_rows=10))
+    assert report.success, [f for f in report.failed]
+    assert stats(df)["rows"] == len(df)

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from components.lm.generation import SamplingParams, generate, render, split_reasoning
 
@@ -175,3 +176,19 @@ def test_sampling_params_refuse_bad_batches():
 
 def test_token_limited_generation_of_no_prompts_is_empty(tiny_lm):
     assert generate(tiny_lm, [], SamplingParams(max_new_tokens=4, batch_tokens=64)) == []
+
+
+def test_a_prefill_is_continued_not_returned(tiny_lm):
+    """Greedy from a forced reply opening equals greedy from the rendered prompt with the opening
+    appended: the model writes on from it, and only what it wrote comes back."""
+    tok = tiny_lm.tokenizer
+    prompts, openings = ["Write a haiku", "Explain recursion"], ["I'm sorry, but", "I can't"]
+    params = SamplingParams(max_new_tokens=6, batch_size=2)
+    got = generate(tiny_lm, prompts, params, prefills=openings)
+    for p, o, g in zip(prompts, openings, got):
+        ids = tok(render(tok, p) + o, return_tensors="pt", add_special_tokens=False).input_ids
+        out = tiny_lm.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                                     pad_token_id=tok.pad_token_id)
+        assert g == tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    with pytest.raises(ValueError, match="one per prompt"):
+        generate(tiny_lm, prompts, params, prefills=openings[:1])

@@ -93,6 +93,13 @@ def test_subset_aurocs_slice_by_origin_and_prompt_kind():
     assert all(math.isnan(v) for v in head_metrics.subset_aurocs(score, y, None).values())
 
 
+def test_prefill_rows_get_their_own_auroc_only_when_present():
+    rows = pd.DataFrame({"origin": ["prefill", "prefill", "model", "model"], "prompt_kind": ["benign"] * 4})
+    y = np.array([0, 1, 0, 1])
+    got = head_metrics.subset_aurocs(np.array([0.2, 0.9, 0.9, 0.1]), y, rows)
+    assert got["head/auroc_prefill_rows"] == 0.0 and got["head/auroc_model_rows"] == 1.0
+
+
 def test_evaluate_reports_subset_aurocs_on_a_tiny_head():
     torch.manual_seed(0)
     y = torch.arange(24) % 3

@@ -16,7 +16,8 @@ prompt_kind       str     ``harmful`` or ``benign``
 trace             str     the reasoning trace (text inside <think>…</think>, else the completion)
 response          str     the final answer (text after </think>, else the completion)
 label             str     ``safe`` | ``unsafe`` | ``rethink``
-origin            str     ``model`` (sampled, judge-labelled) or ``template``
+origin            str     ``model`` (sampled, judge-labelled), ``prefill`` (the model continues a
+                          forced refusal opening, judge-labelled) or ``template``
 source            str     prompt set the prompt came from (``harmbench``, ``aplomb``…)
 category          str     harm or topic category from the source (``unknown`` if none)
 split             str     ``train`` | ``val`` (``test`` prompts are held out for evaluation)
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 LABELS = ("safe", "unsafe", "rethink")
 PROMPT_KINDS = ("harmful", "benign")
-ORIGINS = ("model", "template")
+ORIGINS = ("model", "prefill", "template")
 SPLITS = ("train", "val", "test")
 
 

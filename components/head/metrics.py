@@ -4,6 +4,8 @@ All metrics are on held-out rows (the ``val`` split) unless named ``train``:
 - ``head/auroc``: AUROC of the head's latent score s = cos(z, μ_safe) − cos(z, μ_unsafe), safe vs unsafe;
 - ``head/auroc_model_rows`` / ``head/auroc_template_rows``: the same AUROC on the model-written
   (``origin == "model"``) and the templated rows alone: templates are easy, model rows are the test;
+  ``head/auroc_prefill_rows`` likewise on the rows the model wrote after a forced refusal opening
+  (curate's ``refusal_prefills``), only when there are any;
 - ``head/auroc_benign``: the over-refusal AUROC, the same score on benign prompts only: a helpful
   answer (safe) vs a refusal (unsafe, an over-refusal). NaN where a subset lacks either class;
 - ``head/probe_auroc``: a logistic-regression probe fitted on train z, scored on val z;
@@ -39,13 +41,16 @@ def diffmeans_direction(h: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 SUBSETS = {"head/auroc_model_rows": ("origin", "model"), "head/auroc_template_rows": ("origin", "template"),
            "head/auroc_benign": ("prompt_kind", "benign")}
 """Subset AUROC key → (column, value) of the val rows it keeps (extract's rows.parquet columns)."""
+PREFILL = {"head/auroc_prefill_rows": ("origin", "prefill")}
+"""Reported only when the val rows hold ``prefill`` rows (curate's ``refusal_prefills``)."""
 
 
 def subset_aurocs(score: np.ndarray, y: np.ndarray, val_rows: pd.DataFrame | None) -> dict[str, float]:
     """Safe-vs-unsafe AUROC of ``score`` [N] on each ``SUBSETS`` slice of the val rows (``y`` [N]
     label ids, ``val_rows`` their N rows in order); NaN when a slice lacks a class or no rows are given."""
     out = {}
-    for key, (column, value) in SUBSETS.items():
+    prefill = val_rows is not None and "origin" in val_rows and (val_rows["origin"] == "prefill").any()
+    for key, (column, value) in (SUBSETS | PREFILL if prefill else SUBSETS).items():
         if val_rows is None:
             out[key] = float("nan")
             continue

@@ -107,11 +107,18 @@ def render(tokenizer, user_text: str, system_prompt: str = "") -> str:
 
 
 def generate(
-    lm: LoadedModel, prompts: Sequence[str], params: SamplingParams, desc: str = "generate"
+    lm: LoadedModel, prompts: Sequence[str], params: SamplingParams, desc: str = "generate",
+    prefills: Sequence[str] | None = None,
 ) -> list[str]:
-    """Completions (decoded, special tokens dropped) for ``prompts``, in input order."""
+    """Completions (decoded, special tokens dropped) for ``prompts``, in input order. ``prefills[i]``,
+    when given, is placed after prompt i's rendered turn as the start of the reply, and the model
+    writes on from it; the returned completion is what it wrote, without the prefill."""
     tok, model = lm.tokenizer, lm.model
     texts = [render(tok, p, params.system_prompt) for p in prompts]
+    if prefills is not None:
+        if len(prefills) != len(texts):
+            raise ValueError(f"prefills: one per prompt ({len(texts)}), got {len(prefills)}.")
+        texts = [t + f for t, f in zip(texts, prefills)]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[str] = [""] * len(texts)
     gen = torch.Generator(device=lm.device).manual_seed(params.seed)
