@@ -16,7 +16,8 @@ learning rate rises linearly over the first ``warmup_steps`` steps, then falls l
 - ``advantage: ppo``: a value head on the policy's last hidden state, per-token rewards (sequence
   reward on the last token, minus ``kl_coef``·(log π − log π_ref) per token when ``kl_in: reward``;
   with ``latent_rewards: dense`` the w_lat·R_lat part is spread over the tokens by potential-based
-  shaping, ``components.rl.shaping``), GAE(γ, λ), value loss weighted by ``vf_coef``.
+  shaping, ``components.rl.shaping``, on every rollout or, with ``dense_on: harmful``, on harmful
+  ones only), GAE(γ, λ), value loss weighted by ``vf_coef``.
 - ``kl_coef_benign``: the KL weight on benign prompts' rollouts, when it should differ from
   ``kl_coef`` (a per-row weight; unset, the scalar ``kl_coef`` covers every row).
 - ``init: sft``: policy and reference start as the ``train_sft`` model (its adapter merged into the
