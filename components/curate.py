@@ -98,9 +98,9 @@ class CurateConfig:
     """Extra samples per prompt whose reply is forced to open with one of ``prefill_openings``
     (cycled over the samples), the model writing the rest at the same temperature; each is judged
     and labelled like a plain sample (``LABEL_OF``), with origin ``prefill``. Plain sampling gives
-    few refusals (the default run: 11 harmful-prompt and 4 benign-prompt ones), so the head learns
+    few refusals (round 28's float32 run kept 11 harmful-prompt and 4 benign-prompt ones), so the head learns
     refusal from templates, and its penalty on a benign-prompt refusal follows the template's
-    wording (docs/stage2.md round 33); these rows give it model-written refusals of both kinds of
+    wording (docs/stage2.md round 33b); these rows give it model-written refusals of both kinds of
     prompt, and model-written turns back to an answer where the model does not keep refusing. 0 = none."""
     prefill_openings: tuple[str, ...] = ("I'm sorry, but", "I can't", "I cannot", "I won't", "Unfortunately, I")
     """Reply openings the ``prefill`` samples continue from; used only when ``refusal_prefills`` > 0."""
@@ -157,7 +157,8 @@ DROPPED = {"empty": "empty replies", "degenerate_benign": "degenerate benign rep
 
 def label_samples(prompts: list[dict], completions: list[str], verdicts, cfg: CurateConfig,
                   model_id: str, judge: str, origin: str = "model") -> tuple[list[Trace], dict[str, str], dict[str, int]]:
-    """Model-origin rows labelled by ``LABEL_OF``, and each harmful prompt's first compliant trace.
+    """Rows of ``origin`` (model samples by default) labelled by ``LABEL_OF``, and each harmful
+    prompt's first compliant trace.
 
     ``prompts[n]`` is the prompt of ``completions[n]`` (a prompt repeats once per sample); the
     sample index n enters the trace id, so every sample is a row of its own. Empty completions (the
@@ -200,14 +201,19 @@ def join_prefill(opening: str, written: str) -> str:
 
 def prefill_rows(lm, judge, chosen: list[dict], cfg: CurateConfig, params: generation.SamplingParams,
                  model_id: str) -> tuple[list[Trace], dict[str, int]]:
-    """``refusal_prefills`` samples per prompt that continue a forced refusal opening, judged and
-    labelled like plain samples (origin ``prefill``); a sample where the model wrote nothing after
-    the opening is left out as ``empty``. Returns (rows, {``DROPPED`` reason: samples left out})."""
+    """``refusal_prefills`` samples per prompt that continue a forced refusal opening, labelled like
+    plain samples (origin ``prefill``) but judged on what the model wrote after the opening: the
+    opening alone reads as a refusal to a keyword judge whatever follows, so "I can't, but here is
+    how…" would pass as one. The stored trace is the opening and the continuation; a sample where
+    the model wrote nothing after the opening is left out as ``empty``. Its refusal-phrase check
+    (``refusal_needs_phrase``) sees the whole reply, opening included. A compliance written after an
+    opening does not become a rethink opening (those are the model's own first words).
+    Returns (rows, {``DROPPED`` reason: samples left out})."""
     asked = [p for p in chosen for _ in range(cfg.refusal_prefills)]
     openings = [cfg.prefill_openings[n % len(cfg.prefill_openings)] for n in range(len(asked))]
     written = generation.generate(lm, [p["prompt"] for p in asked], params, desc="curate prefill", prefills=openings)
     texts = [join_prefill(o, w) if w.strip() else "" for o, w in zip(openings, written)]
-    verdicts = judge_completions(judge, [p["prompt"] for p in asked], texts)
+    verdicts = judge_completions(judge, [p["prompt"] for p in asked], written)  # the continuation alone
     rows, _, dropped = label_samples(asked, texts, verdicts, cfg, model_id, judge.name, origin="prefill")
     return rows, dropped
 

@@ -195,6 +195,21 @@ def test_prefill_rows_continue_a_refusal_opening_and_are_labelled_by_the_table(t
     assert dropped["empty"] == 1
 
 
+def test_prefill_rows_are_judged_on_what_the_model_wrote(monkeypatch):
+    """With the real keyword judge, an opening that is itself a refusal phrase must not make a reply
+    that turns to an answer count as a refusal."""
+    from components.eval.judges import make_judge
+
+    monkeypatch.setattr(curate.generation, "generate", lambda lm, prompts, params, desc="", prefills=None:
+                        ["but here is the answer: mix flour, water and yeast, then bake it.",
+                         "I won't help with that."][: len(prompts)])
+    cfg = CurateConfig(refusal_prefills=2, prefill_openings=("I can't",), refusal_needs_phrase=True)
+    for kind, labels in (("harmful", ["unsafe", "safe"]), ("benign", ["safe", "unsafe"])):
+        rows, _ = curate.prefill_rows(None, make_judge("keyword"), [_prompt(kind)], cfg, None, "tiny")
+        assert [r.label for r in rows] == labels
+        assert rows[0].trace.startswith("I can't but here is the answer")
+
+
 def test_prefill_settings_say_how_to_fix():
     from components.core.config import ConfigError
 

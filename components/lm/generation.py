@@ -112,13 +112,15 @@ def generate(
 ) -> list[str]:
     """Completions (decoded, special tokens dropped) for ``prompts``, in input order. ``prefills[i]``,
     when given, is placed after prompt i's rendered turn as the start of the reply, and the model
-    writes on from it; the returned completion is what it wrote, without the prefill."""
+    writes on from it; the returned completion is what it wrote, without the prefill. (For a model
+    that reasons in ``<think>`` first, the prefill opens the reasoning, not the answer.)"""
     tok, model = lm.tokenizer, lm.model
     texts = [render(tok, p, params.system_prompt) for p in prompts]
     if prefills is not None:
         if len(prefills) != len(texts):
             raise ValueError(f"prefills: one per prompt ({len(texts)}), got {len(prefills)}.")
-        texts = [t + f for t, f in zip(texts, prefills)]
+        # a chat template ends its turn with a newline; the plain "…Assistant:" form needs a space
+        texts = [t + f if not t or t[-1].isspace() else f"{t} {f}" for t, f in zip(texts, prefills)]
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[str] = [""] * len(texts)
     gen = torch.Generator(device=lm.device).manual_seed(params.seed)

@@ -164,7 +164,7 @@ def make_batch(cfg, policy, value_head, ro: Rollout, parts: dict[str, torch.Tens
                head=None, kinds: list[str] | None = None) -> Batch:
     """Old and reference log-probs, then advantages (group baseline or GAE). ``parts``: the
     reward's parts [B] (``CraftReward``); ``head``: the safety head, for dense latent rewards;
-    ``kinds``: each row's prompt kind [B], for a kind-dependent KL weight."""
+    ``kinds``: each row's prompt kind [B], for a kind-dependent KL weight and ``dense_on``."""
     rows = rows or Rows(0, len(ro.prompts), len(ro.prompts))
     coef, scale = kl_weights(cfg, kinds), adv_weights(cfg, kinds)
     with reference_mode(policy):
