@@ -99,9 +99,9 @@ class CurateConfig:
     (cycled over the samples), the model writing the rest at the same temperature; each is judged
     and labelled like a plain sample (``LABEL_OF``), with origin ``prefill``. Plain sampling gives
     few refusals (round 28's float32 run kept 11 harmful-prompt and 4 benign-prompt ones), so the head learns
-    refusal from templates, and its penalty on a benign-prompt refusal follows the template's
-    wording (docs/stage2.md round 33b); these rows give it model-written refusals of both kinds of
-    prompt, and model-written turns back to an answer where the model does not keep refusing. 0 = none."""
+    refusal mostly from templates; these rows give it model-written refusals of both kinds of prompt,
+    and model-written turns back to an answer where the model does not keep refusing. Measured on
+    the head only, not through RL (docs/stage2.md round 33b). 0 = none."""
     prefill_openings: tuple[str, ...] = ("I'm sorry, but", "I can't", "I cannot", "I won't", "Unfortunately, I")
     """Reply openings the ``prefill`` samples continue from; used only when ``refusal_prefills`` > 0."""
 
