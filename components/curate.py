@@ -17,9 +17,9 @@ A model-written benign-prompt row labelled ``unsafe`` is an over-refusal: ``orig
 are over-refusals or deflections). Degenerate benign replies are dropped rather than labelled
 unsafe so that this identity stays exact; the RL text judge still penalises degenerate replies.
 With ``refusal_prefills`` each prompt also gets samples whose reply is forced to open with a
-refusal (``prefill_openings``) and that the model writes on from; they are judged and labelled by
-the same table, with origin ``prefill`` (a benign-prompt ``prefill`` row labelled ``unsafe`` is an
-over-refusal the model wrote after the forced opening).
+refusal (``prefill_openings``) and that the model writes on from; they are labelled by the same
+table, judged on what the model wrote after the opening, with origin ``prefill`` (a benign-prompt
+``prefill`` row labelled ``unsafe`` is an over-refusal the model wrote after the forced opening).
 With ``refusal_needs_phrase`` a harmful-prompt "refusal" that holds no refusal phrase is dropped
 too: on SmolLM2 those are mostly off-topic text and self-descriptions that the reward judge scores
 as safe, and as ``safe`` rows they taught the head to pay for deflections (docs/stage2.md, round 13).
