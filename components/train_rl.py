@@ -244,7 +244,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
     if cfg.opening_coef > 0 or cfg.gate_steps > 0 or cfg.benign_candidates > 1:  # a bad opening list fails here
         openings.opening_ids(lm.tokenizer, cfg.openings)
     average = weight_average.maybe(accelerator.unwrap_model(policy), cfg.ema_decay)  # θ̄; None: off
-    start = rl_loop.restore_if_any(ckpt, policy, opt, value_head, schedule, average)
+    start = checkpoint.resume(ckpt, policy, opt, value_head, schedule, average)
     history = _history(ckpt, start) if main else []
     best = selection.saved_best(ckpt) if main and start > 0 else None
     unwrapped, device, engine = accelerator.unwrap_model(policy), accelerator.device, lm.engine
@@ -260,7 +260,7 @@ def run(cfg: TrainRLConfig, model_cfg: source.ModelConfig, prompts: pd.DataFrame
                                                                 texts, device)
         metrics.update(point.metrics())
 
-    save = functools.partial(rl_loop.save_checkpoint, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
+    save = functools.partial(checkpoint.save_step, ckpt, policy=unwrapped, opt=opt, value_head=value_head,
                              main=main, schedule=schedule, average=average)
     hook = gate_metrics(on_metrics if main else None, cfg.gate_steps)  # the gate's steps, logged by the main process
     gated = {}  # a resumed run's checkpoints hold the start adapter

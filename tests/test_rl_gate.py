@@ -5,7 +5,7 @@ import torch
 
 from components.core.config import ConfigError
 from components.rl import gate, probe_init
-from components.rl.loop import gate_rows, opening_rows, step_prompts
+from components.rl.draws import gate_rows, opening_rows, step_prompts
 from components.train_rl import TrainRLConfig, run
 from tests.test_rl_openings import nudged_policy
 from tests.test_train_rl import PROMPTS, _cfg, _last_checkpoint_adapter, _model, head_dir  # noqa: F401 - fixture
@@ -91,7 +91,7 @@ def test_rl_runs_after_the_gate_logs_it_before_step_0_and_resumes_without_repeat
 
 def test_refusal_prone_picks_the_candidates_the_policy_likeliest_refuses(tiny_lm):
     from components.rl import openings
-    from components.rl.loop import refusal_prone
+    from components.rl.draws import refusal_prone
 
     pools = {"harmful": POOLS["harmful"], "benign": [f"Explain topic {i}." for i in range(6)] + POOLS["benign"]}
     cfg = _cfg(benign_per_step=2, benign_candidates=3)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from components.core.config import ConfigError
 from components.eval.judges import COMPLIANCE, DEGENERATE, REFUSAL, Verdict
+from components.rl import draws
 from components.rl import formulas
 from components.rl import loop as rl_loop
 from components.rl import rewards
@@ -75,18 +76,18 @@ def test_group_advantages_by_hand():
 
 def test_every_training_prompt_is_drawn_once_per_epoch():
     pool = [f"p{i}" for i in range(7)]
-    draws = [p for step in range(7) for p in rl_loop.step_prompts(pool, 3, 5, step)]  # 21 draws = 3 epochs
+    drawn = [p for step in range(7) for p in draws.step_prompts(pool, 3, 5, step)]  # 21 draws = 3 epochs
     for epoch in range(3):
-        assert sorted(draws[7 * epoch: 7 * epoch + 7]) == pool
-    assert draws[:7] != draws[7:14]  # each epoch its own order
-    assert rl_loop.step_prompts(pool, 3, 5, 4) == rl_loop.step_prompts(list(reversed(pool)), 3, 5, 4)
-    assert rl_loop.step_prompts(pool, 3, 5, 0) != rl_loop.step_prompts(pool, 3, 6, 0)
+        assert sorted(drawn[7 * epoch: 7 * epoch + 7]) == pool
+    assert drawn[:7] != drawn[7:14]  # each epoch its own order
+    assert draws.step_prompts(pool, 3, 5, 4) == draws.step_prompts(list(reversed(pool)), 3, 5, 4)
+    assert draws.step_prompts(pool, 3, 5, 0) != draws.step_prompts(pool, 3, 6, 0)
 
 
 def test_a_step_is_harmful_then_benign_and_shards_keep_kinds():
     cfg = TrainRLConfig(prompts_per_step=3, benign_per_step=2, group_size=2)
     pools = {"harmful": [f"h{i}" for i in range(5)], "benign": [f"b{i}" for i in range(3)]}
-    prompts, kinds = rl_loop.step_batch(pools, cfg, 4)
+    prompts, kinds = draws.step_batch(pools, cfg, 4)
     assert kinds == ["harmful"] * 3 + ["benign"] * 2
     assert set(prompts[:3]) <= set(pools["harmful"]) and set(prompts[3:]) <= set(pools["benign"])
     order = sorted(pools["benign"])
@@ -94,10 +95,10 @@ def test_a_step_is_harmful_then_benign_and_shards_keep_kinds():
     epoch3 = sorted(pools["benign"])
     random.Random("0:benign:3").shuffle(epoch3)
     assert prompts[3:] == [order[2], epoch3[0]]
-    shares = [rl_loop.shard_prompts(list(zip(prompts, kinds)), 2, r, 2) for r in range(2)]
+    shares = [draws.shard_prompts(list(zip(prompts, kinds)), 2, r, 2) for r in range(2)]
     assert shares[0][0] + shares[1][0] == list(zip(prompts, kinds))
     assert (shares[1][1].start, shares[1][1].size) == (6, 4)  # whole groups of 2
-    assert rl_loop.step_batch(pools, TrainRLConfig(benign_per_step=0), 0)[1] == ["harmful"] * 3
+    assert draws.step_batch(pools, TrainRLConfig(benign_per_step=0), 0)[1] == ["harmful"] * 3
 
 
 def _fake_forward(monkeypatch, b: int, tn: int):

@@ -48,7 +48,7 @@ def test_shards_are_disjoint_and_cover_in_rank_order(n):
 
 
 def test_prompt_shards_keep_groups_whole_and_rows_map_back():
-    from components.rl.loop import shard_prompts, step_prompts
+    from components.rl.draws import shard_prompts, step_prompts
 
     pool = [f"p{i}" for i in range(9)]
     prompts = step_prompts(pool, 5, seed=0, step=3)
@@ -64,7 +64,7 @@ def test_step_prompts_walk_an_epoch_wise_permutation():
     """Draw i = step·n + j is position i mod |pool| of epoch i div |pool|'s shuffle of the sorted pool."""
     import random
 
-    from components.rl.loop import step_prompts
+    from components.rl.draws import step_prompts
 
     pool = [f"p{i}" for i in range(9)]
     perm = sorted(pool)

@@ -5,10 +5,15 @@ best.json}``: the best-scoring adapter so far (validation-based selection, ``sav
 written to a ``.partial`` folder and renamed only when complete (``done`` marker inside), so a kill
 mid-write leaves the previous checkpoint intact. ``state.pt`` holds only tensors and plain Python values and
 is read with ``torch.load(weights_only=True)``; adapter weights are safetensors.
+
+An RL run's checkpoint (``save_step`` / ``resume``) also holds the value head, the LR schedule and
+the weight average (``step_modules``), and every process's RNG state: call ``save_step`` on every
+process, the main one writes.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -16,6 +21,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from components.core import dist
+
+log = logging.getLogger("craft.train_rl")
 
 
 def trainable(model) -> dict[str, torch.Tensor]:
@@ -134,3 +143,30 @@ def load_best(folder: Path, model) -> dict:
             load_weights(folder / name, model)
             return json.loads((folder / name / "best.json").read_text())
     raise FileNotFoundError(f"{folder}: no best adapter saved")
+
+
+def step_modules(value_head, schedule=None, average=None) -> dict:
+    """What a checkpoint holds beside adapter and optimizer: the value head, the LR schedule and the
+    weight average (``train_rl.ema_decay``)."""
+    return {"value_head": value_head, **({"lr_schedule": schedule} if schedule is not None else {}),
+            **({"weight_average": average} if average is not None else {})}
+
+
+def save_step(folder, step: int, policy, opt, value_head, main: bool, schedule=None, average=None) -> None:
+    """Every process hands its RNG state to the main one, which alone writes the checkpoint
+    (adapter, optimizer, value head, LR schedule and weight average are the same on every process).
+    Call on every process."""
+    rngs = dist.gather(torch.get_rng_state())
+    if main:
+        save(folder, step, policy, opt, step_modules(value_head, schedule, average),
+             rank_rng=rngs if len(rngs) > 1 else None)
+
+
+def resume(folder, policy, opt, value_head, schedule=None, average=None) -> int:
+    """Resume from the newest complete checkpoint in ``folder``; 0 when starting fresh."""
+    last = latest(folder)
+    if last is None:
+        return 0
+    start = restore(last, policy, opt, step_modules(value_head, schedule, average), rank=dist.rank())
+    log.info("resuming from %s (next step %d)", last, start)
+    return start

@@ -37,7 +37,8 @@ from typing import Callable
 import torch
 
 from components.rl import checkpoint, openings
-from components.rl.loop import gate_rows, optimizer_step
+from components.rl.draws import gate_rows
+from components.rl.loop import optimizer_step
 
 log = logging.getLogger("craft.train_rl")
 

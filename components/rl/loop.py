@@ -1,4 +1,5 @@
-"""The RL loop's parts: value head, step prompts, advantages, clipped-surrogate update, one step.
+"""The RL loop's parts: value head, advantages, clipped-surrogate update, one step. Which prompts a
+step reads and which rows a process holds: ``components.rl.draws``; checkpoints: ``components.rl.checkpoint``.
 
 ``cfg`` is a ``components.train_rl.TrainRLConfig``; see that module for the algorithm.
 
@@ -16,23 +17,19 @@ process runs exactly the code it ran before scale-out (no collective, same arith
 from __future__ import annotations
 
 import hashlib
-import logging
-import random
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 
 from components.core import dist
-from components.rl import checkpoint
 from components.rl import contrast
 from components.rl import formulas
 from components.rl import openings
+from components.rl.draws import Rows, opening_rows, refusal_prone, shard_prompts, step_batch, step_prompts
 from components.rl.policy import Rollout, forward_logprobs, rollout
 from components.eval.judges import SAFE_AT
 from components.rl.rewards import CraftReward, reference_mode
-
-log = logging.getLogger("craft.train_rl")
 
 
 class ValueHead(nn.Module):
@@ -45,56 +42,6 @@ class ValueHead(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.v(h.float()).squeeze(-1)
-
-
-def step_prompts(pool: list[str], n: int, seed: int, step: int, kind: str = "harmful") -> list[str]:
-    """The ``n`` global prompts of ``kind`` at one step: a pure function of (seed, step), the same on
-    every process. Every prompt of the pool is drawn once per epoch: global draw i = step·n + j
-    (j < n) is position i mod |pool| of epoch i div |pool|, whose order is the sorted pool shuffled
-    by ``random.Random(f"{seed}:{kind}:{epoch}")``."""
-    order, perms = sorted(pool), {}
-    out: list[str] = []
-    for i in range(step * n, step * n + n):
-        epoch, pos = divmod(i, len(order))
-        if epoch not in perms:
-            perms[epoch] = list(order)
-            random.Random(f"{seed}:{kind}:{epoch}").shuffle(perms[epoch])
-        out.append(perms[epoch][pos])
-    return out
-
-
-def step_batch(pools: dict[str, list[str]], cfg, step: int) -> tuple[list[str], list[str]]:
-    """(prompts, kinds) of one step: ``prompts_per_step`` harmful then ``benign_per_step`` benign,
-    each its own epoch-wise permutation (``step_prompts``); kinds[i] is prompts[i]'s kind."""
-    harmful = step_prompts(pools["harmful"], cfg.prompts_per_step, cfg.seed, step, "harmful")
-    benign = step_prompts(pools["benign"], cfg.benign_per_step, cfg.seed, step, "benign") \
-        if cfg.benign_per_step else []
-    return harmful + benign, ["harmful"] * len(harmful) + ["benign"] * len(benign)
-
-
-@dataclass(frozen=True)
-class Rows:
-    """This process's rows of a step's global batch: rows [start, start + size) of ``total``."""
-
-    start: int
-    size: int
-    total: int
-
-    @property
-    def sharded(self) -> bool:
-        return self.size < self.total
-
-    def local(self, idx: torch.Tensor) -> torch.Tensor:
-        """The entries of global row indices ``idx`` held here, as local indices, in ``idx``'s order."""
-        mine = (idx >= self.start) & (idx < self.start + self.size)
-        return idx[mine] - self.start
-
-
-def shard_prompts(prompts: list, group_size: int, rank: int, world: int) -> tuple[list, Rows]:
-    """Process ``rank``'s contiguous share of the step's prompts (any per-prompt items, e.g.
-    (prompt, kind) pairs) and the rows (prompt × group) it holds."""
-    lo, hi = dist.shard_bounds(len(prompts), rank, world)
-    return prompts[lo:hi], Rows(lo * group_size, (hi - lo) * group_size, len(prompts) * group_size)
 
 
 @dataclass
@@ -132,9 +79,7 @@ def adv_weights(cfg, kinds: list[str] | None) -> torch.Tensor | None:
 def dense_rows(dense_on: str, kinds: list[str] | None, b: int) -> torch.Tensor:
     """[B] bool: the rollouts whose R_lat is spread over their tokens (``dense_on`` all | harmful; rows
     without a kind count as harmful, the paper's setting)."""
-    if dense_on == "all":
-        return torch.ones(b, dtype=torch.bool)
-    return torch.tensor([k == "harmful" for k in (kinds or ["harmful"] * b)])
+    return per_kind(kinds or ["harmful"] * b, benign=float(dense_on == "all"), harmful=1.0)[:, 0].bool()
 
 
 def single_update(cfg, n: int) -> bool:
@@ -343,58 +288,6 @@ def rl_step(cfg, step, policy, tokenizer, value_head, opt, accelerator, reward: 
     return out
 
 
-@torch.no_grad()
-def refusal_prone(cfg, policy, tokenizer, pools: dict[str, list[str]], step: int, accelerator
-                  ) -> tuple[list[str], dict[str, float]]:
-    """The step's ``benign_per_step`` benign prompts under ``benign_candidates`` > 1: of
-    ``benign_per_step · benign_candidates`` drawn by the walk (``step_prompts``, kind "benign": with
-    one candidate a prompt, the walk's own draws), the ones with the largest P(x), the policy's
-    probability of opening its reply with one of ``openings`` (``components.rl.openings``, no
-    gradient); ties and the order kept by draw. Each process scores its share of the candidates and
-    every process sees every score, so all pick the same. Also returns the mean P over the
-    candidates and over the picked ones, for the log."""
-    n = cfg.benign_per_step
-    candidates = step_prompts(pools["benign"], n * cfg.benign_candidates, cfg.seed, step, "benign")
-    lo, hi = dist.shard_bounds(len(candidates), accelerator.process_index, accelerator.num_processes)
-    p = torch.zeros(0, dtype=torch.float32)
-    if hi > lo:
-        ids = openings.opening_ids(tokenizer, cfg.openings)
-        batch = openings.build(tokenizer, candidates[lo:hi], ids, len(candidates), accelerator.device)
-        logp = openings.opening_logprobs(policy, batch)  # [n_local·K, To]
-        p = openings.log_p_refuse(logp, batch.rows.completion_mask.to(logp.device), len(ids)).exp().float().cpu()
-    p = dist.cat(p)  # [n·candidates], in draw order
-    top = sorted(sorted(range(len(candidates)), key=lambda i: -float(p[i]))[:n])
-    return [candidates[i] for i in top], {"rl/benign_candidates_p": float(p.mean()),
-                                          "rl/benign_picked_p": float(p[top].mean())}
-
-
-def opening_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator
-                 ) -> openings.Openings | None:
-    """This process's share of the step's ``opening_prompts`` benign prompts (an epoch-wise walk of
-    the benign pool, drawn apart from the rollouts' prompts), then as many harmful ones under
-    ``opening_sides: both``, × ``openings``; None when the term is off or no prompt falls here."""
-    if cfg.opening_coef == 0:
-        return None
-    return gate_rows(cfg, tokenizer, pools, step, rank, accelerator, cfg.opening_prompts,
-                     cfg.opening_sides == "both", "opening")
-
-
-def gate_rows(cfg, tokenizer, pools: dict[str, list[str]], step: int, rank: int, accelerator, n: int,
-              both: bool, tag: str) -> openings.Openings | None:
-    """This process's share of ``n`` benign prompts of step ``step`` (``step_prompts`` under ``tag``),
-    then, when ``both``, ``n`` harmful ones (under ``tag``-harmful), × ``cfg.openings``; None when no
-    prompt falls here."""
-    xs = step_prompts(pools["benign"], n, cfg.seed, step, tag)
-    if both:
-        xs = xs + step_prompts(pools["harmful"], n, cfg.seed, step, f"{tag}-harmful")
-    lo, hi = dist.shard_bounds(len(xs), rank, accelerator.num_processes)
-    if hi == lo:
-        return None
-    ids = openings.opening_ids(tokenizer, cfg.openings)
-    return openings.build(tokenizer, xs[lo:hi], ids, len(xs), accelerator.device,
-                          [i >= n for i in range(lo, hi)])
-
-
 def check_same_adapter(policy) -> None:
     """Fail when the processes' adapters differ: each applies the same summed gradients, so a
     difference means they diverged and the main process's adapter would be one of several."""
@@ -407,31 +300,4 @@ def check_same_adapter(policy) -> None:
     seen = dist.gather(digest.hexdigest())
     if len(set(seen)) > 1:
         raise RuntimeError(f"the {len(seen)} processes ended with different adapters: they diverged.")
-
-
-def checkpoint_modules(value_head, schedule=None, average=None) -> dict:
-    """What a checkpoint holds beside adapter and optimizer: the value head, the LR schedule and the
-    weight average (``train_rl.ema_decay``)."""
-    return {"value_head": value_head, **({"lr_schedule": schedule} if schedule is not None else {}),
-            **({"weight_average": average} if average is not None else {})}
-
-
-def save_checkpoint(folder, step: int, policy, opt, value_head, main: bool, schedule=None, average=None) -> None:
-    """Every process hands its RNG state to the main one, which alone writes the checkpoint
-    (adapter, optimizer, value head, LR schedule and weight average are the same on every process).
-    Call on every process."""
-    rngs = dist.gather(torch.get_rng_state())
-    if main:
-        checkpoint.save(folder, step, policy, opt, checkpoint_modules(value_head, schedule, average),
-                        rank_rng=rngs if len(rngs) > 1 else None)
-
-
-def restore_if_any(folder, policy, opt, value_head, schedule=None, average=None) -> int:
-    """Resume from the newest complete checkpoint in ``folder``; 0 when starting fresh."""
-    last = checkpoint.latest(folder)
-    if last is None:
-        return 0
-    start = checkpoint.restore(last, policy, opt, checkpoint_modules(value_head, schedule, average), rank=dist.rank())
-    log.info("resuming from %s (next step %d)", last, start)
-    return start
 
