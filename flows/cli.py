@@ -27,6 +27,7 @@ from pathlib import Path
 from components.core import env
 from flows.cli_json import emit_json
 from flows.cli_json import jsonable as _jsonable  # noqa: F401 - tests call cli._jsonable
+from flows.cli_check import add_check_parser
 from flows.cli_ops import add_ops_parsers
 from flows.cli_registry import cmd_models, cmd_promote, cmd_register, cmd_rollback, registry_ready
 
@@ -350,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", default="params.yaml", help="settings file (model and runtime sections)")
     p.set_defaults(func=_cmd_gold_sample)
 
+    add_check_parser(sub)
     add_ops_parsers(sub)
     return parser
 

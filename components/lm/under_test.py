@@ -21,20 +21,9 @@ def load_under_test(spec: str, model_cfg: model_source.ModelConfig, workspace: s
     if spec == "base":
         return runtime.load(model_source.resolve(model_cfg, workspace), model_cfg)
     folder = Path(spec)
-    card = folder / "model.json"
-    if card.exists():
-        meta = json.loads(card.read_text())
-        base_cfg = dataclasses.replace(model_cfg, source=meta["base_model_source"])
-        resolved = model_source.resolve(base_cfg, workspace)
-        if resolved.fingerprint != meta.get("base_model_fingerprint", resolved.fingerprint):
-            raise UserError(f"{folder}: adapter was trained on base {meta['base_model_fingerprint']}, "
-                            f"but {meta['base_model_source']} is now {resolved.fingerprint}; restore that base "
-                            "model (model.source) or retrain the adapter with `craft run`.")
-        lm = runtime.load(resolved, base_cfg)
-        from peft import PeftModel
-
-        merged = PeftModel.from_pretrained(lm.model, str(folder / meta.get("adapter", "adapter"))).merge_and_unload()
-        return LoadedModel(merged.eval(), lm.tokenizer, lm.device, f"{resolved.model_id}+{folder.name}", lm.engine)
+    if (folder / "model.json").exists():
+        lm, adapted = load_adapted(folder, model_cfg, workspace)
+        return LoadedModel(adapted.merge_and_unload().eval(), lm.tokenizer, lm.device, lm.model_id, lm.engine)
     if (folder / "config.json").exists():
         cfg = dataclasses.replace(model_cfg, source=str(folder))
         return runtime.load(model_source.resolve(cfg, workspace), cfg)
@@ -54,3 +43,22 @@ def resolve_spec(spec: str) -> str:
     if not cards:
         raise UserError(f"{spec} is not a CRAFT registered model (no model.json beside an adapter/ folder).")
     return str(cards[0].parent)
+
+
+def load_adapted(folder: Path, model_cfg: model_source.ModelConfig, workspace: str | Path = "."):
+    """A pipeline output folder's base model with its adapter attached, not merged: (the loaded base,
+    whose ``model_id`` names base + folder, and the peft model). ``disable_adapter()`` on the peft
+    model gives the base back, as the RL stages' reference. Refuses a base whose fingerprint differs
+    from the one the adapter was trained on."""
+    from peft import PeftModel
+
+    meta = json.loads((folder / "model.json").read_text())
+    base_cfg = dataclasses.replace(model_cfg, source=meta["base_model_source"])
+    resolved = model_source.resolve(base_cfg, workspace)
+    if resolved.fingerprint != meta.get("base_model_fingerprint", resolved.fingerprint):
+        raise UserError(f"{folder}: adapter was trained on base {meta['base_model_fingerprint']}, "
+                        f"but {meta['base_model_source']} is now {resolved.fingerprint}; restore that base "
+                        "model (model.source) or retrain the adapter with `craft run`.")
+    lm = runtime.load(resolved, base_cfg)
+    adapted = PeftModel.from_pretrained(lm.model, str(folder / meta.get("adapter", "adapter")))
+    return dataclasses.replace(lm, model_id=f"{resolved.model_id}+{folder.name}"), adapted

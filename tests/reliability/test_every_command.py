@@ -23,6 +23,7 @@ CASES = {
     "audit": (["audit", "Hello?", "--model", "nope"], "nope"),
     "seeds": (["seeds", "--seeds", "one,two"], "--seeds"),
     "gold-sample": (["gold-sample", "--prompts", "missing.parquet"], "missing.parquet"),
+    "reward-check": (["reward-check", "--models", "nope"], "nope"),
     "schedule": (["schedule", "--cron", "0 3 * * 0", "--timezone", "Mars/Olympus_Mons"], "Mars/Olympus_Mons"),
     "pull": (["pull", "--workspace", "bad"], "bad"),
     "cache": (["cache", "--older-than", "-3"], "--older-than"),
