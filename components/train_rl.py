@@ -344,6 +344,14 @@ def finish(cfg, policy, tokenizer, head_dir: Path, out: Path, resolved, model_cf
     return summary
 
 
+def config_of(params: dict, ablation: str | None = None) -> TrainRLConfig:
+    """``train_rl``'s config, or an ablation's: the params section ``ablation`` (e.g. train_rl_text)
+    overrides ``train_rl`` key by key."""
+    name = ablation or STAGE
+    section = {**(params.get(STAGE) or {}), **(params.get(ablation) or {} if ablation else {})}
+    return stage_config(TrainRLConfig, name, {name: section})
+
+
 def main(argv: list[str] | None = None) -> int:
     args, params = stage_cli.parse(STAGE, __doc__, argv, [
         ("--prompts", True, "ingest output (data/ingest/prompts.parquet)"),
@@ -353,8 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         ("--init-from", False, "under train_rl.init: sft, the train_sft output folder RL starts from (data/train_sft)"),
     ])
     name = args.ablation or STAGE
-    section = {**(params.get(STAGE) or {}), **(params.get(args.ablation) or {} if args.ablation else {})}
-    cfg = stage_config(TrainRLConfig, name, {name: section})
+    cfg = config_of(params, args.ablation)
     model_cfg = source.model_config(params)
     procs = dist.state(runtime.pick_device(model_cfg.device))
     with procs.main_process_first():  # a packaged model is converted once, by the main process

@@ -65,14 +65,75 @@ def test_summary_reads_an_ordering_advantage_and_a_tie():
     frame = _frame().rename(columns={"s": "r_lat", "t": "r_txt"}).assign(r_cons=0.0)
     rewards = {"lat": RewardWeights(1.0, 0.0, 0.0), "txt": RewardWeights(0.0, 1.0, 0.0)}
     s = rc.summarize(frame, rewards, ("lat", "txt"), n_boot=100)
-    assert s["all"]["pairs"] == 5 and s["all"]["lat"][0] == pytest.approx(0.8)
+    assert s["parts"] == ["all", "harmful", "benign"]  # one policy: no per-policy rows
+    assert (s["all"]["pairs"], s["harmful"]["pairs"], s["benign"]["pairs"]) == (5, 4, 1)
+    assert s["all"]["lat"][0] == pytest.approx(0.8) and s["harmful"]["lat"][0] == pytest.approx(0.75)
     assert s["all"]["lat-txt"][0] == pytest.approx(0.2)
-    assert s["flips"] == {"set_right": 1, "txt_wrong": 1, "set_wrong": 1, "txt_right": 2, "txt_ties": 2}
+    assert s["flips"] == {"b_wrong": 1, "set_right": 1, "b_right": 2, "set_wrong": 1, "b_ties": 2,
+                          "ties_right": 2, "ties_wrong": 0}
     text = rc.report(s, rewards, ("lat", "txt"), ["p"], "heldout")
-    assert "| all | 5 (4) | 80.0%" in text and "`heldout`" in text
+    assert "| all | 5 (3 / 4) | 80.0%" in text and "`heldout`" in text
+    two = rc.summarize(pd.concat([frame, frame.assign(policy="q")]), rewards, ("lat", "txt"), n_boot=100)
+    assert two["parts"] == ["all", "harmful", "benign", "p", "q"] and two["q"]["pairs"] == 5
+
+
+def test_flips_count_a_tie_broken_the_wrong_way():
+    frame = pd.DataFrame({"policy": "p", "kind": "harmful", "prompt": "x", "right": [True, False],
+                          "a": [1.0, 2.0], "b": [0.0, 0.0]})
+    assert rc.flips(frame, "a", "b") == {"b_wrong": 0, "set_right": 0, "b_right": 0, "set_wrong": 0, "b_ties": 1,
+                                         "ties_right": 0, "ties_wrong": 1}
+
+
+def test_reading_and_json_say_when_there_is_no_pair():
     assert rc.reading((0.1, 0.02, 0.2), "a", "b").startswith("The interval lies above 0")
     assert rc.reading((-0.1, -0.2, -0.01), "a", "b").startswith("The interval lies below 0")
     assert rc.reading((0.0, -0.1, 0.1), "a", "b").startswith("The interval holds 0")
+    nan = float("nan")
+    assert rc.reading((nan, nan, nan), "a", "b").startswith("No pair")
+    assert rc.as_json({"all": {"x": (nan, 0.1, nan)}, "n": 3}) == {"all": {"x": [None, 0.1, None]}, "n": 3}
+    per = ordering.ordered_pairs(_frame(), ["s"], ["kind", "prompt"])
+    assert ordering.bootstrap(per, "s", strata="kind", n_boot=20)[0] == pytest.approx(0.8)  # strata not in unit
+    with pytest.raises(ConfigError, match="n_boot=10"):
+        rc.CheckSpec(n_boot=10)
+
+
+def test_the_ablation_must_share_the_judge_and_the_reward_source():
+    from components.rl.config import TrainRLConfig
+
+    w = rc.rewards_of(TrainRLConfig(), TrainRLConfig(w_lat=0.0, w_txt=1.0, w_cons=0.0))
+    assert w["ablation"] == RewardWeights(0.0, 1.0, 0.0) and w["craft"] == RewardWeights()
+    with pytest.raises(ConfigError, match="judge and reward_source"):
+        rc.rewards_of(TrainRLConfig(), TrainRLConfig(judge="keyword"))
+
+
+def test_an_adapter_is_attached_unmerged_so_the_reference_is_the_base(tiny_model_dir, tmp_path):
+    import json
+
+    from components.core.errors import UserError
+    from components.lm import runtime, source
+    from components.lm.adapters import save_adapter
+    from components.lm.under_test import load_unmerged
+    from components.rl.policy import LoraSpec, wrap_lora
+
+    cfg = source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    lm = runtime.load(source.resolve(cfg), cfg)
+    policy = wrap_lora(lm.model, LoraSpec(r=2, alpha=4, target_modules=("q_proj", "v_proj")), seed=0)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.full_like(p, 0.5))
+    save_adapter(policy, lm.tokenizer, tmp_path / "out" / "adapter", "tiny")
+    (tmp_path / "out" / "model.json").write_text(json.dumps({"base_model_source": cfg.source, "adapter": "adapter"}))
+    ids = lm.tokenizer(["hello there"], return_tensors="pt")["input_ids"]
+    base_lm, base = load_unmerged("base", cfg)
+    want = base(ids).logits
+    got_lm, adapted = load_unmerged(str(tmp_path / "out"), cfg)
+    with torch.no_grad(), adapted.disable_adapter():
+        assert torch.allclose(adapted(ids).logits, want, atol=1e-5)  # the reward's reference: the base
+    assert not torch.allclose(adapted(ids).logits, want, atol=1e-3)  # the policy: base + adapter
+    (tmp_path / "out" / "model.json").write_text(json.dumps({"base_model_source": cfg.source, "init": "sft"}))
+    with pytest.raises(UserError, match="init: sft"):
+        load_unmerged(str(tmp_path / "out"), cfg)
 
 
 def test_sample_scores_every_rollout_and_grades_it_with_the_measure(tiny_lm):

@@ -49,8 +49,10 @@ def accuracy(per: pd.DataFrame, score: str, versus: str | None = None) -> float:
 def bootstrap(per: pd.DataFrame, score: str, versus: str | None = None, unit: Sequence[str] = ("prompt",),
               strata: str | None = None, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     """(estimate, 2.5th, 97.5th percentile) of ``accuracy(score, versus)``, resampling ``unit``s
-    with replacement within each ``strata`` value (a unit with no pair still counts as drawn)."""
-    units = per.groupby(list(unit), sort=True)[["pairs", score, *([versus] if versus else [])]].sum().reset_index()
+    with replacement within each ``strata`` value (a unit with no pair still counts as drawn; a
+    resample without any pair has no accuracy and is left out). nan without pairs."""
+    keys = [*unit, *([strata] if strata and strata not in unit else [])]
+    units = per.groupby(keys, sort=True)[["pairs", score, *([versus] if versus else [])]].sum().reset_index()
     est = accuracy(units, score, versus)
     layers = [units] if strata is None else [u for _, u in units.groupby(strata, sort=True)]
     rng = np.random.default_rng(seed)

@@ -62,3 +62,20 @@ def load_adapted(folder: Path, model_cfg: model_source.ModelConfig, workspace: s
     lm = runtime.load(resolved, base_cfg)
     adapted = PeftModel.from_pretrained(lm.model, str(folder / meta.get("adapter", "adapter")))
     return dataclasses.replace(lm, model_id=f"{resolved.model_id}+{folder.name}"), adapted
+
+
+def load_unmerged(spec: str, model_cfg: model_source.ModelConfig, workspace: str | Path = "."):
+    """(loaded base, model) for reading rewards: ``base`` → params.yaml:model as it is; a pipeline
+    output folder → its base with the adapter attached unmerged (``load_adapted``), so
+    ``disable_adapter()`` gives the base. An ``init: sft`` output is refused: its adapter stacks SFT
+    and RL on the raw base, while its RL stage's reference was base + SFT."""
+    if spec == "base":
+        lm = runtime.load(model_source.resolve(model_cfg, workspace), model_cfg)
+        return lm, lm.model
+    folder = Path(spec)
+    if not (folder / "model.json").is_file():
+        raise UserError(f"{spec}: neither 'base' nor a pipeline output folder with model.json.")
+    if json.loads((folder / "model.json").read_text()).get("init") == "sft":
+        raise UserError(f"{spec}: trained with train_rl.init: sft, so its RL reference was base + SFT, which this "
+                        "folder cannot give back; check an init: base output or base.")
+    return load_adapted(folder, model_cfg, workspace)

@@ -1,8 +1,9 @@
 """The reward check: does CRAFT's reward tell the policy more about the reported measure than its
 text-only ablation's reward does? (``craft reward-check``; docs/stage2.md round 34)
 
-A policy samples one group per prompt on train prompts exactly as an RL step does (``train_rl``'s
-group size, temperature, top_p and new tokens). Each sample is scored by the stage's reward parts
+A policy samples one group per prompt on train prompts with an RL step's sampling settings
+(``train_rl``'s group size, temperature, top_p and new tokens; the prompts are a seeded draw of
+each kind's pool, not RL's schedule of 3 harmful to 1 refusal-prone benign prompt). Each sample is scored by the stage's reward parts
 (``CraftReward``: R_lat, R_txt, R_cons) and graded by a measuring judge, the held-out one by
 default, which no stage rewards with. Right: a refusal to a harmful prompt, a compliance to a
 benign one; a degenerate reply is never right. ``components.eval.ordering`` then counts how often
@@ -35,10 +36,13 @@ class CheckSpec:
     """Prompt draw and sampling seed."""
     batch_prompts: int = 4
     """Prompts per rollout batch (× group size samples); >= 1."""
+    n_boot: int = 2000
+    """Bootstrap resamples for each interval; >= 100."""
 
     def __post_init__(self) -> None:
         require(self.per_kind >= 1, f"reward check: per_kind={self.per_kind}; draw at least 1 prompt of each kind.")
         require(self.batch_prompts >= 1, f"reward check: batch_prompts={self.batch_prompts}; use 1 or more.")
+        require(self.n_boot >= 100, f"reward check: n_boot={self.n_boot}; use 100 or more resamples (2000 default).")
 
 
 def draw(pools: Mapping[str, list[str]], spec: CheckSpec) -> dict[str, list[str]]:
@@ -47,7 +51,8 @@ def draw(pools: Mapping[str, list[str]], spec: CheckSpec) -> dict[str, list[str]
     out = {}
     for kind in KINDS:
         pool = sorted(pools.get(kind) or [])
-        require(len(pool) >= 1, f"reward check: no {kind} train prompts to draw from (re-run ingest).")
+        require(len(pool) >= 1, f"reward check: the RL pools hold no {kind} train prompts (benign ones need "
+                                "train_rl.benign_per_step >= 1 and benign prompts in ingest's train split).")
         out[kind] = sorted(rng.choice(pool, size=min(spec.per_kind, len(pool)), replace=False).tolist())
     return out
 
@@ -62,7 +67,13 @@ def sample(model, tokenizer, reward: CraftReward, measure: Judge, prompts: Mappi
            spec: CheckSpec, device, engine: str = "ours", policy: str = "policy") -> pd.DataFrame:
     """One row per sample: policy, kind, prompt, completion, the reward's parts, the measure's label
     and ``right``. ``cfg``: the ``train_rl`` config whose rollout settings are used."""
-    torch.manual_seed(spec.seed)
+    cuda = [torch.device(device).index or 0] if torch.device(device).type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # seeded sampling; the caller's RNG state is given back
+        torch.manual_seed(spec.seed)
+        return pd.DataFrame(_rows(model, tokenizer, reward, measure, prompts, cfg, spec, device, engine, policy))
+
+
+def _rows(model, tokenizer, reward, measure, prompts, cfg, spec, device, engine, policy) -> list[dict]:
     rows = []
     for kind in KINDS:
         xs = prompts[kind]
@@ -75,7 +86,18 @@ def sample(model, tokenizer, reward: CraftReward, measure: Judge, prompts: Mappi
                 rows.append({"policy": policy, "kind": kind, "prompt": p, "completion": c,
                              **{k: float(parts[k][j]) for k in PARTS},
                              "label": verdicts[j].label, "right": is_right(kind, verdicts[j].label)})
-    return pd.DataFrame(rows)
+    return rows
+
+
+def rewards_of(craft, ablation) -> dict[str, RewardWeights]:
+    """The weightings compared: CRAFT's (``train_rl``), its text-only ablation's and R_lat alone.
+    ``craft``, ``ablation``: their ``TrainRLConfig``s."""
+    require((craft.judge, craft.reward_source) == (ablation.judge, ablation.reward_source),
+            "reward check: the ablation's judge and reward_source must equal train_rl's (one scoring serves both "
+            f"rewards); got {ablation.judge}/{ablation.reward_source} against {craft.judge}/{craft.reward_source}.")
+    return {"craft": RewardWeights(craft.w_lat, craft.w_txt, craft.w_cons),
+            "ablation": RewardWeights(ablation.w_lat, ablation.w_txt, ablation.w_cons),
+            "latent": RewardWeights(1.0, 0.0, 0.0)}
 
 
 def score(frame: pd.DataFrame, rewards: Mapping[str, RewardWeights]) -> pd.DataFrame:
@@ -89,65 +111,82 @@ def score(frame: pd.DataFrame, rewards: Mapping[str, RewardWeights]) -> pd.DataF
 def summarize(frame: pd.DataFrame, rewards: Mapping[str, RewardWeights], compare: tuple[str, str],
               n_boot: int = 2000) -> dict:
     """Pairwise accuracy of each weighting and the difference ``compare[0] − compare[1]``, each with
-    a 95% bootstrap interval over prompts (within kind), for all pairs and by kind."""
+    a 95% bootstrap interval over prompts (within kind; a prompt's groups under every policy kept
+    together), for all pairs, by kind and, with several policies, by policy."""
     scored = score(frame, rewards)
     per = ordering.ordered_pairs(scored, list(rewards), ["kind", "prompt", "policy"])
     a, b = compare
     out = {}
-    for part, sel in [("all", per), *[(k, per[per.kind == k]) for k in KINDS]]:
-        strata = "kind" if part == "all" else None
-        entry = {"pairs": int(sel.pairs.sum()), "prompts": int(sel.groupby(["kind", "prompt"]).ngroups),
-                 "groups": int((sel.pairs > 0).sum())}
+    policies = sorted(set(per.policy)) if per.policy.nunique() > 1 else []
+    parts = [("all", per), *[(k, per[per.kind == k]) for k in KINDS], *[(p, per[per.policy == p]) for p in policies]]
+    for part, sel in parts:
+        strata = None if part in KINDS else "kind"
+        entry = {"pairs": int(sel.pairs.sum()), "groups": int((sel.pairs > 0).sum()), "group_count": len(sel)}
         for name in rewards:
             entry[name] = ordering.bootstrap(sel, name, unit=("kind", "prompt"), strata=strata, n_boot=n_boot)
         entry[f"{a}-{b}"] = ordering.bootstrap(sel, a, b, unit=("kind", "prompt"), strata=strata, n_boot=n_boot)
         out[part] = entry
     out["flips"] = flips(scored, a, b)
+    out["parts"] = [p for p, _ in parts]
     return out
 
 
 def flips(scored: pd.DataFrame, a: str, b: str) -> dict[str, int]:
-    """Pairs ``b`` orders wrong that ``a`` orders right ("set_right"), pairs ``b`` orders right that
-    ``a`` orders wrong ("set_wrong"), and the pairs ``b`` ties."""
-    out = {"set_right": 0, f"{b}_wrong": 0, "set_wrong": 0, f"{b}_right": 0, f"{b}_ties": 0}
+    """How ``a`` treats the pairs by how ``b`` ordered them: of the pairs ``b`` orders wrong, those
+    ``a`` orders right (``set_right``); of those ``b`` orders right, those ``a`` orders wrong
+    (``set_wrong``); of those ``b`` ties, those ``a`` orders right and wrong (``ties_right``,
+    ``ties_wrong``). Pairs ``a`` ties count in neither."""
+    out = dict.fromkeys(("b_wrong", "set_right", "b_right", "set_wrong", "b_ties", "ties_right", "ties_wrong"), 0)
     for _, g in scored.groupby(["policy", "kind", "prompt"]):
         ok = g.right.to_numpy(bool)
-        db = g[b].to_numpy(float)[ok][:, None] - g[b].to_numpy(float)[~ok][None, :]
+        db = g[b].to_numpy(float)[ok][:, None] - g[b].to_numpy(float)[~ok][None, :]  # [n_right, n_wrong]
         da = g[a].to_numpy(float)[ok][:, None] - g[a].to_numpy(float)[~ok][None, :]
+        for name, where in (("wrong", db < 0), ("right", db > 0), ("ties", db == 0)):
+            out[f"b_{name}"] += int(where.sum())
         out["set_right"] += int(((db < 0) & (da > 0)).sum())
-        out[f"{b}_wrong"] += int((db < 0).sum())
         out["set_wrong"] += int(((db > 0) & (da < 0)).sum())
-        out[f"{b}_right"] += int((db > 0).sum())
-        out[f"{b}_ties"] += int((db == 0).sum())
+        out["ties_right"] += int(((db == 0) & (da > 0)).sum())
+        out["ties_wrong"] += int(((db == 0) & (da < 0)).sum())
     return out
+
+
+def _pct(t: tuple[float, float, float]) -> str:
+    return "no pair" if t[0] != t[0] else f"{100 * t[0]:.1f}% [{100 * t[1]:.1f}, {100 * t[2]:.1f}]"
+
+
+def _pts(t: tuple[float, float, float]) -> str:
+    return "no pair" if t[0] != t[0] else f"{100 * t[0]:+.1f} points [{100 * t[1]:+.1f}, {100 * t[2]:+.1f}]"
 
 
 def report(summary: dict, rewards: Mapping[str, RewardWeights], compare: tuple[str, str], policies: list[str],
            measure: str) -> str:
     """The check as markdown: a table, the flips, and the reading of the difference's interval."""
     a, b = compare
-    pct = lambda t: f"{100 * t[0]:.1f}% [{100 * t[1]:.1f}, {100 * t[2]:.1f}]"  # noqa: E731
-    pts = lambda t: f"{100 * t[0]:+.1f} points [{100 * t[1]:+.1f}, {100 * t[2]:+.1f}]"  # noqa: E731
     weights = "; ".join(f"`{n}` = {w.lat}·R_lat + {w.txt}·R_txt + {w.cons}·R_cons" for n, w in rewards.items())
     lines = [f"# Reward check: {', '.join(policies)}", "",
-             f"Within-group pairwise accuracy against the `{measure}` judge's verdicts (pairs of one prompt's "
-             f"samples, one right and one wrong; ties count ½), 95% bootstrap intervals over prompts. {weights}.", "",
-             f"| pairs | n pairs (prompts) | {' | '.join(rewards)} | {a} − {b} |",
+             f"Each column is the share of pairs a reward ranks the right way: pairs of one prompt's samples "
+             f"(same policy) that the `{measure}` judge splits into one right and one wrong reply (a refusal to a "
+             f"harmful prompt, an answer to a benign one), a tie counting ½. Weightings: {weights}. 95% bootstrap "
+             "intervals over prompts.", "",
+             f"| rows | pairs (groups with a pair / groups) | {' | '.join(rewards)} | {a} − {b} |",
              "|---|---|" + "---|" * (len(rewards) + 1)]
-    for part in ("all", *KINDS):
+    for part in summary["parts"]:
         e = summary[part]
-        lines.append(f"| {part} | {e['pairs']} ({e['prompts']}) | " + " | ".join(pct(e[n]) for n in rewards)
-                     + f" | {pts(e[f'{a}-{b}'])} |")
+        lines.append(f"| {part} | {e['pairs']} ({e['groups']} / {e['group_count']}) | "
+                     + " | ".join(_pct(e[n]) for n in rewards) + f" | {_pts(e[f'{a}-{b}'])} |")
     f = summary["flips"]
-    lines += ["", f"`{a}` sets right {f['set_right']} of the {f[f'{b}_wrong']} pairs `{b}` orders wrong, turns "
-                  f"{f['set_wrong']} of the {f[f'{b}_right']} it orders right wrong, and breaks "
-                  f"{f[f'{b}_ties']} ties.", "", reading(summary["all"][f"{a}-{b}"], a, b)]
+    lines += ["", f"Of the {f['b_wrong']} pairs `{b}` orders wrong, `{a}` orders {f['set_right']} right; of the "
+                  f"{f['b_right']} it orders right, `{a}` orders {f['set_wrong']} wrong; of the {f['b_ties']} it ties, "
+                  f"`{a}` orders {f['ties_right']} right and {f['ties_wrong']} wrong.", "",
+              reading(summary["all"][f"{a}-{b}"], a, b)]
     return "\n".join(lines) + "\n"
 
 
 def reading(diff: tuple[float, float, float], a: str, b: str) -> str:
     """What the interval of ``a − b`` says (docs/stage2.md round 34's rule)."""
-    _, lo, hi = diff
+    est, lo, hi = diff
+    if est != est or lo != lo:
+        return "No pair of samples had differing verdicts, so nothing can be read: draw more prompts (--per-kind)."
     if lo > 0:
         return (f"The interval lies above 0: `{a}` carries ordering information toward the measure that `{b}` "
                 "lacks on these samples.")
@@ -155,3 +194,15 @@ def reading(diff: tuple[float, float, float], a: str, b: str) -> str:
         return f"The interval lies below 0: `{a}` orders these samples away from the measure more often than `{b}`."
     return (f"The interval holds 0: no ordering advantage of `{a}` over `{b}` that these pairs can see; an RL "
             "comparison of the two rewards should not be expected to separate them.")
+
+
+def as_json(summary: dict) -> dict:
+    """``summary`` with nan (no pair) written as null, so the file is valid JSON."""
+    def clean(x):
+        if isinstance(x, float) and x != x:
+            return None
+        if isinstance(x, (tuple, list)):
+            return [clean(v) for v in x]
+        return {k: clean(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+    return clean(summary)
