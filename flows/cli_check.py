@@ -24,6 +24,7 @@ def cmd_reward_check(args: argparse.Namespace) -> int:
     rewards = rc.rewards_of(cfg, ablation)
     spec = rc.CheckSpec(args.per_kind, args.seed, n_boot=args.n_boot)
     model_cfg = source.model_config(params)
+    same_base(models, model_cfg)
     prompts = rc.draw(train_rl.prompt_pools(read_table(args.prompts), cfg)[0], spec)
     reward = CraftReward(SafetyHead.load(args.head), make_judge(cfg.judge), rewards["craft"], cfg.reward_source)
     measure = make_judge(args.measure)
@@ -42,6 +43,22 @@ def cmd_reward_check(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(rc.as_json(summary), indent=2) + "\n")
     print(text)
     return 0
+
+
+def same_base(models: list[str], model_cfg) -> None:
+    """Refuse an output folder whose adapter was trained on another base than params' model: the head
+    and R_lat read params' model, so the check would score another model's states."""
+    from components.core.errors import UserError
+    from components.lm import source
+
+    fingerprint = source.resolve(model_cfg).fingerprint
+    for m in models:
+        meta = json.loads((Path(m) / "model.json").read_text()) if m != "base" else {}
+        trained_on = meta.get("base_model_fingerprint", fingerprint)
+        if trained_on != fingerprint:
+            raise UserError(f"--models: {m} was trained on base {meta.get('base_model_source')} ({trained_on}), but "
+                            f"the head and the reward read model.source {model_cfg.source} ({fingerprint}); set "
+                            "model.source to that base, or check outputs trained on this one.")
 
 
 def _checked(args: argparse.Namespace) -> tuple[list[str], dict]:

@@ -164,3 +164,21 @@ def test_cli_refuses_a_model_that_is_not_a_pipeline_output(tmp_path, capsys):
     code = cli.main(["reward-check", "--models", str(tmp_path), "--params", str(ROOT / "params.yaml")])
     assert code == 2
     assert "neither 'base' nor a pipeline output folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_an_output_trained_on_another_base(tiny_model_dir, tmp_path):
+    import json
+
+    from components.core.errors import UserError
+    from components.lm import source
+    from flows.cli_check import same_base
+
+    cfg = source.ModelConfig(source=str(tiny_model_dir), dtype="float32", device="cpu", threads=1)
+    mine = source.resolve(cfg).fingerprint
+    for name, fingerprint in (("same", mine), ("other", "0123456789ab")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "model.json").write_text(json.dumps({"base_model_source": "x",
+                                                                "base_model_fingerprint": fingerprint}))
+    same_base(["base", str(tmp_path / "same")], cfg)
+    with pytest.raises(UserError, match="other was trained on base x"):
+        same_base([str(tmp_path / "same"), str(tmp_path / "other")], cfg)
