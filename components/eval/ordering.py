@@ -30,11 +30,17 @@ def ordered_pairs(frame: pd.DataFrame, scores: Sequence[str], groups: Sequence[s
         row = dict(zip(groups, key if isinstance(key, tuple) else (key,)))
         row["pairs"] = int(ok.sum() * (~ok).sum())
         for s in scores:
-            v = g[s].to_numpy(float)
-            diff = v[ok][:, None] - v[~ok][None, :]  # [n_right, n_wrong]
+            diff = pair_diffs(g, s, right)
             row[s] = float((diff > 0).sum() + 0.5 * (diff == 0).sum())
         rows.append(row)
     return pd.DataFrame(rows, columns=[*groups, "pairs", *scores])
+
+
+def pair_diffs(group: pd.DataFrame, score: str, right: str = "right") -> np.ndarray:
+    """[n_right, n_wrong]: score of each right sample minus score of each wrong one, in one group."""
+    ok = group[right].to_numpy(bool)
+    v = group[score].to_numpy(float)
+    return v[ok][:, None] - v[~ok][None, :]
 
 
 def accuracy(per: pd.DataFrame, score: str, versus: str | None = None) -> float:

@@ -104,7 +104,7 @@ def score(frame: pd.DataFrame, rewards: Mapping[str, RewardWeights]) -> pd.DataF
     """``frame`` with one column per named weighting: w_lat·R_lat + w_txt·R_txt + w_cons·R_cons."""
     out = frame.copy()
     for name, w in rewards.items():
-        out[name] = w.lat * out.r_lat + w.txt * out.r_txt + w.cons * out.r_cons
+        out[name] = w.total(out)
     return out
 
 
@@ -138,9 +138,7 @@ def flips(scored: pd.DataFrame, a: str, b: str) -> dict[str, int]:
     ``ties_wrong``). Pairs ``a`` ties count in neither."""
     out = dict.fromkeys(("b_wrong", "set_right", "b_right", "set_wrong", "b_ties", "ties_right", "ties_wrong"), 0)
     for _, g in scored.groupby(["policy", "kind", "prompt"]):
-        ok = g.right.to_numpy(bool)
-        db = g[b].to_numpy(float)[ok][:, None] - g[b].to_numpy(float)[~ok][None, :]  # [n_right, n_wrong]
-        da = g[a].to_numpy(float)[ok][:, None] - g[a].to_numpy(float)[~ok][None, :]
+        db, da = ordering.pair_diffs(g, b), ordering.pair_diffs(g, a)
         for name, where in (("wrong", db < 0), ("right", db > 0), ("ties", db == 0)):
             out[f"b_{name}"] += int(where.sum())
         out["set_right"] += int(((db < 0) & (da > 0)).sum())

@@ -50,6 +50,10 @@ class RewardWeights:
     txt: float = 0.4
     cons: float = 0.2
 
+    def total(self, parts):
+        """R = w_lat·R_lat + w_txt·R_txt + w_cons·R_cons of ``parts`` (a mapping of tensors or a frame)."""
+        return self.lat * parts["r_lat"] + self.txt * parts["r_txt"] + self.cons * parts["r_cons"]
+
 
 def reference_mode(model):
     """Context in which a peft model acts as its frozen base (adapter disabled)."""
@@ -90,8 +94,7 @@ class CraftReward:
         p_lat = lat["p_safe"].cpu()
         parts = {"r_lat": lat["r_lat"].cpu(), "r_txt": 2 * g - 1, "r_cons": 1 - (p_lat - g).abs(),
                  "p_safe_latent": p_lat, "p_safe_text": p_text, "g_text": g}
-        w = self.weights
-        parts["total"] = w.lat * parts["r_lat"] + w.txt * parts["r_txt"] + w.cons * parts["r_cons"]
+        parts["total"] = self.weights.total(parts)
         return parts
 
 
